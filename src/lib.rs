@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod estimate;
 pub mod model;
 pub mod optim;

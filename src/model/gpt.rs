@@ -13,7 +13,7 @@
 use super::layout::{param_layout, BlockOffsets, Group, ParamLayout};
 use super::params::HostParams;
 use super::{GptConfig, ModelError};
-use crate::device::{AttnShape, Device, DeviceError};
+use crate::device::{AttnShape, Device, DeviceBuffer, DeviceError};
 
 /// Activations of one block kept for its backward (llm.c names).
 pub struct BlockActs<B> {
@@ -82,16 +82,36 @@ pub struct Gpt<D: Device> {
     pub b: usize,
     pub t: usize,
     pub checkpointing: bool,
-    params: Vec<D::Buffer>, // one fp32 working copy per group, layout order
-    grads: Vec<D::Buffer>,  // one fp32 gradient per group, layout order
+    // One fp32 working copy and one fp32 gradient per group, layout order. `None` while an
+    // engine has the group released; an op that reads a released group is a programmer error.
+    params: Vec<Option<D::Buffer>>,
+    grads: Vec<Option<D::Buffer>>,
     blocks: Vec<BlockActs<D::Buffer>>,
     top: TopActs<D::Buffer>,
     g: GradScratch<D::Buffer>,
 }
 
 impl<D: Device> Gpt<D> {
-    /// Allocates every device buffer for batches of `b` x `t` tokens (`t <= block_size`).
+    /// Allocates every device buffer for batches of `b` x `t` tokens (`t <= block_size`):
+    /// activations and every group's parameters and gradients (the resident model).
     pub fn new(
+        dev: &D,
+        cfg: GptConfig,
+        b: usize,
+        t: usize,
+        checkpointing: bool,
+    ) -> Result<Self, ModelError> {
+        let mut m = Self::without_groups(dev, cfg, b, t, checkpointing)?;
+        for (i, (g, r)) in m.layout.groups.iter().enumerate() {
+            m.params[i] = Some(dev.alloc(&format!("parameters {g:?}"), r.len())?);
+            m.grads[i] = Some(dev.alloc(&format!("gradients {g:?}"), r.len())?);
+        }
+        Ok(m)
+    }
+
+    /// Allocates activations and scratch only; an engine installs each group's parameter and
+    /// gradient buffers before the ops that read them ([`Gpt::install_params`]).
+    pub fn without_groups(
         dev: &D,
         cfg: GptConfig,
         b: usize,
@@ -113,12 +133,8 @@ impl<D: Device> Gpt<D> {
             nh: cfg.n_head,
         };
         let (n, c, v) = (b * t, cfg.n_embd, cfg.vocab_size);
-        let mut params = Vec::new();
-        let mut grads = Vec::new();
-        for (g, r) in &layout.groups {
-            params.push(dev.alloc(&format!("parameters {g:?}"), r.len())?);
-            grads.push(dev.alloc(&format!("gradients {g:?}"), r.len())?);
-        }
+        let params = layout.groups.iter().map(|_| None).collect();
+        let grads = layout.groups.iter().map(|_| None).collect();
         let kept = if checkpointing { 1 } else { cfg.n_layer };
         let blocks = (0..kept)
             .map(|l| BlockActs::alloc(dev, s, l))
@@ -168,7 +184,8 @@ impl<D: Device> Gpt<D> {
         }
     }
 
-    fn group_index(&self, g: Group) -> usize {
+    /// Index of a group in layout order.
+    pub fn group_index(&self, g: Group) -> usize {
         match g {
             Group::Embed => 0,
             Group::Block(i) => 1 + i,
@@ -176,13 +193,54 @@ impl<D: Device> Gpt<D> {
         }
     }
 
-    /// Uploads one group's parameters (fp16/bf16 widened to the fp32 working copy).
+    /// Uploads one group's parameters (fp16/bf16 widened to the fp32 working copy) into its
+    /// installed buffer.
     pub fn fetch_group(&mut self, dev: &D, g: Group, host: &HostParams) -> Result<(), ModelError> {
         let i = self.group_index(g);
         let r = self.layout.groups[i].1.clone();
-        let ev = dev.upload(&mut self.params[i], 0, host.slice(r))?;
+        let ev = dev.upload(fetched_mut(&mut self.params, i), 0, host.slice(r))?;
         dev.wait(ev)?;
         Ok(())
+    }
+
+    /// Hands the model a group's fp32 parameter buffer (filled by the caller).
+    pub fn install_params(&mut self, g: Group, buf: D::Buffer) {
+        let i = self.group_index(g);
+        assert_eq!(buf.len(), self.layout.groups[i].1.len(), "{g:?}: wrong buffer length");
+        assert!(self.params[i].is_none(), "{g:?}: parameters installed twice");
+        self.params[i] = Some(buf);
+    }
+
+    /// Takes a group's parameter buffer back (`None` when it is not installed).
+    pub fn take_params(&mut self, g: Group) -> Option<D::Buffer> {
+        let i = self.group_index(g);
+        self.params[i].take()
+    }
+
+    /// The installed parameter buffer of a group, to refill it in place.
+    pub fn params_mut(&mut self, g: Group) -> Option<&mut D::Buffer> {
+        let i = self.group_index(g);
+        self.params[i].as_mut()
+    }
+
+    /// Whether a group's parameters are installed.
+    pub fn has_params(&self, g: Group) -> bool {
+        self.params[self.group_index(g)].is_some()
+    }
+
+    /// Hands the model a group's fp32 gradient buffer (zeroed, or holding the gradients that
+    /// backward adds to).
+    pub fn install_grads(&mut self, g: Group, buf: D::Buffer) {
+        let i = self.group_index(g);
+        assert_eq!(buf.len(), self.layout.groups[i].1.len(), "{g:?}: wrong buffer length");
+        assert!(self.grads[i].is_none(), "{g:?}: gradients installed twice");
+        self.grads[i] = Some(buf);
+    }
+
+    /// Takes a group's gradient buffer back.
+    pub fn take_grads(&mut self, g: Group) -> Option<D::Buffer> {
+        let i = self.group_index(g);
+        self.grads[i].take()
     }
 
     /// Uploads every group (the resident trainer does this after each optimizer step).
@@ -203,7 +261,7 @@ impl<D: Device> Gpt<D> {
 
     /// Sets every gradient to zero (its own step, before a batch's first micro-batch).
     pub fn zero_grads(&mut self, dev: &D) -> Result<(), ModelError> {
-        for g in &mut self.grads {
+        for g in self.grads.iter_mut().flatten() {
             dev.zero(g)?;
         }
         Ok(())
@@ -212,8 +270,8 @@ impl<D: Device> Gpt<D> {
     /// Downloads all gradients into `out` (flat, layout order).
     pub fn download_grads(&self, dev: &D, out: &mut [f32]) -> Result<(), ModelError> {
         assert_eq!(out.len(), self.layout.total, "download_grads: wrong length");
-        for (buf, (_, r)) in self.grads.iter().zip(&self.layout.groups) {
-            let ev = dev.download(buf, 0, &mut out[r.clone()])?;
+        for (i, (_, r)) in self.layout.groups.iter().enumerate() {
+            let ev = dev.download(fetched(&self.grads, i), 0, &mut out[r.clone()])?;
             dev.wait(ev)?;
         }
         Ok(())
@@ -257,7 +315,7 @@ impl<D: Device> Gpt<D> {
     pub fn embed_forward(&mut self, dev: &D, tokens: &[u32]) -> Result<(), ModelError> {
         self.check_len("tokens", tokens)?;
         let (t, c, v) = (self.t, self.cfg.n_embd, self.cfg.vocab_size);
-        let (emb, wpe) = (&self.params[0], self.layout.wpe_off);
+        let (emb, wpe) = (fetched(&self.params, 0), self.layout.wpe_off);
         dev.encoder_forward(&mut self.top.resid[0], tokens, emb, 0, wpe, t, c, v)?;
         Ok(())
     }
@@ -266,10 +324,11 @@ impl<D: Device> Gpt<D> {
     pub fn head_forward(&mut self, dev: &D) -> Result<(), ModelError> {
         let top = &mut self.top;
         let last = &top.resid[self.cfg.n_layer];
-        let fin = &self.params[self.cfg.n_layer + 1];
+        let fin = fetched(&self.params, self.cfg.n_layer + 1);
         let (lnf, mean, rstd) = (&mut top.lnf, &mut top.lnf_mean, &mut top.lnf_rstd);
         dev.layernorm_forward(lnf, mean, rstd, last, fin, self.layout.ln_f)?;
-        dev.matmul_forward(&mut top.logits, &top.lnf, &self.params[0], self.layout.head)?;
+        let emb = fetched(&self.params, 0);
+        dev.matmul_forward(&mut top.logits, &top.lnf, emb, self.layout.head)?;
         Ok(())
     }
 
@@ -301,10 +360,10 @@ impl<D: Device> Gpt<D> {
         dev.softmax_crossentropy_backward(&mut g.dlogits, &top.logits, targets, v, dloss)?;
         dev.zero(&mut g.dln)?;
         let (demb, rest) = self.grads.split_at_mut(1);
-        let (emb, fin) = (&self.params[0], &self.params[nl + 1]);
+        let (emb, fin) = (fetched(&self.params, 0), fetched(&self.params, nl + 1));
         dev.matmul_backward(
             &mut g.dln,
-            &mut demb[0],
+            fetched_mut(demb, 0),
             &g.dlogits,
             &top.lnf,
             emb,
@@ -315,7 +374,7 @@ impl<D: Device> Gpt<D> {
         let ln_f = self.layout.ln_f;
         dev.layernorm_backward(
             &mut g.dres,
-            &mut rest[nl],
+            fetched_mut(rest, nl),
             &g.dln,
             &top.resid[nl],
             fin,
@@ -330,14 +389,15 @@ impl<D: Device> Gpt<D> {
     pub fn embed_backward(&mut self, dev: &D, tokens: &[u32]) -> Result<(), ModelError> {
         self.check_len("tokens", tokens)?;
         let (t, c, wpe) = (self.t, self.cfg.n_embd, self.layout.wpe_off);
-        dev.encoder_backward(&mut self.grads[0], 0, wpe, &self.g.dres, tokens, t, c)?;
+        let demb = fetched_mut(&mut self.grads, 0);
+        dev.encoder_backward(demb, 0, wpe, &self.g.dres, tokens, t, c)?;
         Ok(())
     }
 
     /// The fp32 gradient buffer of one group (an engine streams it out after the group's
     /// backward).
     pub fn group_grads(&self, g: Group) -> &D::Buffer {
-        &self.grads[self.group_index(g)]
+        fetched(&self.grads, self.group_index(g))
     }
 
     fn check_len(&self, what: &str, ids: &[u32]) -> Result<(), ModelError> {
@@ -356,7 +416,7 @@ impl<D: Device> Gpt<D> {
     pub fn block_forward(&mut self, dev: &D, l: usize) -> Result<(), ModelError> {
         let s = self.shape();
         let o: BlockOffsets = self.layout.block;
-        let p = &self.params[1 + l];
+        let p = fetched(&self.params, 1 + l);
         let a = &mut self.blocks[if self.checkpointing { 0 } else { l }];
         let (ins, outs) = self.top.resid.split_at_mut(l + 1);
         let (inp, out, tmp) = (&ins[l], &mut outs[0], &mut self.top.tmp);
@@ -385,7 +445,7 @@ impl<D: Device> Gpt<D> {
     pub fn block_backward(&mut self, dev: &D, l: usize) -> Result<(), ModelError> {
         let s = self.shape();
         let o: BlockOffsets = self.layout.block;
-        let (p, dp) = (&self.params[1 + l], &mut self.grads[1 + l]);
+        let (p, dp) = (fetched(&self.params, 1 + l), fetched_mut(&mut self.grads, 1 + l));
         let a = &self.blocks[if self.checkpointing { 0 } else { l }];
         let inp = &self.top.resid[l];
         let g = &mut self.g;
@@ -431,4 +491,16 @@ impl<D: Device> Gpt<D> {
         dev.wait(dev.download(&self.top.logits, (seq * self.t + pos) * v, &mut out)?)?;
         Ok(out)
     }
+}
+
+/// The installed buffer of group `i`; a missing one is a programmer error (an engine ran an op
+/// before fetching the group it reads).
+fn fetched<B>(v: &[Option<B>], i: usize) -> &B {
+    v[i].as_ref()
+        .unwrap_or_else(|| panic!("group {i} is not on the device (fetch it before the op)"))
+}
+
+fn fetched_mut<B>(v: &mut [Option<B>], i: usize) -> &mut B {
+    v[i].as_mut()
+        .unwrap_or_else(|| panic!("group {i} is not on the device (fetch it before the op)"))
 }

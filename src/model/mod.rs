@@ -14,7 +14,7 @@ pub mod train;
 
 pub use gpt::Gpt;
 pub use layout::{param_layout, BlockOffsets, Group, ParamLayout, TensorSpec};
-pub use params::{init_params, HostParams, ParamDtype};
+pub use params::{init_params, HostParams, ParamDtype, ParamInit};
 
 use crate::device::DeviceError;
 

@@ -86,6 +86,45 @@ impl HostParams {
         }
     }
 
+    /// Values of range `r` widened to fp32.
+    pub fn range_to_f32(&self, r: Range<usize>) -> Vec<f32> {
+        match self {
+            HostParams::F32(v) => v[r].to_vec(),
+            HostParams::F16(v) => v[r].iter().map(|x| x.to_f32()).collect(),
+            HostParams::Bf16(v) => v[r].iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
+    /// Copies all of `src` (same dtype) to `self[start..]`.
+    pub fn copy_range_from(&mut self, start: usize, src: &HostParams) {
+        match (self, src) {
+            (HostParams::F32(d), HostParams::F32(s)) => d[start..start + s.len()].copy_from_slice(s),
+            (HostParams::F16(d), HostParams::F16(s)) => d[start..start + s.len()].copy_from_slice(s),
+            (HostParams::Bf16(d), HostParams::Bf16(s)) => {
+                d[start..start + s.len()].copy_from_slice(s)
+            }
+            _ => panic!("copy_range_from: dtypes differ"),
+        }
+    }
+
+    /// The bytes of range `r` (native-endian), as the swap store keeps them.
+    pub fn range_bytes(&self, r: Range<usize>) -> &[u8] {
+        match self {
+            HostParams::F32(v) => bytemuck::cast_slice(&v[r]),
+            HostParams::F16(v) => bytemuck::cast_slice(&v[r]),
+            HostParams::Bf16(v) => bytemuck::cast_slice(&v[r]),
+        }
+    }
+
+    /// Overwrites range `r` from native-endian bytes (exactly its length).
+    pub fn set_range_bytes(&mut self, start: usize, bytes: &[u8]) {
+        match self {
+            HostParams::F32(v) => fill_from_bytes(&mut v[start..], bytes),
+            HostParams::F16(v) => fill_from_bytes(&mut v[start..], bytes),
+            HostParams::Bf16(v) => fill_from_bytes(&mut v[start..], bytes),
+        }
+    }
+
     /// All values widened to fp32 (the optimizer's master copy starts from this).
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
@@ -112,6 +151,12 @@ impl HostParams {
     }
 }
 
+fn fill_from_bytes<T: bytemuck::Pod>(dst: &mut [T], bytes: &[u8]) {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    let d: &mut [u8] = bytemuck::cast_slice_mut(&mut dst[..n]);
+    d.copy_from_slice(bytes);
+}
+
 /// One N(0,1) draw by Box-Muller from two uniforms.
 fn normal(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
@@ -121,24 +166,52 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
 
 /// GPT-2 initial parameters in fp32, laid out by `layout`, from `seed`.
 pub fn init_params(layout: &ParamLayout, n_layer: usize, seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = vec![0.0f32; layout.total];
-    let proj_std = 0.02 / (2.0 * n_layer as f32).sqrt();
-    for t in &layout.tensors {
-        let dst = &mut out[t.range()];
-        let n = t.name.as_str();
-        if n.ends_with(".bias") {
-            continue; // zeros
-        } else if n.starts_with("ln_f") || n.contains(".ln_") {
-            dst.fill(1.0);
-        } else {
-            let std = if n.ends_with("c_proj.weight") {
-                proj_std
-            } else {
-                0.02
-            };
-            dst.iter_mut().for_each(|x| *x = normal(&mut rng) * std);
+    let mut init = ParamInit::new(n_layer, seed);
+    init.next_range(layout, 0..layout.total)
+}
+
+/// The initialisation as a stream: ranges asked for in layout order (one group at a time, so a
+/// model larger than RAM can be initialised straight into its tier) give exactly the values of
+/// [`init_params`].
+pub struct ParamInit {
+    rng: ChaCha8Rng,
+    proj_std: f32,
+    next: usize,
+}
+
+impl ParamInit {
+    pub fn new(n_layer: usize, seed: u64) -> Self {
+        ParamInit {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            proj_std: 0.02 / (2.0 * n_layer as f32).sqrt(),
+            next: 0,
         }
     }
-    out
+
+    /// Values of `r`, which must start where the previous range ended and hold whole tensors.
+    pub fn next_range(&mut self, layout: &ParamLayout, r: Range<usize>) -> Vec<f32> {
+        assert_eq!(r.start, self.next, "ParamInit: ranges must come in layout order");
+        self.next = r.end;
+        let mut out = vec![0.0f32; r.len()];
+        for t in layout.tensors.iter().filter(|t| r.contains(&t.offset)) {
+            let tr = t.range();
+            assert!(tr.end <= r.end, "ParamInit: {} straddles the range", t.name);
+            let dst = &mut out[tr.start - r.start..tr.end - r.start];
+            let n = t.name.as_str();
+            if n.ends_with(".bias") {
+                continue; // zeros
+            } else if n.starts_with("ln_f") || n.contains(".ln_") {
+                dst.fill(1.0);
+            } else {
+                let std = if n.ends_with("c_proj.weight") {
+                    self.proj_std
+                } else {
+                    0.02
+                };
+                let rng = &mut self.rng;
+                dst.iter_mut().for_each(|x| *x = normal(rng) * std);
+            }
+        }
+        out
+    }
 }

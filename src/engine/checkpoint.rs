@@ -1,0 +1,313 @@
+//! `--save DIR` / `--resume DIR`: the run's whole state at a step boundary, crash-safe.
+//!
+//! State on NVMe is snapshotted in place: the swap store already holds it, double-buffered, so
+//! a save is a commit of that store (no copy of the NVMe tier). What lives in host memory
+//! (parameters and optimizer state on the `none`/`cpu` tiers) is written into checkpoint
+//! shards of the same store, and the small rest (step, loss scaler, scheduler, data position;
+//! the data RNG is replayed from the seed) into one `engine.state` shard. One atomic commit
+//! covers all of it. Runs with nothing on NVMe keep the same shards in a store inside DIR.
+//! `DIR/checkpoint.json` (replaced atomically after the commit) says where the store is.
+//!
+//! A kill -9 at any moment leaves the last commit readable: writes between saves land in the
+//! store's other slot, and the manifest flips only in a commit. A corrupted shard is reported
+//! by name when it is read on resume (every chunk is checksummed), never trained on.
+
+use super::tiers::{self, Recorder, SwapQueue};
+use super::{Engine, EngineError, OptHome, ParamHome};
+use crate::device::Device;
+use crate::model::GptConfig;
+use crate::optim::{LossScaler, LrSchedulerState};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use zinf_swap::{BlockIo, ShardSpec, Store, StoreConfig};
+
+/// The shard holding the small rest of the state (length-prefixed JSON).
+pub const STATE_SHARD: &str = "engine.state";
+const STATE_BYTES: u64 = 64 << 10;
+const FORMAT: &str = "zinf-engine/1";
+/// The pointer file in a save folder.
+pub const POINTER: &str = "checkpoint.json";
+/// Written into the swap folder after a save, so a fresh run does not destroy it.
+pub const SAVED_MARKER: &str = "zinf-saved.json";
+
+/// Everything that is not a tensor.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct EngineState {
+    format: String,
+    step: u64,
+    applied_steps: u64,
+    batches_drawn: u64,
+    scaler: LossScaler,
+    scheduler: Option<LrSchedulerState>,
+    model: GptConfig,
+    dtype: String,
+    params_tier: String,
+    optimizer_tier: String,
+    sub_group_size: u64,
+    seed: u64,
+    micro_batch: usize,
+    seq_len: usize,
+    gradient_accumulation_steps: usize,
+}
+
+/// What `DIR/checkpoint.json` says.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Pointer {
+    pub format: String,
+    /// Folder of the store's manifest.
+    pub store: PathBuf,
+    pub step: u64,
+}
+
+fn ckpt_param(gi: usize) -> String {
+    format!("ckpt.param.g{gi}")
+}
+
+fn ckpt_opt(u: usize, t: usize) -> String {
+    format!("ckpt.opt.u{u}.{}", tiers::OPT_STATES[t])
+}
+
+/// Shards a save needs besides the NVMe tiers: the state shard and host-tier tensors.
+pub(super) fn store_specs<D: Device, B: BlockIo>(e: &Engine<D, B>) -> Vec<ShardSpec> {
+    let mut v = vec![ShardSpec::new(STATE_SHARD, STATE_BYTES, "json")];
+    let pl = &e.settings.placement;
+    let dtype = e.settings.train.dtype;
+    if !pl.params.is_nvme() {
+        for (gi, (_, r)) in e.model.layout.groups.iter().enumerate() {
+            let len = (r.len() * dtype.bytes()) as u64;
+            v.push(ShardSpec::new(ckpt_param(gi), len, super::dtype_tag(dtype)));
+        }
+    }
+    if !pl.optimizer.is_nvme() {
+        for (u, unit) in e.units.iter().enumerate() {
+            for t in 0..3 {
+                v.push(ShardSpec::new(ckpt_opt(u, t), unit.range.len() as u64 * 4, "f32"));
+            }
+        }
+    }
+    v
+}
+
+fn ckpt_err(path: &Path, message: impl Into<String>) -> EngineError {
+    EngineError::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+impl<D: Device, B: BlockIo> Engine<D, B> {
+    fn state(&self) -> EngineState {
+        let s = &self.settings.train;
+        EngineState {
+            format: FORMAT.into(),
+            step: self.steps,
+            applied_steps: self.applied_steps,
+            batches_drawn: self.batches_drawn,
+            scaler: self.scaler.clone(),
+            scheduler: self.sched.as_ref().map(|s| s.state()),
+            model: s.model,
+            dtype: super::dtype_tag(s.dtype).into(),
+            params_tier: self.settings.placement.params.name().into(),
+            optimizer_tier: self.settings.placement.optimizer.name().into(),
+            sub_group_size: self.settings.sub_group_size,
+            seed: s.seed,
+            micro_batch: s.micro_batch,
+            seq_len: s.seq_len,
+            gradient_accumulation_steps: s.gradient_accumulation_steps,
+        }
+    }
+
+    /// Saves the run at this step boundary into `dir` (see the file header). Returns the
+    /// folder of the store that holds it.
+    pub fn save(&mut self, dir: &Path) -> Result<PathBuf, EngineError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ckpt_err(dir, format!("cannot create the folder: {e}")))?;
+        self.flush()?;
+        let on_nvme = self.store.is_some();
+        if !on_nvme && self.save_store.is_none() {
+            let io = (self.io_factory)()?;
+            let cfg = StoreConfig::new(vec![dir.join("state")]).chunk_bytes(self.chunk_bytes());
+            let specs = store_specs(self);
+            self.save_store = Some(Store::create(io, &cfg, &specs)?);
+        }
+        let mut store = if on_nvme {
+            self.store.take()
+        } else {
+            self.save_store.take()
+        }
+        .expect("a store to save into");
+        let res = self.save_into(&mut store);
+        let folder = if on_nvme {
+            self.swap_folder()
+        } else {
+            dir.join("state")
+        };
+        if on_nvme {
+            self.store = Some(store);
+        } else {
+            self.save_store = Some(store);
+        }
+        res?;
+        let ptr = Pointer {
+            format: FORMAT.into(),
+            store: folder.clone(),
+            step: self.steps,
+        };
+        let body = serde_json::to_vec_pretty(&ptr).expect("a pointer serializes");
+        zinf_swap::aio_backend::replace_file(&dir.join(POINTER), &body)
+            .map_err(|e| ckpt_err(&dir.join(POINTER), format!("cannot write: {e}")))?;
+        if on_nvme {
+            let marker = serde_json::json!({ "save_dir": dir, "step": self.steps });
+            zinf_swap::aio_backend::replace_file(
+                &folder.join(SAVED_MARKER),
+                marker.to_string().as_bytes(),
+            )
+            .map_err(|e| ckpt_err(&folder, format!("cannot write the save marker: {e}")))?;
+        }
+        tracing::info!("saved step {} to {} (store {})", self.steps, dir.display(), folder.display());
+        Ok(folder)
+    }
+
+    fn save_into(&mut self, store: &mut Store<B>) -> Result<(), EngineError> {
+        let mut q = SwapQueue::<B>::new(4);
+        let json = serde_json::to_vec(&self.state()).expect("the state serializes");
+        let rec = &mut self.rec;
+        if let ParamHome::Host(hp) = &self.params {
+            for (gi, (_, r)) in self.model.layout.groups.iter().enumerate() {
+                let name = ckpt_param(gi);
+                let mut buf = q.alloc(store, rec, &name)?;
+                buf.copy_from(hp.range_bytes(r.clone()));
+                q.write(store, rec, &name, buf)?;
+            }
+        }
+        if let OptHome::Host { master, m, v } = &self.opt {
+            for (u, unit) in self.units.iter().enumerate() {
+                for (t, src) in [master, m, v].into_iter().enumerate() {
+                    let name = ckpt_opt(u, t);
+                    let mut buf = q.alloc(store, rec, &name)?;
+                    buf.copy_from(bytemuck::cast_slice(&src[unit.range.clone()]));
+                    q.write(store, rec, &name, buf)?;
+                }
+            }
+        }
+        if json.len() as u64 + 8 > STATE_BYTES {
+            return Err(EngineError::Config("engine state larger than its shard".into()));
+        }
+        let mut body = vec![0u8; STATE_BYTES as usize];
+        body[..8].copy_from_slice(&(json.len() as u64).to_le_bytes());
+        body[8..8 + json.len()].copy_from_slice(&json);
+        let mut buf = q.alloc(store, rec, STATE_SHARD)?;
+        buf.copy_from(&body);
+        q.write(store, rec, STATE_SHARD, buf)?;
+        q.flush(store, rec)?;
+        store.commit()?;
+        Ok(())
+    }
+
+    /// Continues the run saved in `dir`: opens its store, checks the config matches, restores
+    /// host tiers and the small state.
+    pub(super) fn resume_from(&mut self, dir: &Path) -> Result<(), EngineError> {
+        let ptr_path = dir.join(POINTER);
+        let body = std::fs::read(&ptr_path).map_err(|e| {
+            ckpt_err(&ptr_path, format!("no save here ({e}); was the run started with --save?"))
+        })?;
+        let ptr: Pointer = serde_json::from_slice(&body)
+            .map_err(|e| ckpt_err(&ptr_path, format!("not a zinf checkpoint pointer: {e}")))?;
+        let io = (self.io_factory)()?;
+        let mut store = Store::open(io, &ptr.store, false)?;
+        let mut q = SwapQueue::<B>::new(4);
+        let raw = read_whole(&mut q, &mut store, &mut self.rec, STATE_SHARD)?;
+        let len = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes")) as usize;
+        if len == 0 || len + 8 > raw.len() {
+            return Err(ckpt_err(&ptr.store, "the store holds no saved state"));
+        }
+        let st: EngineState = serde_json::from_slice(&raw[8..8 + len])
+            .map_err(|e| ckpt_err(&ptr.store, format!("engine state unreadable: {e}")))?;
+        self.check_compatible(&st, &ptr.store)?;
+        self.restore_host_tiers(&mut q, &mut store)?;
+        self.steps = st.step;
+        self.applied_steps = st.applied_steps;
+        self.scaler = st.scaler;
+        if let (Some(s), Some(state)) = (&mut self.sched, st.scheduler) {
+            s.load_state(state);
+        }
+        for _ in 0..st.batches_drawn {
+            self.batcher.next_batch(&self.data.train);
+        }
+        self.batches_drawn = st.batches_drawn;
+        if self.settings.placement.params.is_nvme() || self.settings.placement.optimizer.is_nvme()
+        {
+            self.store = Some(store);
+        } else {
+            self.save_store = Some(store);
+        }
+        tracing::info!("resumed at step {} from {}", st.step, dir.display());
+        Ok(())
+    }
+
+    fn check_compatible(&self, st: &EngineState, path: &Path) -> Result<(), EngineError> {
+        let now = self.state();
+        let fields = [
+            ("format", st.format == now.format),
+            ("zinf.model", st.model == now.model),
+            ("parameter dtype (fp16/bf16)", st.dtype == now.dtype),
+            ("offload_param.device", st.params_tier == now.params_tier),
+            ("offload_optimizer.device", st.optimizer_tier == now.optimizer_tier),
+            ("sub_group_size", st.sub_group_size == now.sub_group_size),
+            ("zinf.seed", st.seed == now.seed),
+            ("train_micro_batch_size_per_gpu", st.micro_batch == now.micro_batch),
+            ("zinf.data.seq_len", st.seq_len == now.seq_len),
+            (
+                "gradient_accumulation_steps",
+                st.gradient_accumulation_steps == now.gradient_accumulation_steps,
+            ),
+        ];
+        let bad: Vec<&str> = fields.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+        if !bad.is_empty() {
+            return Err(ckpt_err(
+                path,
+                format!(
+                    "saved with a different {}; resume with the config the run was saved with",
+                    bad.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn restore_host_tiers(
+        &mut self,
+        q: &mut SwapQueue<B>,
+        store: &mut Store<B>,
+    ) -> Result<(), EngineError> {
+        let groups: Vec<_> = self.model.layout.groups.iter().map(|(_, r)| r.clone()).collect();
+        if let ParamHome::Host(hp) = &mut self.params {
+            for (gi, r) in groups.iter().enumerate() {
+                let bytes = read_whole(q, store, &mut self.rec, &ckpt_param(gi))?;
+                hp.set_range_bytes(r.start, &bytes);
+            }
+        }
+        if let OptHome::Host { master, m, v } = &mut self.opt {
+            for (u, unit) in self.units.iter().enumerate() {
+                for (t, dst) in [&mut *master, &mut *m, &mut *v].into_iter().enumerate() {
+                    let bytes = read_whole(q, store, &mut self.rec, &ckpt_opt(u, t))?;
+                    let d: &mut [u8] = bytemuck::cast_slice_mut(&mut dst[unit.range.clone()]);
+                    d.copy_from_slice(&bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole shard (checksums checked) into a vector.
+fn read_whole<B: BlockIo>(
+    q: &mut SwapQueue<B>,
+    store: &mut Store<B>,
+    rec: &mut Recorder,
+    name: &str,
+) -> Result<Vec<u8>, EngineError> {
+    let buf = q.alloc(store, rec, name)?;
+    let h = store.read_begin(name, buf)?;
+    Ok(store.wait_read(h)?.to_vec())
+}

@@ -1,0 +1,432 @@
+//! The engine's side of the swap store: shard names, optimizer units, and the bounded queue of
+//! store requests in flight (parameter prefetches, optimizer-state prefetches, write-behinds).
+//!
+//! Every pool allocation goes through [`SwapQueue::alloc`], which never waits on buffers this
+//! same thread holds: when the pool is full it first finishes the oldest write-behind, then
+//! gives up the furthest prefetch, and only when it holds nothing left to give back does it
+//! report the pool as too small (a config error), instead of waiting forever.
+//! This file does not decide *what* to prefetch; the engine's loops do.
+
+use super::timeline::{Overlap, Timeline};
+use super::EngineError;
+use crate::model::ParamLayout;
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::Instant;
+use zinf_swap::{BlockIo, ReadHandle, ShardBuf, ShardSpec, Store, WriteHandle};
+
+/// Names of the optimizer state tensors of a unit, in order (master, m, v).
+pub const OPT_STATES: [&str; 3] = ["fp32", "exp_avg", "exp_avg_sq"];
+
+/// One optimizer unit: a slice of one parameter group of at most `sub_group_size` elements.
+/// Units are what the optimizer reads, updates and writes in one go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    /// Index of the group in layout order.
+    pub group: usize,
+    /// Element range in the flat parameter array.
+    pub range: Range<usize>,
+}
+
+/// Splits every group into units of at most `sub_group_size` elements (layout order).
+pub fn units(layout: &ParamLayout, sub_group_size: u64) -> Vec<Unit> {
+    let step = sub_group_size.max(1) as usize;
+    let mut v = Vec::new();
+    for (gi, (_, r)) in layout.groups.iter().enumerate() {
+        let mut s = r.start;
+        while s < r.end {
+            let e = (s + step).min(r.end);
+            v.push(Unit {
+                group: gi,
+                range: s..e,
+            });
+            s = e;
+        }
+    }
+    v
+}
+
+/// Store name of group `gi`'s 16-bit (or fp32) parameters.
+pub fn param_shard(gi: usize) -> String {
+    format!("param.g{gi}")
+}
+
+/// Store name of optimizer state `t` (index into [`OPT_STATES`]) of unit `u`.
+pub fn opt_shard(u: usize, t: usize) -> String {
+    format!("opt.u{u}.{}", OPT_STATES[t])
+}
+
+/// The shards of the parameters of every group.
+pub fn param_specs(layout: &ParamLayout, elem_bytes: usize, dtype: &str) -> Vec<ShardSpec> {
+    layout
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(gi, (_, r))| ShardSpec::new(param_shard(gi), (r.len() * elem_bytes) as u64, dtype))
+        .collect()
+}
+
+/// The shards of the optimizer state of every unit.
+pub fn opt_specs(units: &[Unit]) -> Vec<ShardSpec> {
+    let mut v = Vec::with_capacity(units.len() * 3);
+    for (u, unit) in units.iter().enumerate() {
+        for t in 0..3 {
+            v.push(ShardSpec::new(opt_shard(u, t), unit.range.len() as u64 * 4, "f32"));
+        }
+    }
+    v
+}
+
+/// What the queue did, for the run summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounters {
+    /// Parameter reads that were already in flight when the group was needed.
+    pub param_prefetch_hits: u64,
+    /// Parameter reads started on demand.
+    pub param_misses: u64,
+    pub opt_prefetch_hits: u64,
+    pub opt_misses: u64,
+    /// Prefetches given up to make room in the pool.
+    pub prefetches_dropped: u64,
+    /// Time the compute thread was blocked on reads and writes.
+    pub io_wait_ns: u64,
+    /// Time spent making room in the pool (finishing writes early, dropping prefetches).
+    pub pool_wait_ns: u64,
+}
+
+/// Where the queue records spans: the trace (optional) and the overlap account (always).
+pub struct Recorder {
+    pub timeline: Timeline,
+    pub overlap: Overlap,
+}
+
+impl Recorder {
+    fn io(&mut self, name: &str, bytes: u64, start: Instant, end: Instant) {
+        self.timeline.io(name, bytes, start, end);
+        self.overlap.io(start, end);
+    }
+}
+
+type Pending<B> = <B as BlockIo>::Pending;
+type Buf<B> = ShardBuf<<B as BlockIo>::Buf>;
+
+struct Read<B: BlockIo> {
+    key: usize,
+    handles: Vec<ReadHandle<Pending<B>>>,
+    names: Vec<String>,
+    bytes: u64,
+    start: Instant,
+}
+
+struct Write<B: BlockIo> {
+    name: String,
+    handle: WriteHandle<Pending<B>>,
+    bytes: u64,
+    start: Instant,
+}
+
+/// Store requests in flight, each queue bounded.
+pub struct SwapQueue<B: BlockIo> {
+    param_reads: VecDeque<Read<B>>,
+    opt_reads: VecDeque<Read<B>>,
+    writes: VecDeque<Write<B>>,
+    max_writes: usize,
+    pub counters: QueueCounters,
+}
+
+impl<B: BlockIo> SwapQueue<B> {
+    /// `max_writes`: write-behinds kept in flight before the oldest is waited for.
+    pub fn new(max_writes: usize) -> Self {
+        SwapQueue {
+            param_reads: VecDeque::new(),
+            opt_reads: VecDeque::new(),
+            writes: VecDeque::new(),
+            max_writes: max_writes.max(1),
+            counters: QueueCounters::default(),
+        }
+    }
+
+    /// Groups whose parameter reads are in flight.
+    pub fn param_reads_in_flight(&self) -> impl Iterator<Item = usize> + '_ {
+        self.param_reads.iter().map(|r| r.key)
+    }
+
+    /// Whether anything is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.param_reads.is_empty() && self.opt_reads.is_empty() && self.writes.is_empty()
+    }
+
+    /// Pool buffers for shard `name`, making room when the pool is full (see the file header).
+    pub fn alloc(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        name: &str,
+    ) -> Result<Buf<B>, EngineError> {
+        let t = Instant::now();
+        let res = loop {
+            if let Some(b) = store.try_alloc(name)? {
+                break Ok(b);
+            }
+            if !self.writes.is_empty() {
+                self.wait_oldest_write(store, rec)?;
+            } else if let Some(r) = self.param_reads.pop_back() {
+                self.counters.prefetches_dropped += 1;
+                self.drop_read(store, r);
+            } else if let Some(r) = self.opt_reads.pop_back() {
+                self.counters.prefetches_dropped += 1;
+                self.drop_read(store, r);
+            } else {
+                break Err(EngineError::Config(format!(
+                    "the pinned pool ({} bytes) cannot hold shard `{name}` ({} bytes) next to \
+                     the buffers in use: raise zinf.pinned_memory_budget (or the offload \
+                     buffer_count x buffer_size), or lower sub_group_size",
+                    store.io().pool_budget_bytes(),
+                    store.len_bytes(name)?
+                )));
+            }
+        };
+        self.counters.pool_wait_ns += t.elapsed().as_nanos() as u64;
+        res
+    }
+
+    fn drop_read(&mut self, store: &mut Store<B>, r: Read<B>) {
+        for h in r.handles {
+            let _ = store.wait_read(h);
+        }
+    }
+
+    fn start_read(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        key: usize,
+        names: Vec<String>,
+        prefetch: bool,
+    ) -> Result<Option<Read<B>>, EngineError> {
+        for n in &names {
+            self.wait_write_named(store, rec, n)?;
+        }
+        let mut bufs = Vec::with_capacity(names.len());
+        for n in &names {
+            let b = if prefetch {
+                match store.try_alloc(n)? {
+                    Some(b) => b,
+                    None => return Ok(None), // taken buffers go back to the pool on drop
+                }
+            } else {
+                self.alloc(store, rec, n)?
+            };
+            bufs.push(b);
+        }
+        let start = Instant::now();
+        let mut handles = Vec::with_capacity(names.len());
+        let mut bytes = 0;
+        for (n, b) in names.iter().zip(bufs) {
+            bytes += b.len_bytes();
+            match store.read_begin(n, b) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    for h in handles {
+                        let _ = store.wait_read(h);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Some(Read {
+            key,
+            handles,
+            names,
+            bytes,
+            start,
+        }))
+    }
+
+    fn finish_read(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        r: Read<B>,
+    ) -> Result<Vec<Buf<B>>, EngineError> {
+        let t = Instant::now();
+        let mut out = Vec::with_capacity(r.handles.len());
+        let mut first_err = None;
+        for h in r.handles {
+            match store.wait_read(h) {
+                Ok(b) => out.push(b),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        let end = Instant::now();
+        self.counters.io_wait_ns += (end - t).as_nanos() as u64;
+        rec.io(&format!("read {}", r.names[0]), r.bytes, r.start, end);
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
+    }
+
+    /// Starts reading group `gi`'s parameters if the pool has room now; true when the read is
+    /// (or already was) in flight.
+    pub fn prefetch_param(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        gi: usize,
+    ) -> Result<bool, EngineError> {
+        if self.param_reads.iter().any(|r| r.key == gi) {
+            return Ok(true);
+        }
+        match self.start_read(store, rec, gi, vec![param_shard(gi)], true)? {
+            Some(r) => {
+                self.param_reads.push_back(r);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Group `gi`'s parameters: the prefetch in flight, or a read started now.
+    pub fn read_param(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        gi: usize,
+    ) -> Result<Buf<B>, EngineError> {
+        let r = match self.param_reads.iter().position(|r| r.key == gi) {
+            Some(i) => {
+                self.counters.param_prefetch_hits += 1;
+                self.param_reads.remove(i).expect("position is in range")
+            }
+            None => {
+                self.counters.param_misses += 1;
+                self.start_read(store, rec, gi, vec![param_shard(gi)], false)?
+                    .expect("a demand read always starts")
+            }
+        };
+        Ok(self.finish_read(store, rec, r)?.pop().expect("one shard"))
+    }
+
+    /// Starts reading unit `u`'s optimizer state if the pool has room now.
+    pub fn prefetch_opt(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        u: usize,
+    ) -> Result<bool, EngineError> {
+        if self.opt_reads.iter().any(|r| r.key == u) {
+            return Ok(true);
+        }
+        let names = (0..3).map(|t| opt_shard(u, t)).collect();
+        match self.start_read(store, rec, u, names, true)? {
+            Some(r) => {
+                self.opt_reads.push_back(r);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Unit `u`'s optimizer state (master, m, v).
+    pub fn read_opt(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        u: usize,
+    ) -> Result<Vec<Buf<B>>, EngineError> {
+        let r = match self.opt_reads.iter().position(|r| r.key == u) {
+            Some(i) => {
+                self.counters.opt_prefetch_hits += 1;
+                self.opt_reads.remove(i).expect("position is in range")
+            }
+            None => {
+                self.counters.opt_misses += 1;
+                let names = (0..3).map(|t| opt_shard(u, t)).collect();
+                self.start_read(store, rec, u, names, false)?
+                    .expect("a demand read always starts")
+            }
+        };
+        self.finish_read(store, rec, r)
+    }
+
+    /// Writes `buf` as the new version of `name` behind the caller's back; at most
+    /// `max_writes` stay in flight.
+    pub fn write(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        name: &str,
+        buf: Buf<B>,
+    ) -> Result<(), EngineError> {
+        self.wait_write_named(store, rec, name)?;
+        let bytes = buf.len_bytes();
+        let start = Instant::now();
+        let handle = store.write_begin(name, buf)?;
+        self.writes.push_back(Write {
+            name: name.to_string(),
+            handle,
+            bytes,
+            start,
+        });
+        while self.writes.len() > self.max_writes {
+            self.wait_oldest_write(store, rec)?;
+        }
+        Ok(())
+    }
+
+    fn wait_write(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        w: Write<B>,
+    ) -> Result<(), EngineError> {
+        let t = Instant::now();
+        let res = store.wait_write(w.handle);
+        let end = Instant::now();
+        self.counters.io_wait_ns += (end - t).as_nanos() as u64;
+        rec.io(&format!("write {}", w.name), w.bytes, w.start, end);
+        res.map(drop).map_err(Into::into)
+    }
+
+    fn wait_oldest_write(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+    ) -> Result<(), EngineError> {
+        match self.writes.pop_front() {
+            Some(w) => self.wait_write(store, rec, w),
+            None => Ok(()),
+        }
+    }
+
+    fn wait_write_named(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        if let Some(i) = self.writes.iter().position(|w| w.name == name) {
+            let w = self.writes.remove(i).expect("position is in range");
+            self.wait_write(store, rec, w)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes every write and gives up every prefetch (before a commit, or on the way out).
+    pub fn flush(&mut self, store: &mut Store<B>, rec: &mut Recorder) -> Result<(), EngineError> {
+        let mut first_err = None;
+        while let Some(w) = self.writes.pop_front() {
+            if let Err(e) = self.wait_write(store, rec, w) {
+                first_err = first_err.or(Some(e));
+            }
+        }
+        while let Some(r) = self.param_reads.pop_front() {
+            self.drop_read(store, r);
+        }
+        while let Some(r) = self.opt_reads.pop_front() {
+            self.drop_read(store, r);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
