@@ -71,6 +71,10 @@ pub enum SwapError {
     /// The configuration cannot work (pool too small for the pipeline, no paths, ...).
     #[error("invalid swap configuration: {0}")]
     Config(String),
+    /// A single-slot store whose manifest says a write had begun since the last commit: its
+    /// extents may hold a torn mix of versions, so `open` refuses it.
+    #[error("swap store {} was being written when the process stopped: its contents are not a consistent version, so a run cannot resume from it; start fresh, or resume from a double-buffered store", path.display())]
+    Dirty { path: PathBuf },
     /// A shard was requested whose staged write failed; it must be rewritten before use.
     #[error("shard `{0}` has an uncommitted write that failed; write it again or reopen")]
     Poisoned(String),

@@ -1,4 +1,4 @@
-//! zinf-swap: a crash-safe tiered tensor store and the swappers that move parameter and
+//! zinf-swap: a crash-safe (or, single-slot, crash-detecting) tiered tensor store and the swappers that move parameter and
 //! optimizer shards through it. It knows nothing of models: shards are named byte ranges with a
 //! dtype tag. Block I/O goes through the `BlockIo` trait, implemented by zinf-aio on the real
 //! path and by a seeded fault-injecting fake in tests.
@@ -20,4 +20,6 @@ pub use error::{Op, Result, SwapError};
 pub use manifest::{Manifest, ShardSpec};
 pub use optimizer::{OptimizerLayout, OptimizerSwapper, StepStats, SubGroup};
 pub use params::{ParamBuf, ParamCounters, ParamSwapper};
-pub use store::{IoCounters, ReadHandle, ShardBuf, Store, StoreConfig, WriteHandle};
+pub use store::{
+    disk_bytes_needed, IoCounters, ReadHandle, ShardBuf, Store, StoreConfig, WriteHandle,
+};

@@ -2,9 +2,13 @@
 //! version and checksums. The manifest is JSON behind a one-line header carrying the body's
 //! crc32c and length, so a torn or edited manifest is refused rather than half-believed.
 //!
-//! Layout: every shard owns two slots (A/B). A slot is a list of extents (one per chunk of at most
-//! `chunk_bytes`), placed round-robin over the extent files, each 4 KiB-aligned. Writes go to the
-//! slot that is not live; a commit flips the live slot in a new manifest. Nothing here does I/O.
+//! Layout: every shard owns `slots_per_shard` slots, two (A/B, double-buffered, the default) or
+//! one (single-slot, half the disk). A slot is a list of extents (one per chunk of at most
+//! `chunk_bytes`), placed round-robin over the extent files, each 4 KiB-aligned. Double-buffered,
+//! writes go to the slot that is not live and a commit flips the live slot in a new manifest;
+//! single-slot, writes go in place and the manifest's `dirty` flag says a write may have torn the
+//! committed bytes. Manifests written before these two fields read as double-buffered and clean.
+//! Nothing here does I/O.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -57,11 +61,12 @@ pub struct ShardEntry {
     pub name: String,
     pub dtype: String,
     pub len_bytes: u64,
-    /// Which of `slots` holds the committed version.
+    /// Which of `slots` holds the committed version (always 0 with one slot per shard).
     pub live: u8,
     /// Committed version of this shard (0: laid out, never written; reads as zeros).
     pub version: u64,
-    pub slots: [Vec<Extent>; 2],
+    /// `slots_per_shard` slots; the JSON is the same array of arrays the A/B pair always was.
+    pub slots: Vec<Vec<Extent>>,
     /// crc32c of each chunk of the live slot, over its `len_bytes`.
     pub crc32c: Vec<u32>,
 }
@@ -74,8 +79,20 @@ pub struct Manifest {
     pub commit: u64,
     pub alignment: u64,
     pub chunk_bytes: u64,
+    /// 2: double-buffered (A/B); 1: single-slot, written in place. Absent in older manifests,
+    /// which were all double-buffered.
+    #[serde(default = "two_slots")]
+    pub slots_per_shard: u8,
+    /// Single-slot only: set durably before the first in-place write after a commit, cleared by
+    /// the next commit. A dirty manifest on disk means the extents may hold a torn mix of versions.
+    #[serde(default)]
+    pub dirty: bool,
     pub files: Vec<FileEntry>,
     pub shards: Vec<ShardEntry>,
+}
+
+fn two_slots() -> u8 {
+    2
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,14 +108,20 @@ pub fn round_up(n: u64, align: u64) -> u64 {
     n.div_ceil(align) * align
 }
 
-/// Lays out `specs` over one extent file per path: two slots per shard, chunks of at most
-/// `chunk_bytes`, round-robin over files so consecutive chunks land on different drives.
+/// Lays out `specs` over one extent file per path: `slots_per_shard` (1 or 2) slots per shard,
+/// chunks of at most `chunk_bytes`, round-robin over files so consecutive chunks land on
+/// different drives.
 pub fn lay_out(
     specs: &[ShardSpec],
     paths: &[PathBuf],
     chunk_bytes: u64,
     alignment: u64,
+    slots_per_shard: u8,
 ) -> Result<Manifest> {
+    assert!(
+        matches!(slots_per_shard, 1 | 2),
+        "slots_per_shard {slots_per_shard}"
+    );
     if paths.is_empty() {
         return Err(SwapError::Config("no path to put extent files in".into()));
     }
@@ -108,6 +131,8 @@ pub fn lay_out(
         )));
     }
     let mut seen = HashMap::new();
+    // Chunks share a handful of lengths; a crc of a few GB of zeros per store would be seconds.
+    let mut zeros_crcs: HashMap<u64, u32> = HashMap::new();
     let mut cursor_bytes = vec![0u64; paths.len()];
     let mut next_file = 0usize;
     let mut shards = Vec::with_capacity(specs.len());
@@ -118,7 +143,7 @@ pub fn lay_out(
                 spec.name
             )));
         }
-        let mut slots: [Vec<Extent>; 2] = [Vec::new(), Vec::new()];
+        let mut slots = vec![Vec::new(); slots_per_shard as usize];
         for slot in &mut slots {
             let mut left = spec.len_bytes;
             loop {
@@ -137,7 +162,14 @@ pub fn lay_out(
                 }
             }
         }
-        let crc32c = slots[0].iter().map(|e| zeros_crc(e.len_bytes)).collect();
+        let crc32c = slots[0]
+            .iter()
+            .map(|e| {
+                *zeros_crcs
+                    .entry(e.len_bytes)
+                    .or_insert_with(|| zeros_crc(e.len_bytes))
+            })
+            .collect();
         shards.push(ShardEntry {
             name: spec.name.clone(),
             dtype: spec.dtype.clone(),
@@ -161,6 +193,8 @@ pub fn lay_out(
         commit: 0,
         alignment,
         chunk_bytes,
+        slots_per_shard,
+        dirty: false,
         files,
         shards,
     })
@@ -180,6 +214,16 @@ pub fn zeros_crc(len: u64) -> u32 {
 }
 
 impl Manifest {
+    /// Bytes the extent files take on disk (what must be free before the store is created).
+    pub fn disk_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.len_bytes).sum()
+    }
+
+    /// Whether every shard has an A and a B slot (commits flip) rather than one (in place).
+    pub fn double_buffered(&self) -> bool {
+        self.slots_per_shard == 2
+    }
+
     /// Serializes with the header line that carries the body's checksum.
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain structs of strings and integers cannot fail.
@@ -230,7 +274,8 @@ impl Manifest {
     }
 
     /// Checks the invariants a reader relies on: extents inside their files, aligned, the chunk
-    /// count of each slot matching the shard length, one checksum per live chunk.
+    /// count of each slot matching the shard length, one checksum per live chunk, as many slots
+    /// as the manifest says, and a dirty flag only where writes go in place.
     fn validate(&self) -> std::result::Result<(), String> {
         if !self.alignment.is_power_of_two() {
             return Err(format!(
@@ -238,8 +283,17 @@ impl Manifest {
                 self.alignment
             ));
         }
+        if !matches!(self.slots_per_shard, 1 | 2) {
+            return Err(format!("slots_per_shard {}", self.slots_per_shard));
+        }
+        if self.dirty && self.double_buffered() {
+            return Err("dirty flag on a double-buffered store".into());
+        }
         for s in &self.shards {
-            if s.live > 1 {
+            if s.slots.len() != self.slots_per_shard as usize {
+                return Err(format!("shard `{}`: {} slots", s.name, s.slots.len()));
+            }
+            if s.live as usize >= s.slots.len() {
                 return Err(format!("shard `{}`: live slot {}", s.name, s.live));
             }
             for slot in &s.slots {

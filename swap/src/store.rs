@@ -1,7 +1,13 @@
 //! The tiered tensor store: shards by stable name in a few preallocated extent files, every chunk
-//! checksummed, state double-buffered (A/B slot per shard) and committed by atomically replacing
-//! the manifest. A crash at any instant leaves the last committed version readable: writes only
-//! ever touch the slot that is not live, and the live slot flips only in a durable manifest.
+//! checksummed, committed by atomically replacing the manifest. Two modes, chosen at `create`:
+//!
+//! - Double-buffered (default, 2x disk): an A/B slot per shard. A crash at any instant leaves the
+//!   last committed version readable: writes only ever touch the slot that is not live, and the
+//!   live slot flips only in a durable manifest.
+//! - Single-slot (`StoreConfig::double_buffered(false)`, 1x disk): writes go in place. Before the
+//!   first write after a commit (or create/open) the manifest is durably marked dirty; a commit
+//!   syncs the data and writes a clean one. A crash between the two is detected, not survived:
+//!   `open` refuses the store with `SwapError::Dirty`, and `rollback` cannot restore old bytes.
 //!
 //! Requests are asynchronous (`read_begin`/`wait_read`, `write_begin`/`wait_write`) so the
 //! swappers can keep the disk busy. The store moves bytes: dtypes are tags it never interprets.
@@ -21,6 +27,9 @@ pub struct StoreConfig {
     pub paths: Vec<PathBuf>,
     /// Largest chunk, in bytes (one pool buffer and one request each); a multiple of 4096.
     pub chunk_bytes: u64,
+    /// Two slots per shard, so a crash keeps the last commit (true, the default); or one,
+    /// written in place, so the store takes half the disk and a crash mid-step loses it.
+    pub double_buffered: bool,
 }
 
 impl StoreConfig {
@@ -28,6 +37,7 @@ impl StoreConfig {
         Self {
             paths,
             chunk_bytes: 8 << 20,
+            double_buffered: true,
         }
     }
 
@@ -35,6 +45,33 @@ impl StoreConfig {
         self.chunk_bytes = chunk_bytes;
         self
     }
+
+    pub fn double_buffered(mut self, double_buffered: bool) -> Self {
+        self.double_buffered = double_buffered;
+        self
+    }
+
+    fn slots_per_shard(&self) -> u8 {
+        if self.double_buffered {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Bytes the extent files of a store of `specs` laid out by `cfg` will take (the manifest aside),
+/// so a caller can check free space before `Store::create`; `alignment` is the backend's
+/// (`BlockIo::alignment`). Fails as `create` would on a layout it refuses.
+pub fn disk_bytes_needed(specs: &[ShardSpec], cfg: &StoreConfig, alignment: u64) -> Result<u64> {
+    let m = lay_out(
+        specs,
+        &cfg.paths,
+        cfg.chunk_bytes,
+        alignment,
+        cfg.slots_per_shard(),
+    )?;
+    Ok(m.disk_bytes())
 }
 
 /// Byte and time counters of one store (one tier).
@@ -129,6 +166,8 @@ pub struct Store<B: BlockIo> {
     files: Vec<FileNo>,
     index: HashMap<String, usize>,
     staged: Vec<Staged>,
+    /// Single-slot: whether the manifest on disk is the dirty one (a write may have begun).
+    dirty_on_disk: bool,
     broken: Option<String>,
     counters: IoCounters,
 }
@@ -138,7 +177,8 @@ impl<B: BlockIo> Store<B> {
     /// Refuses to overwrite an existing store.
     pub fn create(io: B, cfg: &StoreConfig, specs: &[ShardSpec]) -> Result<Self> {
         let align = io.alignment() as u64;
-        let manifest = lay_out(specs, &cfg.paths, cfg.chunk_bytes, align)?;
+        let slots = cfg.slots_per_shard();
+        let manifest = lay_out(specs, &cfg.paths, cfg.chunk_bytes, align, slots)?;
         let manifest_path = cfg.paths[0].join(MANIFEST_NAME);
         let existing = io
             .read_file(&manifest_path)
@@ -161,13 +201,16 @@ impl<B: BlockIo> Store<B> {
         tracing::debug!(
             shards = specs.len(),
             files = files.len(),
+            disk_bytes = manifest.disk_bytes(),
+            double_buffered = cfg.double_buffered,
             "swap store laid out"
         );
         Ok(Self::assemble(io, manifest, manifest_path, files))
     }
 
     /// Opens the store whose manifest is in `first_path`; with `verify`, reads every shard and
-    /// checks every checksum before returning.
+    /// checks every checksum before returning. A single-slot store that was being written when
+    /// its process stopped is refused with `SwapError::Dirty`.
     pub fn open(io: B, first_path: &std::path::Path, verify: bool) -> Result<Self> {
         let manifest_path = first_path.join(MANIFEST_NAME);
         let bytes = io
@@ -178,6 +221,11 @@ impl<B: BlockIo> Store<B> {
                 reason: "not found".into(),
             })?;
         let manifest = Manifest::decode(&bytes, &manifest_path)?;
+        if manifest.dirty {
+            return Err(SwapError::Dirty {
+                path: manifest_path,
+            });
+        }
         if manifest.alignment != io.alignment() as u64 {
             return Err(SwapError::Manifest {
                 path: manifest_path,
@@ -213,6 +261,7 @@ impl<B: BlockIo> Store<B> {
             files,
             index,
             staged,
+            dirty_on_disk: false,
             broken: None,
             counters: IoCounters::default(),
         }
@@ -226,6 +275,12 @@ impl<B: BlockIo> Store<B> {
     /// The committed manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Whether shards have A/B slots (a crash keeps the last commit) rather than one written in
+    /// place (a crash mid-step leaves a store `open` refuses).
+    pub fn double_buffered(&self) -> bool {
+        self.manifest.double_buffered()
     }
 
     /// Byte and wait counters of this store.
@@ -316,6 +371,33 @@ pub(crate) fn meta_err(op: Op, path: &std::path::Path, source: IoFault) -> SwapE
 }
 
 impl<B: BlockIo> Store<B> {
+    /// The slot staged writes of shard `i` go to: the non-live one, or the only one.
+    fn staged_slot(&self, i: usize) -> usize {
+        let s = &self.manifest.shards[i];
+        if self.manifest.double_buffered() {
+            1 - s.live as usize
+        } else {
+            0
+        }
+    }
+
+    /// Single-slot: durably marks the manifest dirty before the first in-place write since the
+    /// last commit, so a crash in the middle of the writes is detected at `open`. Nothing has
+    /// been written when this fails, so the store stays usable.
+    fn mark_dirty(&mut self) -> Result<()> {
+        if self.manifest.double_buffered() || self.dirty_on_disk {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut dirty = self.manifest.clone();
+        dirty.dirty = true;
+        let res = self.io.replace_file(&self.manifest_path, &dirty.encode());
+        self.counters.io_wait_ns += start.elapsed().as_nanos() as u64;
+        res.map_err(|e| meta_err(Op::Manifest, &self.manifest_path, e))?;
+        self.dirty_on_disk = true;
+        Ok(())
+    }
+
     fn io_err(&self, op: Op, shard: usize, e: &Extent, source: IoFault) -> SwapError {
         SwapError::Io {
             op,
@@ -338,7 +420,7 @@ impl<B: BlockIo> Store<B> {
         let s = &self.manifest.shards[i];
         let (slot, crcs) = match &self.staged[i] {
             Staged::Clean => (s.live as usize, s.crc32c.clone()),
-            Staged::Written(c) => (1 - s.live as usize, c.clone()),
+            Staged::Written(c) => (self.staged_slot(i), c.clone()),
             Staged::InFlight | Staged::Poisoned => return Err(SwapError::Poisoned(name.into())),
         };
         assert_eq!(
@@ -415,7 +497,9 @@ impl<B: BlockIo> Store<B> {
     }
 
     /// Starts writing `buf` as the new (staged) version of shard `name`. It becomes the committed
-    /// version at the next successful `commit`; until then the old version stays on disk.
+    /// version at the next successful `commit`. Double-buffered, the old version stays on disk
+    /// until then; single-slot, it is overwritten now (after the manifest is marked dirty), so a
+    /// read of this shard still in flight may fail its checksum (it never returns mixed bytes).
     pub fn write_begin(
         &mut self,
         name: &str,
@@ -433,7 +517,8 @@ impl<B: BlockIo> Store<B> {
         if self.staged[i] == Staged::InFlight {
             return Err(SwapError::Poisoned(name.into()));
         }
-        let slot = 1 - s.live as usize;
+        self.mark_dirty()?;
+        let slot = self.staged_slot(i);
         let mut crcs = Vec::with_capacity(buf.lens.len());
         for (chunk, &len) in buf.chunks.iter_mut().zip(&buf.lens) {
             chunk[len..].fill(0);
@@ -468,8 +553,7 @@ impl<B: BlockIo> Store<B> {
         let start = Instant::now();
         let mut chunks = Vec::with_capacity(h.reqs.len());
         let mut first_err = None;
-        let s = &self.manifest.shards[h.shard];
-        let extents = &s.slots[1 - s.live as usize];
+        let extents = &self.manifest.shards[h.shard].slots[self.staged_slot(h.shard)];
         for (k, req) in h.reqs.into_iter().enumerate() {
             match self.io.wait(req) {
                 Ok(buf) => chunks.push(buf),
@@ -498,9 +582,11 @@ impl<B: BlockIo> Store<B> {
 
 impl<B: BlockIo> Store<B> {
     /// Makes every staged write durable and the new committed version, atomically: data files
-    /// are synced first, then a new manifest naming the flipped slots replaces the old one. If
-    /// this fails the previous version stays committed on disk; after a failed sync or manifest
-    /// write the store refuses further work until it is reopened (the disk's state is unknown).
+    /// are synced first, then a new manifest (double-buffered: naming the flipped slots;
+    /// single-slot: clean) replaces the old one. If this fails the previous version stays
+    /// committed on disk (single-slot: the dirty manifest stays, and `open` refuses the store);
+    /// after a failed sync or manifest write the store refuses further work until it is
+    /// reopened (the disk's state is unknown).
     pub fn commit(&mut self) -> Result<u64> {
         if let Some(why) = &self.broken {
             return Err(SwapError::Config(format!("store must be reopened: {why}")));
@@ -520,9 +606,12 @@ impl<B: BlockIo> Store<B> {
         }
         let mut next = self.manifest.clone();
         next.commit += 1;
+        let flip = next.double_buffered();
         for (s, st) in next.shards.iter_mut().zip(&self.staged) {
             if let Staged::Written(crcs) = st {
-                s.live = 1 - s.live;
+                if flip {
+                    s.live = 1 - s.live;
+                }
                 s.version += 1;
                 s.crc32c = crcs.clone();
             }
@@ -535,16 +624,28 @@ impl<B: BlockIo> Store<B> {
         }
         self.manifest = next;
         self.staged.fill(Staged::Clean);
+        self.dirty_on_disk = false;
         Ok(self.manifest.commit)
     }
 
     /// Drops every staged (uncommitted) write: reads see the committed version again. A
-    /// `ParamSwapper` over this store must `clear_cache` too.
+    /// `ParamSwapper` over this store must `clear_cache` too. Single-slot, the committed bytes
+    /// of a shard written since the last commit are gone: the store then refuses further work
+    /// (as after a failed commit); with nothing written, this does nothing.
     pub fn rollback(&mut self) {
         assert!(
             !self.staged.contains(&Staged::InFlight),
             "rollback with writes in flight"
         );
+        if !self.manifest.double_buffered() {
+            if let Some(i) = self.staged.iter().position(|st| *st != Staged::Clean) {
+                let name = &self.manifest.shards[i].name;
+                self.broken = Some(format!(
+                    "rollback of a single-slot store cannot restore shard `{name}`, \
+                     overwritten in place since the last commit"
+                ));
+            }
+        }
         self.staged.fill(Staged::Clean);
     }
 
