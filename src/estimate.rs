@@ -156,6 +156,12 @@ pub fn estimate(
     let d = config.param_dtype_bytes();
     let gas = config.gradient_accumulation_steps;
     let stage3 = z.stage == 3;
+    // The swap store keeps two versions of each shard unless single-slot mode is asked for.
+    let (versions, versions_note) = if config.zinf.swap_double_buffered {
+        (2, ", two versions")
+    } else {
+        (1, "")
+    };
     let param_dev = if stage3 {
         z.offload_param.device
     } else {
@@ -217,7 +223,10 @@ pub fn estimate(
             );
             let cached = z.offload_param.max_in_cpu.min(p);
             host_params.add("parameters cached in host memory (max_in_cpu)", cached * d);
-            nvme.add(format!("{}-bit parameters, two versions", 8 * d), 2 * d * p);
+            nvme.add(
+                format!("{}-bit parameters{versions_note}", 8 * d),
+                versions * d * p,
+            );
             traffic.nvme_read_bytes += 2 * gas * d * (p - cached);
             traffic.nvme_write_bytes += d * p;
             traffic.host_to_device_bytes += 2 * gas * d * (p - model.persistent.min(p));
@@ -276,8 +285,8 @@ pub fn estimate(
                 stages * 12 * sub_group,
             );
             nvme.add(
-                "fp32 master weights, Adam m and v, two versions",
-                2 * opt_bytes,
+                format!("fp32 master weights, Adam m and v{versions_note}"),
+                versions * opt_bytes,
             );
             traffic.nvme_read_bytes += opt_bytes;
             traffic.nvme_write_bytes += opt_bytes;

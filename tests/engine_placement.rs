@@ -32,6 +32,15 @@ fn check_all(dtype: ParamDtype, clip: f64, gas: usize) {
         let es = engine_settings(s.clone(), placement(p.clone(), o.clone()));
         let mut e = fake_engine(es, &disk, 8 << 20, Start::Fresh(None));
         let got = engine_run(&mut e, STEPS);
+        let c = e.counters();
+        if p.is_nvme() || o.is_nvme() {
+            assert!(c.nvme_bytes_read > 0 && c.nvme_bytes_written > 0, "{c:?}");
+        } else {
+            assert_eq!(c.nvme_bytes_read, 0);
+        }
+        if p != Tier::Device {
+            assert!(c.device_fetches > 10, "groups are fetched each pass: {c:?}");
+        }
         assert_eq!(
             bits(&got),
             bits(&want),
@@ -44,7 +53,13 @@ fn check_all(dtype: ParamDtype, clip: f64, gas: usize) {
         if clip > 0.0 || dtype == ParamDtype::F16 {
             let gn: Vec<u64> = got.iter().map(|m| m.grad_norm.to_bits()).collect();
             let wn: Vec<u64> = want.iter().map(|m| m.grad_norm.to_bits()).collect();
-            assert_eq!(gn, wn, "grad norms, params {} optimizer {}", p.name(), o.name());
+            assert_eq!(
+                gn,
+                wn,
+                "grad norms, params {} optimizer {}",
+                p.name(),
+                o.name()
+            );
         }
     }
 }

@@ -1,15 +1,24 @@
-//! `zinf train`: a resident GPT-2 training run from a DeepSpeed config (the embedded
-//! `configs/tiny_cpu.json` when none is given, on a built-in corpus when it names no data).
+//! `zinf train`: a GPT-2 training run on the ZeRO-3 offload engine from a DeepSpeed config
+//! (the embedded `configs/tiny_cpu.json` when none is given, on a built-in corpus when it names
+//! no data). Parameters and optimizer state go where `offload_param` / `offload_optimizer` say.
 //!
-//! This file turns the config into [`TrainSettings`], loads the data, and reports: a progress
-//! bar (loss, tokens/s, ETA), `steps_per_print` log lines, a CSV of step metrics, validation
-//! loss every `eval_interval` steps, a final summary (optionally JSON), and an HF checkpoint in
-//! the output folder. Ctrl-C stops after the current step and still writes all of that.
+//! This file turns the config into [`EngineSettings`], checks the budgets against the engine's
+//! needs before anything is allocated, and reports: placement and budgets at start-up (beside
+//! `zinf estimate`'s figures), a progress bar, `steps_per_print` log lines, a CSV of step
+//! metrics, validation loss every `eval_interval` steps, saves (`--save`, `--save-every`), an
+//! optional Perfetto trace, and a final summary with I/O, overlap and memory figures
+//! (optionally JSON). Ctrl-C stops after the current step and still saves and reports.
 
-use crate::config::{Config, Loaded, OffloadDevice};
+use crate::config::{Config, Loaded};
 use crate::data::{builtin_corpus, load_tokens, Dataset, Tokenizer};
+use crate::device::{CpuDevice, Device};
+use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
+use crate::engine::timeline::Timeline;
+use crate::engine::{
+    checkpoint, Engine, EngineCounters, EngineSettings, IoFactory, Placement, Start, Tier,
+};
 use crate::model::checkpoint::{load_hf, save_hf};
-use crate::model::train::{StepMetrics, TrainSettings, Trainer};
+use crate::model::train::{StepMetrics, TrainSettings};
 use crate::model::ParamDtype;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,6 +28,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use zinf_swap::{AioBackend, PoolConfig};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TrainArgs {
@@ -47,10 +57,22 @@ pub struct TrainArgs {
     /// No progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
+    /// Save the run here (at exit, and every --save-every steps) so --resume can continue it.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// With --save: also save every N steps (0: only at exit).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: u64,
+    /// Continue the run saved in this folder (bit-identical to an uninterrupted run).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write a Chrome/Perfetto trace of compute, optimizer and I/O here (overrides zinf.trace).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 /// What a run did, printed at the end and written by `--summary-json`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Summary {
     pub steps: u64,
     pub skipped_steps: u64,
@@ -65,6 +87,39 @@ pub struct Summary {
     pub checkpoint: String,
     pub csv: Option<String>,
     pub losses: Vec<f32>,
+    /// Step the run started from (0, or the resumed step).
+    pub start_step: u64,
+    pub offload_param: String,
+    pub offload_optimizer: String,
+    pub step_s_median: f64,
+    pub peak_rss_bytes: u64,
+    pub device_peak_bytes: u64,
+    pub device_budget_bytes: u64,
+    pub pinned_pool_bytes: u64,
+    /// `zinf estimate`'s peak figures for this config, beside the measured ones.
+    pub estimate_device_bytes: u64,
+    pub estimate_host_bytes: u64,
+    pub estimate_nvme_bytes: u64,
+    /// NVMe tier bytes read and written over the run.
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Host <-> device bytes.
+    pub device_bytes_in: u64,
+    pub device_bytes_out: u64,
+    pub io_wait_s: f64,
+    pub pool_wait_s: f64,
+    pub compute_s: f64,
+    pub optimizer_s: f64,
+    /// Parameter and optimizer reads that were already in flight when needed.
+    pub prefetch_hit_rate: f64,
+    /// Fraction of the time I/O was in flight during which compute ran too.
+    pub overlap_fraction: f64,
+    pub io_busy_s: f64,
+    /// Estimated drive wear: bytes written per 1,000 steps.
+    pub wear_bytes_per_1000_steps: u64,
+    pub trace: Option<String>,
+    pub saved: Option<String>,
+    pub counters: EngineCounters,
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
@@ -99,12 +154,6 @@ pub fn settings_from(cfg: &Config, args: &TrainArgs) -> anyhow::Result<TrainSett
     let kind = cfg.optimizer.kind.as_str();
     if !matches!(kind, "Adam" | "AdamW") {
         bail!("optimizer.type {kind:?}: zinf trains with the CPU Adam (\"Adam\" or \"AdamW\")");
-    }
-    let z3 = &cfg.zero_optimization;
-    if z3.offload_param.device != OffloadDevice::None
-        || z3.offload_optimizer.device != OffloadDevice::None
-    {
-        tracing::warn!("offload_param / offload_optimizer: `zinf train` keeps state resident for now; offload comes with the ZeRO-3 engine");
     }
     let z = &cfg.zinf;
     let adam = cfg.adam();
@@ -155,6 +204,112 @@ fn load_data(cfg: &Config, args: &TrainArgs, seq_len: usize) -> anyhow::Result<D
     Ok(Dataset::split(tokens, cfg.zinf.data.val_fraction, seq_len)?)
 }
 
+/// The engine's settings: the trainer's plus placement and the stage-3 knobs.
+pub fn engine_settings_from(cfg: &Config, train: TrainSettings) -> anyhow::Result<EngineSettings> {
+    let z = &cfg.zero_optimization;
+    Ok(EngineSettings {
+        train,
+        placement: Placement::from_config(cfg)?,
+        sub_group_size: z.sub_group_size.max(1),
+        prefetch_bucket_size: z.prefetch_bucket_size,
+        max_live_parameters: z.max_live_parameters,
+        max_reuse_distance: z.max_reuse_distance,
+        param_persistence_threshold: z.param_persistence_threshold,
+        pipeline_read: z.offload_optimizer.pipeline_read,
+        pipeline_write: z.offload_optimizer.pipeline_write,
+        chunk_bytes: 8 << 20,
+        double_buffered: cfg.zinf.swap_double_buffered,
+    })
+}
+
+/// The pinned pool: `zinf.pinned_memory_budget`, else DeepSpeed's buffers (offload_param
+/// `buffer_count x buffer_size` elements, offload_optimizer `buffer_count` sub-groups of fp32),
+/// capped at twice what the engine's pipeline can hold at once.
+pub fn pool_bytes(cfg: &Config, s: &EngineSettings) -> u64 {
+    if let Some(b) = cfg.zinf.pinned_memory_budget {
+        return b;
+    }
+    let z = &cfg.zero_optimization;
+    let d = s.train.dtype.bytes() as u64;
+    let layout = crate::model::param_layout(&s.train.model);
+    let group = layout
+        .groups
+        .iter()
+        .map(|(_, r)| r.len() as u64)
+        .max()
+        .unwrap_or(0);
+    let unit = s.sub_group_size.min(group);
+    let mut ds = 0;
+    let mut need = 0;
+    if s.placement.params.is_nvme() {
+        ds += z.offload_param.buffer_count * z.offload_param.buffer_size * d;
+        need += 3 * group * d;
+    }
+    if s.placement.optimizer.is_nvme() {
+        ds += z.offload_optimizer.buffer_count * unit * 4;
+        need += 3 * 3 * unit * 4;
+    }
+    ds.min(2 * need).max(need)
+}
+
+fn aio_factory(cfg: &Config, pool: u64, pin: bool) -> IoFactory<AioBackend> {
+    let aio = cfg.aio_config();
+    Box::new(move || {
+        let pc = PoolConfig {
+            buffer_count: 1,
+            buffer_size: pool,
+            budget_bytes: Some(pool),
+            pin_memory: pin,
+        };
+        AioBackend::new(&aio, &pc)
+    })
+}
+
+/// A fresh run may reuse a swap folder only when no save lives in it.
+fn prepare_swap_folder(p: &Placement, resuming: bool) -> anyhow::Result<()> {
+    if resuming || p.nvme_paths().is_empty() {
+        return Ok(());
+    }
+    for path in p.nvme_paths() {
+        let folder = path.join(crate::engine::SWAP_DIR);
+        let marker = folder.join(checkpoint::SAVED_MARKER);
+        if marker.exists() {
+            let what = std::fs::read_to_string(&marker).unwrap_or_default();
+            bail!(
+                "{} holds a saved run ({}); continue it with --resume DIR, or delete the folder to start fresh",
+                folder.display(),
+                what.trim()
+            );
+        }
+        if folder.exists() {
+            tracing::info!(
+                "removing the swap store of an earlier unsaved run in {}",
+                folder.display()
+            );
+            std::fs::remove_dir_all(&folder)
+                .with_context(|| format!("removing {}", folder.display()))?;
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Refuses a run whose host state would not fit `zinf.host_memory_budget`.
+fn check_host_budget(cfg: &Config, host_bytes: u64, pool: u64) -> anyhow::Result<()> {
+    if let Some(budget) = cfg.zinf.host_memory_budget {
+        if host_bytes > budget {
+            bail!(
+                "host memory budget exceeded: the tiers need {} in host memory (plus a {} pinned pool), \
+                 zinf.host_memory_budget is {}; offload more to nvme, or raise the budget",
+                human_bytes(host_bytes),
+                human_bytes(pool),
+                human_bytes(budget)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs training to the end (or to Ctrl-C via `stop`) and returns the summary.
 pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
     let loaded = load_config(args)?;
@@ -176,34 +331,129 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
     };
     let data = load_data(cfg, args, settings.seq_len)?;
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir(cfg));
-    let mut trainer = Trainer::new(settings, data, init)?;
+    let es = engine_settings_from(cfg, settings)?;
+    let pool = pool_bytes(cfg, &es);
+    prepare_swap_folder(&es.placement, args.resume.is_some())?;
+    let pin = matches!(es.placement.params, Tier::Nvme { .. })
+        && cfg.zero_optimization.offload_param.pin_memory
+        || cfg.zero_optimization.offload_optimizer.pin_memory;
+    let trace_path = args
+        .trace
+        .clone()
+        .or(cfg.zinf.trace.as_ref().map(PathBuf::from));
+    let timeline = if trace_path.is_some() {
+        Timeline::enabled()
+    } else {
+        Timeline::disabled()
+    };
+    let dev = CpuDevice::new(es.train.threads, es.train.device_memory_budget);
+    let start = match &args.resume {
+        Some(dir) => Start::Resume(dir.clone()),
+        None => Start::Fresh(init),
+    };
+    let mut engine = Engine::new(es, dev, data, aio_factory(cfg, pool, pin), start, timeline)?;
+    check_host_budget(cfg, engine.host_state_bytes(), engine.pool_budget_bytes())?;
     let steps = args.steps.unwrap_or(cfg.zinf.train_steps);
-    log_start(&trainer, steps);
+    let start_step = engine.steps();
+    let est = log_start(&engine, cfg, steps);
     let csv_path =
         (cfg.csv_monitor.enabled || args.out.is_some()).then(|| out_dir.join("metrics.csv"));
     let mut csv = match &csv_path {
-        Some(p) => Some(open_csv(p)?),
+        Some(p) => Some(open_csv(p, start_step > 0)?),
         None => None,
     };
-    let r = run_loop(
-        &mut trainer,
-        cfg,
-        steps,
-        csv.as_mut(),
-        stop,
-        args.no_progress,
-    )?;
-    save_hf(&out_dir, &trainer.settings.model, &trainer.params)?;
-    let summary = Summary {
-        checkpoint: out_dir.display().to_string(),
-        csv: csv_path.map(|p| p.display().to_string()),
-        ..r
+    let r = run_loop(&mut engine, cfg, args, steps, csv.as_mut(), stop)?;
+    engine.flush()?;
+    let saved = match &args.save {
+        Some(dir) => {
+            engine.save(dir)?;
+            Some(dir.display().to_string())
+        }
+        None => None,
     };
+    let export_limit = cfg.zinf.host_memory_budget.unwrap_or(4 << 30);
+    match engine.export_params(export_limit)? {
+        Some(p) => save_hf(&out_dir, &engine.settings.train.model, &p)?,
+        None => tracing::info!(
+            "HF export skipped: the parameters live on NVMe and exceed {} of host memory",
+            human_bytes(export_limit)
+        ),
+    }
+    if let Some(p) = &trace_path {
+        engine
+            .recorder()
+            .timeline
+            .write_chrome_json(p)
+            .with_context(|| format!("writing the trace {}", p.display()))?;
+        tracing::info!(
+            "trace written to {} (open it in ui.perfetto.dev)",
+            p.display()
+        );
+    }
+    let summary = finish_summary(
+        r, &engine, est, start_step, out_dir, csv_path, trace_path, saved,
+    );
     if let Some(p) = &args.summary_json {
         std::fs::write(p, serde_json::to_string_pretty(&summary)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(summary)
+}
+
+/// `zinf estimate`'s peaks for this config: (device, host, NVMe) bytes.
+type EstimatePeaks = (u64, u64, u64);
+
+#[allow(clippy::too_many_arguments)]
+fn finish_summary(
+    r: Summary,
+    e: &Engine<CpuDevice, AioBackend>,
+    est: EstimatePeaks,
+    start_step: u64,
+    out_dir: PathBuf,
+    csv_path: Option<PathBuf>,
+    trace: Option<PathBuf>,
+    saved: Option<String>,
+) -> Summary {
+    let c = e.counters();
+    let q = c.queue;
+    let hits = q.param_prefetch_hits + q.opt_prefetch_hits;
+    let reads = hits + q.param_misses + q.opt_misses;
+    let ov = &e.recorder().overlap;
+    let budget = e.dev.budget();
+    Summary {
+        checkpoint: out_dir.display().to_string(),
+        csv: csv_path.map(|p| p.display().to_string()),
+        start_step,
+        offload_param: e.settings.placement.params.name().into(),
+        offload_optimizer: e.settings.placement.optimizer.name().into(),
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+        device_peak_bytes: budget.peak_bytes(),
+        device_budget_bytes: budget.budget_bytes(),
+        pinned_pool_bytes: e.pool_budget_bytes(),
+        estimate_device_bytes: est.0,
+        estimate_host_bytes: est.1,
+        estimate_nvme_bytes: est.2,
+        bytes_read: c.nvme_bytes_read,
+        bytes_written: c.nvme_bytes_written,
+        device_bytes_in: c.device_bytes_in,
+        device_bytes_out: c.device_bytes_out,
+        io_wait_s: q.io_wait_ns as f64 * 1e-9,
+        pool_wait_s: q.pool_wait_ns as f64 * 1e-9,
+        compute_s: c.compute_s,
+        optimizer_s: c.optimizer_s,
+        prefetch_hit_rate: if reads > 0 {
+            hits as f64 / reads as f64
+        } else {
+            0.0
+        },
+        overlap_fraction: ov.overlap_fraction(),
+        io_busy_s: ov.io_busy_s(),
+        wear_bytes_per_1000_steps: wear_bytes_per_1000_steps(c.nvme_bytes_written, r.steps),
+        trace: trace.map(|p| p.display().to_string()),
+        saved,
+        counters: c,
+        ..r
+    }
 }
 
 /// `csv_monitor.output_path/job_name`, with `runs/` when the config names no output path.
@@ -217,32 +467,75 @@ fn default_out_dir(cfg: &Config) -> PathBuf {
     Path::new(base).join(&m.job_name)
 }
 
-fn log_start(t: &Trainer, steps: u64) {
-    let s = &t.settings;
+fn log_start(e: &Engine<CpuDevice, AioBackend>, cfg: &Config, steps: u64) -> EstimatePeaks {
+    let s = &e.settings.train;
+    let pl = &e.settings.placement;
     tracing::info!(
-        "model: {} layers, {} heads, {} channels, vocab {}, {} parameters ({:?}); device {} ({} of {} bytes in use)",
+        "model: {} layers, {} heads, {} channels, vocab {}, {} parameters ({:?}); device {}",
         s.model.n_layer,
         s.model.n_head,
         s.model.n_embd,
         s.model.vocab_size,
         s.model.num_params(),
         s.dtype,
-        crate::device::Device::name(&t.dev),
-        crate::device::Device::budget(&t.dev).used_bytes(),
-        crate::device::Device::budget(&t.dev).budget_bytes(),
+        e.dev.name(),
+    );
+    let where_ = |t: &Tier| match t {
+        Tier::Nvme { path } => format!("nvme ({})", path.display()),
+        other => other.name().to_string(),
+    };
+    tracing::info!(
+        "placement: parameters on {}, optimizer state on {}; update {}",
+        where_(&pl.params),
+        where_(&pl.optimizer),
+        if e.streams() {
+            "streams group by group during backward"
+        } else {
+            "runs after backward (clipping/fp16 need the global norm)"
+        }
+    );
+    let stats = crate::estimate::ModelStats::from_config(cfg);
+    let est = crate::estimate::estimate(
+        cfg,
+        stats,
+        2.0,
+        crate::config::host_memory_bytes(),
+        &crate::estimate::statvfs_free_bytes,
+    );
+    let host_est = est.pinned_host.bytes + est.pageable_host.bytes;
+    tracing::info!(
+        "budgets: device {} (estimate {}), pinned pool {} (estimate {}), host state {} (estimate {}{}), NVMe estimate {}",
+        human_bytes(e.dev.budget().budget_bytes()),
+        human_bytes(est.device.bytes),
+        human_bytes(e.pool_budget_bytes()),
+        human_bytes(est.pinned_host.bytes),
+        human_bytes(e.host_state_bytes()),
+        human_bytes(host_est),
+        cfg.zinf
+            .host_memory_budget
+            .map_or(String::new(), |b| format!(", budget {}", human_bytes(b))),
+        human_bytes(est.nvme.bytes),
     );
     tracing::info!(
-        "training {steps} steps of {} x {} tokens x {} accumulation, checkpointing {}",
+        "training steps {}..{steps} of {} x {} tokens x {} accumulation, checkpointing {}",
+        e.steps() + 1,
         s.micro_batch,
         s.seq_len,
         s.gradient_accumulation_steps,
         s.activation_checkpointing
     );
+    (est.device.bytes, host_est, est.nvme.bytes)
 }
 
-fn open_csv(path: &Path) -> anyhow::Result<std::fs::File> {
+fn open_csv(path: &Path, append: bool) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if append && path.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()));
     }
     let mut f =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -265,22 +558,25 @@ fn progress(steps: u64, hidden: bool) -> ProgressBar {
 }
 
 fn run_loop(
-    t: &mut Trainer,
+    t: &mut Engine<CpuDevice, AioBackend>,
     cfg: &Config,
+    args: &TrainArgs,
     steps: u64,
     mut csv: Option<&mut std::fs::File>,
     stop: &AtomicBool,
-    no_progress: bool,
 ) -> anyhow::Result<Summary> {
-    let pb = progress(steps, no_progress);
+    let first = t.steps() + 1;
+    let pb = progress(steps.saturating_sub(first - 1), args.no_progress);
     let start = Instant::now();
     let (tokens_per_step, eval_interval) =
         (t.tokens_per_step() as u64, cfg.zinf.data.eval_interval);
     let (mut losses, mut skipped, mut val_loss) = (Vec::new(), 0, None);
-    for i in 1..=steps {
+    let mut step_times = Vec::new();
+    for i in first..=steps {
         let t0 = Instant::now();
         let m = t.step()?;
         let step_s = t0.elapsed().as_secs_f64();
+        step_times.push(step_s);
         let tps = tokens_per_step as f64 / step_s;
         losses.push(m.loss);
         skipped += m.skipped as u64;
@@ -292,10 +588,15 @@ fn run_loop(
         }
         pb.set_message(format!("loss {:.4} | {:.0} tok/s", m.loss, tps));
         pb.inc(1);
-        if cfg.steps_per_print > 0 && (i.is_multiple_of(cfg.steps_per_print) || i == 1)
+        if cfg.steps_per_print > 0 && (i.is_multiple_of(cfg.steps_per_print) || i == first)
             || v.is_some()
         {
             pb.suspend(|| log_step(&m, steps, step_s, tps, v));
+        }
+        if let Some(dir) = &args.save {
+            if args.save_every > 0 && i.is_multiple_of(args.save_every) && i < steps {
+                pb.suspend(|| t.save(dir))?;
+            }
         }
         if stop.load(Ordering::SeqCst) {
             pb.suspend(|| tracing::warn!("interrupted: stopping after step {i}"));
@@ -305,14 +606,15 @@ fn run_loop(
     pb.finish_and_clear();
     let elapsed_s = start.elapsed().as_secs_f64();
     let n = losses.len() as u64;
-    if n < steps && n > 0 && eval_interval > 0 {
+    let interrupted = t.steps() < steps;
+    if interrupted && n > 0 && eval_interval > 0 {
         val_loss = t.validate()?.or(val_loss); // an interrupted run still reports where it got
     }
     Ok(Summary {
         steps: n,
         skipped_steps: skipped,
-        interrupted: n < steps,
-        params: t.settings.model.num_params(),
+        interrupted,
+        params: t.settings.train.model.num_params(),
         first_loss: losses.first().copied().unwrap_or(f32::NAN),
         final_loss: losses.last().copied().unwrap_or(f32::NAN),
         val_loss,
@@ -322,6 +624,8 @@ fn run_loop(
         checkpoint: String::new(),
         csv: None,
         losses,
+        step_s_median: median(&step_times).unwrap_or(0.0),
+        ..Summary::default()
     })
 }
 
@@ -362,21 +666,65 @@ fn log_step(m: &StepMetrics, steps: u64, step_s: f64, tps: f64, v: Option<f32>) 
 
 fn print_summary(s: &Summary) {
     println!(
-        "steps          {}{}",
+        "steps          {}{}{}",
         s.steps,
+        if s.start_step > 0 {
+            format!(" (resumed at step {})", s.start_step)
+        } else {
+            String::new()
+        },
         if s.interrupted { " (interrupted)" } else { "" }
     );
     println!("parameters     {}", s.params);
+    println!(
+        "placement      parameters {}, optimizer {}",
+        s.offload_param, s.offload_optimizer
+    );
     println!("loss           {:.4} -> {:.4}", s.first_loss, s.final_loss);
     if let Some(v) = s.val_loss {
         println!("val_loss       {v:.4}");
     }
     println!("skipped steps  {}", s.skipped_steps);
     println!(
-        "tokens         {} in {:.1} s ({:.0} tokens/s)",
-        s.tokens, s.elapsed_s, s.tokens_per_s
+        "tokens         {} in {:.1} s ({:.0} tokens/s), median step {:.3} s",
+        s.tokens, s.elapsed_s, s.tokens_per_s, s.step_s_median
+    );
+    println!(
+        "memory         peak RSS {} (estimate {} host), device peak {} of {} (estimate {}), pinned pool {}",
+        human_bytes(s.peak_rss_bytes),
+        human_bytes(s.estimate_host_bytes),
+        human_bytes(s.device_peak_bytes),
+        human_bytes(s.device_budget_bytes),
+        human_bytes(s.estimate_device_bytes),
+        human_bytes(s.pinned_pool_bytes)
+    );
+    if s.bytes_read + s.bytes_written > 0 {
+        println!(
+            "nvme           read {}, written {} (wear {} per 1,000 steps)",
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_written),
+            human_bytes(s.wear_bytes_per_1000_steps)
+        );
+        println!(
+            "overlap        I/O busy {:.2} s, {:.0}% of it under compute; I/O wait {:.2} s, pool wait {:.2} s, prefetch hits {:.0}%",
+            s.io_busy_s,
+            100.0 * s.overlap_fraction,
+            s.io_wait_s,
+            s.pool_wait_s,
+            100.0 * s.prefetch_hit_rate
+        );
+    }
+    println!(
+        "time           compute {:.2} s, optimizer {:.2} s",
+        s.compute_s, s.optimizer_s
     );
     println!("checkpoint     {}", s.checkpoint);
+    if let Some(d) = &s.saved {
+        println!("saved          {d} (continue with --resume {d})");
+    }
+    if let Some(t) = &s.trace {
+        println!("trace          {t}");
+    }
     if let Some(c) = &s.csv {
         println!("metrics        {c}");
     }

@@ -41,6 +41,10 @@ pub struct ZinfConfig {
     pub trace: Option<String>,
     /// io_uring submission-queue polling thread (off: it burns a core).
     pub sqpoll: bool,
+    /// Two slots per swap-store shard (default): a kill at any moment leaves the last save
+    /// resumable, at twice the disk space. `false` halves the NVMe space; a run killed between
+    /// saves then cannot resume from that store.
+    pub swap_double_buffered: bool,
 }
 
 pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
@@ -80,6 +84,7 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
     }
     let trace = s.opt_string("trace", diag);
     let sqpoll = s.bool("sqpoll", false, diag);
+    let swap_double_buffered = s.bool("swap_double_buffered", true, diag);
     s.finish(diag);
     ZinfConfig {
         strict_config,
@@ -93,6 +98,7 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
         threads,
         trace,
         sqpoll,
+        swap_double_buffered,
     }
 }
 

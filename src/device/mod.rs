@@ -84,6 +84,7 @@ impl HostSlice<'_> {
 pub struct MemoryBudget {
     budget_bytes: u64,
     used_bytes: Arc<AtomicU64>,
+    peak_bytes: Arc<AtomicU64>,
 }
 
 impl MemoryBudget {
@@ -92,6 +93,7 @@ impl MemoryBudget {
         MemoryBudget {
             budget_bytes,
             used_bytes: Arc::new(AtomicU64::new(0)),
+            peak_bytes: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -103,6 +105,11 @@ impl MemoryBudget {
     /// Bytes currently allocated.
     pub fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Highest `used_bytes` so far.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak_bytes.load(Ordering::SeqCst)
     }
 
     /// Charges `bytes` for `what`, or says who asked for too much.
@@ -122,7 +129,10 @@ impl MemoryBudget {
                 .used_bytes
                 .compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.peak_bytes.fetch_max(next, Ordering::SeqCst);
+                    return Ok(());
+                }
                 Err(now) => used = now,
             }
         }

@@ -81,7 +81,11 @@ pub(super) fn store_specs<D: Device, B: BlockIo>(e: &Engine<D, B>) -> Vec<ShardS
     if !pl.optimizer.is_nvme() {
         for (u, unit) in e.units.iter().enumerate() {
             for t in 0..3 {
-                v.push(ShardSpec::new(ckpt_opt(u, t), unit.range.len() as u64 * 4, "f32"));
+                v.push(ShardSpec::new(
+                    ckpt_opt(u, t),
+                    unit.range.len() as u64 * 4,
+                    "f32",
+                ));
             }
         }
     }
@@ -164,7 +168,12 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             )
             .map_err(|e| ckpt_err(&folder, format!("cannot write the save marker: {e}")))?;
         }
-        tracing::info!("saved step {} to {} (store {})", self.steps, dir.display(), folder.display());
+        tracing::info!(
+            "saved step {} to {} (store {})",
+            self.steps,
+            dir.display(),
+            folder.display()
+        );
         Ok(folder)
     }
 
@@ -191,7 +200,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             }
         }
         if json.len() as u64 + 8 > STATE_BYTES {
-            return Err(EngineError::Config("engine state larger than its shard".into()));
+            return Err(EngineError::Config(
+                "engine state larger than its shard".into(),
+            ));
         }
         let mut body = vec![0u8; STATE_BYTES as usize];
         body[..8].copy_from_slice(&(json.len() as u64).to_le_bytes());
@@ -209,7 +220,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
     pub(super) fn resume_from(&mut self, dir: &Path) -> Result<(), EngineError> {
         let ptr_path = dir.join(POINTER);
         let body = std::fs::read(&ptr_path).map_err(|e| {
-            ckpt_err(&ptr_path, format!("no save here ({e}); was the run started with --save?"))
+            ckpt_err(
+                &ptr_path,
+                format!("no save here ({e}); was the run started with --save?"),
+            )
         })?;
         let ptr: Pointer = serde_json::from_slice(&body)
             .map_err(|e| ckpt_err(&ptr_path, format!("not a zinf checkpoint pointer: {e}")))?;
@@ -235,8 +249,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             self.batcher.next_batch(&self.data.train);
         }
         self.batches_drawn = st.batches_drawn;
-        if self.settings.placement.params.is_nvme() || self.settings.placement.optimizer.is_nvme()
-        {
+        if self.settings.placement.params.is_nvme() || self.settings.placement.optimizer.is_nvme() {
             self.store = Some(store);
         } else {
             self.save_store = Some(store);
@@ -252,17 +265,27 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             ("zinf.model", st.model == now.model),
             ("parameter dtype (fp16/bf16)", st.dtype == now.dtype),
             ("offload_param.device", st.params_tier == now.params_tier),
-            ("offload_optimizer.device", st.optimizer_tier == now.optimizer_tier),
+            (
+                "offload_optimizer.device",
+                st.optimizer_tier == now.optimizer_tier,
+            ),
             ("sub_group_size", st.sub_group_size == now.sub_group_size),
             ("zinf.seed", st.seed == now.seed),
-            ("train_micro_batch_size_per_gpu", st.micro_batch == now.micro_batch),
+            (
+                "train_micro_batch_size_per_gpu",
+                st.micro_batch == now.micro_batch,
+            ),
             ("zinf.data.seq_len", st.seq_len == now.seq_len),
             (
                 "gradient_accumulation_steps",
                 st.gradient_accumulation_steps == now.gradient_accumulation_steps,
             ),
         ];
-        let bad: Vec<&str> = fields.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+        let bad: Vec<&str> = fields
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| *n)
+            .collect();
         if !bad.is_empty() {
             return Err(ckpt_err(
                 path,
@@ -280,7 +303,13 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         q: &mut SwapQueue<B>,
         store: &mut Store<B>,
     ) -> Result<(), EngineError> {
-        let groups: Vec<_> = self.model.layout.groups.iter().map(|(_, r)| r.clone()).collect();
+        let groups: Vec<_> = self
+            .model
+            .layout
+            .groups
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect();
         if let ParamHome::Host(hp) = &mut self.params {
             for (gi, r) in groups.iter().enumerate() {
                 let bytes = read_whole(q, store, &mut self.rec, &ckpt_param(gi))?;

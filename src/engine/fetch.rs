@@ -200,7 +200,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             return Ok(());
         }
         let g = self.groups[gi];
-        let buf = self.model.params_mut(g).expect("a persistent group is installed");
+        let buf = self
+            .model
+            .params_mut(g)
+            .expect("a persistent group is installed");
         let ev = self.dev.upload(buf, 0, values)?;
         self.dev.wait(ev)?;
         self.counters.device_bytes_in += (values.len() * self.settings.train.dtype.bytes()) as u64;

@@ -216,14 +216,22 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let group_units = (0..groups.len())
             .map(|gi| {
                 let a = units.iter().position(|u| u.group == gi).unwrap_or(0);
-                let b = units.iter().rposition(|u| u.group == gi).map_or(a, |b| b + 1);
+                let b = units
+                    .iter()
+                    .rposition(|u| u.group == gi)
+                    .map_or(a, |b| b + 1);
                 a..b
             })
             .collect();
-        let max_group = layout.groups.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
+        let max_group = layout
+            .groups
+            .iter()
+            .map(|(_, r)| r.len())
+            .max()
+            .unwrap_or(0);
         let stream = streams(s);
-        let grads_acc = (!stream || s.gradient_accumulation_steps > 1)
-            .then(|| vec![0.0f32; layout.total]);
+        let grads_acc =
+            (!stream || s.gradient_accumulation_steps > 1).then(|| vec![0.0f32; layout.total]);
         let adam = Adam::new(s.adam, s.threads)?;
         let scaler = LossScaler::new(&s.loss_scaler, s.fp16)?;
         let sched = s
@@ -366,7 +374,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
 
     fn chunk_bytes(&self) -> u64 {
         let max_unit = self.units.iter().map(|u| u.range.len()).max().unwrap_or(0) as u64;
-        self.settings.chunk_bytes.max((max_unit * 4).next_multiple_of(4096))
+        self.settings
+            .chunk_bytes
+            .max((max_unit * 4).next_multiple_of(4096))
     }
 
     fn max_group_len(&self) -> usize {
@@ -382,7 +392,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             .into_iter()
             .map(|p| p.join(SWAP_DIR))
             .collect();
-        StoreConfig::new(paths).chunk_bytes(self.chunk_bytes())
+        StoreConfig::new(paths)
+            .chunk_bytes(self.chunk_bytes())
+            .double_buffered(self.settings.double_buffered)
     }
 
     fn store_specs(&self) -> Vec<zinf_swap::ShardSpec> {
@@ -441,7 +453,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
 
     /// Pool budget of the swap store, bytes (0 when nothing is on NVMe).
     pub fn pool_budget_bytes(&self) -> u64 {
-        self.store.as_ref().map_or(0, |s| s.io().pool_budget_bytes())
+        self.store
+            .as_ref()
+            .map_or(0, |s| s.io().pool_budget_bytes())
     }
 
     /// Whether the update streams group by group during backward (no clipping, no fp16).
@@ -476,7 +490,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             self.scaler.update(false)?;
             (self.step_sum_sq.sqrt() / loss_scale, false)
         } else {
-            let acc = self.grads_acc.as_deref().expect("kept whole when not streaming");
+            let acc = self
+                .grads_acc
+                .as_deref()
+                .expect("kept whole when not streaming");
             let stats = self.adam.grad_stats(&[crate::optim::Grad::F32(acc)]);
             let scaled_norm = stats.sum_sq.sqrt();
             let outcome = self.scaler.update(stats.non_finite)?;
@@ -594,6 +611,45 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         Ok(Some((sum / batches.len() as f64) as f32))
     }
 
+    /// The current parameters as one host array (the HF export at the end of a run); `None`
+    /// when they live on NVMe and would take more than `max_bytes` of host memory.
+    pub fn export_params(&mut self, max_bytes: u64) -> Result<Option<HostParams>, EngineError> {
+        let s = &self.settings.train;
+        let total = self.model.layout.total;
+        if let ParamHome::Host(hp) = &self.params {
+            return Ok(Some(hp.clone()));
+        }
+        if (total * s.dtype.bytes()) as u64 > max_bytes {
+            return Ok(None);
+        }
+        let mut out = HostParams::from_f32(s.dtype, &vec![0.0; total]);
+        let store = self.store.as_mut().expect("NVMe parameters have a store");
+        self.queue.flush(store, &mut self.rec)?;
+        for gi in 0..self.groups.len() {
+            let buf = self.queue.read_param(store, &mut self.rec, gi)?;
+            out.set_range_bytes(self.model.layout.groups[gi].1.start, &buf.to_vec());
+        }
+        Ok(Some(out))
+    }
+
+    /// Host bytes the tiers hold outside the pinned pool: host-resident parameters and
+    /// optimizer state, gradient accumulators and staging.
+    pub fn host_state_bytes(&self) -> u64 {
+        let total = self.model.layout.total as u64;
+        let d = self.settings.train.dtype.bytes() as u64;
+        let params = match &self.params {
+            ParamHome::Host(_) => total * d,
+            ParamHome::Nvme { .. } => self.max_group_len() as u64 * d,
+        };
+        let opt = match &self.opt {
+            OptHome::Host { .. } => 12 * total,
+            OptHome::Nvme => 0,
+        };
+        let grads = self.grads_acc.as_ref().map_or(0, |g| g.len() as u64 * 4)
+            + self.grad_scratch.len() as u64 * 4;
+        params + opt + grads
+    }
+
     /// Finishes every write in flight (the end of a run, or before a save).
     pub fn flush(&mut self) -> Result<(), EngineError> {
         if let Some(store) = &mut self.store {
@@ -628,7 +684,13 @@ fn dtype_tag(d: crate::model::ParamDtype) -> &'static str {
 }
 
 fn check_tokens(data: &Dataset, vocab: usize) -> Result<(), EngineError> {
-    let max_tok = data.train.iter().chain(&data.val).copied().max().unwrap_or(0);
+    let max_tok = data
+        .train
+        .iter()
+        .chain(&data.val)
+        .copied()
+        .max()
+        .unwrap_or(0);
     if max_tok as usize >= vocab {
         return Err(ModelError::Shape(format!(
             "the data holds token id {max_tok}, the model's vocab_size is {vocab}"

@@ -47,7 +47,9 @@ impl Trace {
         } else {
             self.following = false;
             self.deviations += 1;
-            tracing::debug!("access trace: fetch of group {gi} left the recorded order; re-recording");
+            tracing::debug!(
+                "access trace: fetch of group {gi} left the recorded order; re-recording"
+            );
         }
     }
 
@@ -99,7 +101,10 @@ mod tests {
     fn a_recorded_pass_is_followed_and_a_deviation_rerecords() {
         let mut t = Trace::default();
         t.begin(Phase::Train);
-        assert!(t.upcoming().is_empty(), "nothing to follow on the first pass");
+        assert!(
+            t.upcoming().is_empty(),
+            "nothing to follow on the first pass"
+        );
         for g in [0, 1, 2, 1, 0] {
             t.record(g);
         }
@@ -115,7 +120,11 @@ mod tests {
         t.record(1);
         t.end();
         t.begin(Phase::Train);
-        assert_eq!(t.upcoming(), &[0, 2, 1], "the deviating pass is the new recording");
+        assert_eq!(
+            t.upcoming(),
+            &[0, 2, 1],
+            "the deviating pass is the new recording"
+        );
         t.begin(Phase::Eval);
         assert!(t.upcoming().is_empty(), "phases keep separate traces");
     }

@@ -71,7 +71,11 @@ pub fn opt_specs(units: &[Unit]) -> Vec<ShardSpec> {
     let mut v = Vec::with_capacity(units.len() * 3);
     for (u, unit) in units.iter().enumerate() {
         for t in 0..3 {
-            v.push(ShardSpec::new(opt_shard(u, t), unit.range.len() as u64 * 4, "f32"));
+            v.push(ShardSpec::new(
+                opt_shard(u, t),
+                unit.range.len() as u64 * 4,
+                "f32",
+            ));
         }
     }
     v

@@ -231,9 +231,7 @@ impl Timeline {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = Path::new(&tmp);
-        let result = self
-            .write_events(tmp)
-            .and_then(|()| fs::rename(tmp, path));
+        let result = self.write_events(tmp).and_then(|()| fs::rename(tmp, path));
         if result.is_err() {
             // Best effort: the write already failed, and that error is the one to report.
             let _ = fs::remove_file(tmp);
@@ -449,19 +447,17 @@ impl Overlap {
         (end > start).then_some((start, end))
     }
 
-    /// Merges both kinds, then folds everything before a cutoff into the totals. The cutoff is
-    /// the earlier of the two kinds' recent pasts (the start of the [`KEEP`]-th newest interval,
-    /// or of the newest when fewer are held), so a kind that lags the other is not clipped;
-    /// when that would keep too many intervals (one kind has stopped), the later one is used.
+    /// Merges both kinds, then, if either still holds more than [`KEEP`] intervals, folds
+    /// everything before a cutoff into the totals. A long kind proposes the start of its
+    /// `KEEP`-th newest interval; the earlier proposal wins, so a kind that lags the other is
+    /// not clipped, unless that would keep too many intervals, and then the later one does.
+    /// A short kind proposes nothing: it is already small, and its late arrivals are protected
+    /// by the long kind's window of `KEEP` intervals in time.
     fn compact(&mut self) {
         merge(&mut self.compute);
         merge(&mut self.io);
-        let recent = |v: &[Interval]| match v.len() {
-            0 => None,
-            n if n > KEEP => Some(v[n - KEEP].0),
-            n => Some(v[n - 1].0),
-        };
-        let (c, i) = (recent(&self.compute), recent(&self.io));
+        let propose = |v: &[Interval]| v.len().checked_sub(KEEP).map(|i| v[i].0);
+        let (c, i) = (propose(&self.compute), propose(&self.io));
         let Some(late) = c.max(i) else { return };
         let early = c.min(i).unwrap_or(late);
         let kept = |v: &[Interval], t| v.len() - v.partition_point(|iv| iv.1 <= t);

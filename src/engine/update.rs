@@ -39,7 +39,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let mut buf = self.take_buf(r.len(), &format!("gradients {g:?}"))?;
         match &self.grads_acc {
             Some(acc) if mb > 0 => {
-                let ev = self.dev.upload(&mut buf, 0, HostSlice::F32(&acc[r.clone()]))?;
+                let ev = self
+                    .dev
+                    .upload(&mut buf, 0, HostSlice::F32(&acc[r.clone()]))?;
                 self.dev.wait(ev)?;
                 self.counters.device_bytes_in += r.len() as u64 * 4;
             }
@@ -116,7 +118,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 loss_scale,
             ),
         };
-        let acc = self.grads_acc.take().expect("kept whole when not streaming");
+        let acc = self
+            .grads_acc
+            .take()
+            .expect("kept whole when not streaming");
         let mut res = Ok(());
         for gi in (0..self.groups.len()).rev() {
             let r = self.group_range(gi);
@@ -185,9 +190,12 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         res?;
         let end = Instant::now();
         self.counters.optimizer_s += (end - t).as_secs_f64();
-        self.rec
-            .timeline
-            .span(Track::Optimizer, &format!("adam {:?}", self.groups[gi]), t, end);
+        self.rec.timeline.span(
+            Track::Optimizer,
+            &format!("adam {:?}", self.groups[gi]),
+            t,
+            end,
+        );
         Ok(())
     }
 
@@ -219,7 +227,14 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 let r = unit.range.clone();
                 let master = &mut master[r.clone()];
                 let out = param_out(out_params, out_range.clone());
-                adam.step(master, &mut m[r.clone()], &mut v[r], Grad::F32(grad), out, scalars)?;
+                adam.step(
+                    master,
+                    &mut m[r.clone()],
+                    &mut v[r],
+                    Grad::F32(grad),
+                    out,
+                    scalars,
+                )?;
                 copy_fp32(out_params, out_range, master);
             }
             OptHome::Nvme => {
@@ -254,7 +269,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let g0 = self.group_range(gi).start;
         for u in self.group_units[gi].clone() {
             let r = self.units[u].range.clone();
-            let store = self.store.as_mut().expect("NVMe optimizer state has a store");
+            let store = self
+                .store
+                .as_mut()
+                .expect("NVMe optimizer state has a store");
             let name = tiers::opt_shard(u, 0);
             let mut buf = self.queue.alloc(store, &mut self.rec, &name)?;
             buf.copy_from(bytemuck::cast_slice(&master[r.start - g0..r.end - g0]));

@@ -206,8 +206,15 @@ impl<D: Device> Gpt<D> {
     /// Hands the model a group's fp32 parameter buffer (filled by the caller).
     pub fn install_params(&mut self, g: Group, buf: D::Buffer) {
         let i = self.group_index(g);
-        assert_eq!(buf.len(), self.layout.groups[i].1.len(), "{g:?}: wrong buffer length");
-        assert!(self.params[i].is_none(), "{g:?}: parameters installed twice");
+        assert_eq!(
+            buf.len(),
+            self.layout.groups[i].1.len(),
+            "{g:?}: wrong buffer length"
+        );
+        assert!(
+            self.params[i].is_none(),
+            "{g:?}: parameters installed twice"
+        );
         self.params[i] = Some(buf);
     }
 
@@ -232,7 +239,11 @@ impl<D: Device> Gpt<D> {
     /// backward adds to).
     pub fn install_grads(&mut self, g: Group, buf: D::Buffer) {
         let i = self.group_index(g);
-        assert_eq!(buf.len(), self.layout.groups[i].1.len(), "{g:?}: wrong buffer length");
+        assert_eq!(
+            buf.len(),
+            self.layout.groups[i].1.len(),
+            "{g:?}: wrong buffer length"
+        );
         assert!(self.grads[i].is_none(), "{g:?}: gradients installed twice");
         self.grads[i] = Some(buf);
     }
@@ -445,7 +456,10 @@ impl<D: Device> Gpt<D> {
     pub fn block_backward(&mut self, dev: &D, l: usize) -> Result<(), ModelError> {
         let s = self.shape();
         let o: BlockOffsets = self.layout.block;
-        let (p, dp) = (fetched(&self.params, 1 + l), fetched_mut(&mut self.grads, 1 + l));
+        let (p, dp) = (
+            fetched(&self.params, 1 + l),
+            fetched_mut(&mut self.grads, 1 + l),
+        );
         let a = &self.blocks[if self.checkpointing { 0 } else { l }];
         let inp = &self.top.resid[l];
         let g = &mut self.g;

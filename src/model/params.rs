@@ -98,8 +98,12 @@ impl HostParams {
     /// Copies all of `src` (same dtype) to `self[start..]`.
     pub fn copy_range_from(&mut self, start: usize, src: &HostParams) {
         match (self, src) {
-            (HostParams::F32(d), HostParams::F32(s)) => d[start..start + s.len()].copy_from_slice(s),
-            (HostParams::F16(d), HostParams::F16(s)) => d[start..start + s.len()].copy_from_slice(s),
+            (HostParams::F32(d), HostParams::F32(s)) => {
+                d[start..start + s.len()].copy_from_slice(s)
+            }
+            (HostParams::F16(d), HostParams::F16(s)) => {
+                d[start..start + s.len()].copy_from_slice(s)
+            }
             (HostParams::Bf16(d), HostParams::Bf16(s)) => {
                 d[start..start + s.len()].copy_from_slice(s)
             }
@@ -190,7 +194,10 @@ impl ParamInit {
 
     /// Values of `r`, which must start where the previous range ended and hold whole tensors.
     pub fn next_range(&mut self, layout: &ParamLayout, r: Range<usize>) -> Vec<f32> {
-        assert_eq!(r.start, self.next, "ParamInit: ranges must come in layout order");
+        assert_eq!(
+            r.start, self.next,
+            "ParamInit: ranges must come in layout order"
+        );
         self.next = r.end;
         let mut out = vec![0.0f32; r.len()];
         for t in layout.tensors.iter().filter(|t| r.contains(&t.offset)) {

@@ -107,8 +107,15 @@ pub fn fake_engine(
 ) -> Engine<CpuDevice, FakeIo> {
     let budget = s.train.device_memory_budget;
     let dev = CpuDevice::new(s.train.threads, budget);
-    Engine::new(s, dev, dataset(), fake_factory(disk, pool_bytes), start, Timeline::disabled())
-        .expect("engine builds")
+    Engine::new(
+        s,
+        dev,
+        dataset(),
+        fake_factory(disk, pool_bytes),
+        start,
+        Timeline::disabled(),
+    )
+    .expect("engine builds")
 }
 
 /// Losses of `steps` steps of the resident trainer.

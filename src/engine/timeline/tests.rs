@@ -19,7 +19,11 @@ fn written(tl: &Timeline) -> Value {
     let path = dir.path().join("trace.json");
     tl.write_chrome_json(&path).unwrap();
     let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(names.len(), 1, "the temporary file is renamed, not left behind");
+    assert_eq!(
+        names.len(),
+        1,
+        "the temporary file is renamed, not left behind"
+    );
     serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -64,7 +68,12 @@ fn assert_lanes_disjoint(trace: &Value) -> usize {
     for (tid, mut v) in by_lane.clone() {
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         for w in v.windows(2) {
-            assert!(w[0].1 <= w[1].0, "lane tid {tid}: {:?} overlaps {:?}", w[0], w[1]);
+            assert!(
+                w[0].1 <= w[1].0,
+                "lane tid {tid}: {:?} overlaps {:?}",
+                w[0],
+                w[1]
+            );
         }
     }
     by_lane.len()
@@ -78,13 +87,13 @@ fn io_goes_on_the_lowest_free_lane() {
     tl.io("b", 1, us(b, 5), us(b, 15));
     tl.io("c", 1, us(b, 10), us(b, 11)); // lane 0 freed at 10
     tl.io("d", 1, us(b, 12), us(b, 20));
-    tl.io("e", 1, us(b, 13), us(b, 14)); // lanes 0 and 1 busy
+    tl.io("e", 1, us(b, 13), us(b, 14)); // lanes 0 and 1 busy: a third lane
     tl.io("f", 1, us(b, 16), us(b, 17)); // lane 1 freed at 15, lane 0 still busy
     let lane: HashMap<String, u64> = spans(&written(&tl))
         .into_iter()
         .map(|(n, tid, _, _)| (n, tid - Track::Io(0).tid()))
         .collect();
-    let want = [("a", 0), ("b", 1), ("c", 0), ("d", 0), ("e", 1), ("f", 1)];
+    let want = [("a", 0), ("b", 1), ("c", 0), ("d", 0), ("e", 2), ("f", 1)];
     for (name, l) in want {
         assert_eq!(lane[name], l, "{name}");
     }
