@@ -112,7 +112,7 @@ mod tests {
         t.begin(Phase::Train);
         t.record(0);
         assert_eq!(t.upcoming(), &[1, 2, 1, 0]);
-        assert_eq!(t.reuse_distance(0, |_| 10), Some(40));
+        assert_eq!(t.reuse_distance(0, |_| 10), Some(30));
         assert_eq!(t.reuse_distance(2, |_| 10), Some(10));
         t.record(2); // deviation
         assert!(t.upcoming().is_empty());
