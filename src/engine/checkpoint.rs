@@ -162,11 +162,11 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             .map_err(|e| ckpt_err(&dir.join(POINTER), format!("cannot write: {e}")))?;
         if on_nvme {
             let marker = serde_json::json!({ "save_dir": dir, "step": self.steps });
-            zinf_swap::aio_backend::replace_file(
-                &folder.join(SAVED_MARKER),
-                marker.to_string().as_bytes(),
-            )
-            .map_err(|e| ckpt_err(&folder, format!("cannot write the save marker: {e}")))?;
+            let store = self.store.as_ref().expect("the swap store");
+            store
+                .io()
+                .replace_file(&folder.join(SAVED_MARKER), marker.to_string().as_bytes())
+                .map_err(|e| ckpt_err(&folder, format!("cannot write the save marker: {e}")))?;
         }
         tracing::info!(
             "saved step {} to {} (store {})",

@@ -27,6 +27,8 @@ pub struct Faults {
     pub manifest_enospc: f64,
     /// Every operation after this many fails with `FaultKind::Crashed` and has no effect.
     pub crash_after_ops: Option<u64>,
+    /// A slow disk: every read and write takes at least this long.
+    pub op_delay: std::time::Duration,
 }
 
 #[derive(Default)]
@@ -157,12 +159,21 @@ impl FakeIo {
         self.pool.stats().in_use_bytes as u64
     }
 
+    /// Sleeps the configured `op_delay` (outside the disk lock).
+    fn slow_disk(&self) {
+        let delay = self.disk.lock().faults.op_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+    }
+
     fn do_read(
         &self,
         file: FileNo,
         offset: u64,
         mut buf: AlignedBuf,
     ) -> Result<AlignedBuf, IoFault> {
+        self.slow_disk();
         let mut d = self.disk.lock();
         d.tick()?;
         let f = &d.faults;
@@ -184,6 +195,7 @@ impl FakeIo {
     }
 
     fn do_write(&self, file: FileNo, offset: u64, buf: AlignedBuf) -> Result<AlignedBuf, IoFault> {
+        self.slow_disk();
         let mut d = self.disk.lock();
         d.tick()?;
         let (torn, nospc) = (d.faults.write_eio_torn, d.faults.write_enospc);
