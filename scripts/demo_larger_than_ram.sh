@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# demo_larger_than_ram.sh — trains a 2.65 B-parameter GPT (configs/demo_2p5b_nvme.json: 42 GB of
+# model state at DeepSpeed's 16 bytes/param) on a machine with less RAM than that, with
+# parameters and optimizer state on NVMe, and puts the step time beside the physical limit:
+# fio's read and write GB/s on the same folder (../shared/tools/fio_ref.sh, 8 MiB blocks, queue
+# depth 32, the config's aio settings).
+#
+# Targets: peak RSS <= 8 GiB; losses finite and the last below the first; and
+# step_s_median / max(compute per step, I/O per step at fio speed) <= 1.3, where I/O per step
+# = bytes_read/steps / fio_read + bytes_written/steps / fio_write (one drive does both, so the
+# two add). Prints one JSON line, then a table with pass/fail per target; exits 1 if one fails.
+#
+# Usage: scripts/demo_larger_than_ram.sh [DIR=/work/benchdir/zinf_demo] [STEPS=3]
+# CONFIG env: another config to run the same way (a smaller one for a quick check).
+# Builds zinf in release. Needs about 41 GB free in DIR (the estimate's NVMe bytes, the 2 GiB
+# fio file and 5%). Samples the trainer's RSS every 10 s on stderr. Removes DIR's swap folder,
+# its temp files and DIR itself (if it created it) on exit, on failure too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-/work/benchdir/zinf_demo}; steps=${2:-3}
+cfg_src=${CONFIG:-configs/demo_2p5b_nvme.json}
+fio_ref=${FIO_REF:-../shared/tools/fio_ref.sh}
+[ -x "$fio_ref" ] || fio_ref=/work/shared/tools/fio_ref.sh
+zinf=./target/release/zinf
+swap="$dir/zinf_swap" # the engine's SWAP_DIR inside nvme_path
+
+cargo build --release -q
+
+# A swap folder holding a save is someone's run: refuse rather than delete it at exit.
+if [ -e "$swap/zinf-saved.json" ]; then
+  echo "demo: $swap holds a saved run; move it away or pick another DIR" >&2; exit 2
+fi
+made_dir=0; [ -d "$dir" ] || { mkdir -p "$dir"; made_dir=1; }
+tmp=$(mktemp -d)
+sampler=""
+cleanup() {
+  [ -n "$sampler" ] && kill "$sampler" 2>/dev/null || true
+  rm -rf "$tmp" "$swap"
+  if [ "$made_dir" = 1 ]; then rmdir "$dir" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+# Space: the estimate's NVMe tier (single-slot aware) + the 2 GiB fio file + 5%. The estimate's
+# `nvme_space.needed_bytes` is not used: it counts two slots whatever swap_double_buffered says.
+nvme_bytes=$("$zinf" estimate --config "$cfg_src" --json 2>/dev/null |
+  python3 -c "import json,sys; print(json.load(sys.stdin)['nvme']['bytes'])")
+need=$(( nvme_bytes + nvme_bytes / 20 + (2 << 30) ))
+free=$(df -B1 --output=avail "$dir" | tail -1 | tr -d ' ')
+if [ "$free" -lt "$need" ]; then
+  python3 -c "import sys; f, n, s = (int(x) / 1e9 for x in sys.argv[2:]); print(f'demo: {sys.argv[1]} has {f:.1f} GB free; this run needs {n:.1f} GB (state {s:.1f} GB + 2 GiB fio file + 5%); free space or pass another DIR')" \
+    "$dir" "$free" "$need" "$nvme_bytes" >&2
+  exit 2
+fi
+
+echo "demo: fio reference on $dir (8m blocks, qd 32)" >&2
+REPS=1 "$fio_ref" "$dir" 8m 32 > "$tmp/fio.jsonl"
+
+# The config with DIR as nvme_path of both offload sections.
+python3 - "$cfg_src" "$dir" "$tmp/config.json" <<'PY'
+import json, sys
+src, d, dst = sys.argv[1:]
+c = json.load(open(src))
+for k in ("offload_param", "offload_optimizer"):
+    c["zero_optimization"][k]["nvme_path"] = d
+json.dump(c, open(dst, "w"), indent=2)
+PY
+
+echo "demo: training $steps steps (log: stderr; RSS sampled every 10 s)" >&2
+touch "$tmp/rss.log"
+"$zinf" train --config "$tmp/config.json" --steps "$steps" --no-progress --out "$tmp/out" \
+  --summary-json "$tmp/summary.json" > "$tmp/train.out" &
+pid=$!
+( while kill -0 "$pid" 2>/dev/null; do
+    rss=$(ps -o rss= -p "$pid" 2>/dev/null | tr -d ' ') || true
+    [ -n "$rss" ] && { echo "$(date +%s) $rss" >> "$tmp/rss.log"; echo "demo: rss $((rss / 1024)) MiB" >&2; }
+    sleep 10
+  done ) &
+sampler=$!
+rc=0; wait "$pid" || rc=$?
+kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; sampler=""
+cat "$tmp/train.out" >&2
+[ "$rc" = 0 ] || { echo "demo: zinf train failed (exit $rc)" >&2; exit "$rc"; }
+
+python3 - "$tmp/summary.json" "$tmp/fio.jsonl" "$tmp/rss.log" <<'PY'
+import json, math, sys
+s = json.load(open(sys.argv[1]))
+fio = {j["rw"]: j["gbps"] for j in map(json.loads, open(sys.argv[2]))}
+rss = [int(l.split()[1]) * 1024 for l in open(sys.argv[3]) if l.strip()]
+mem_total = next(int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
+n = max(s["steps"], 1)
+compute = s["compute_s"] / n
+io = s["bytes_read"] / n / (fio["read"] * 1e9) + s["bytes_written"] / n / (fio["write"] * 1e9)
+ratio = s["step_s_median"] / max(compute, io)
+losses = s["losses"]
+targets = {
+    "peak_rss_le_8gib": s["peak_rss_bytes"] <= 8 << 30,
+    "losses_finite_and_falling": bool(losses) and all(math.isfinite(x) for x in losses)
+                                 and losses[-1] < losses[0],
+    "step_over_max_le_1p3": ratio <= 1.3,
+}
+out = {
+    "params": s["params"], "model_state_bytes": 16 * s["params"], "host_ram_bytes": mem_total,
+    "peak_rss_bytes": s["peak_rss_bytes"], "rss_sampled_max_bytes": max(rss, default=0),
+    "losses": losses, "steps": s["steps"], "step_s_median": round(s["step_s_median"], 3),
+    "compute_s_per_step": round(compute, 3),
+    "optimizer_s_per_step": round(s["optimizer_s"] / n, 3),
+    "io_s_per_step_at_fio": round(io, 3),
+    "bytes_read_per_step": s["bytes_read"] // n, "bytes_written_per_step": s["bytes_written"] // n,
+    "fio_read_gbps": fio["read"], "fio_write_gbps": fio["write"],
+    "step_over_max": round(ratio, 3), "overlap_fraction": round(s["overlap_fraction"], 3),
+    "io_wait_s": round(s["io_wait_s"], 2), "pool_wait_s": round(s["pool_wait_s"], 2),
+    "io_busy_s": round(s["io_busy_s"], 2), "prefetch_hit_rate": round(s["prefetch_hit_rate"], 3),
+    "targets": targets, "pass": all(targets.values()),
+}
+print(json.dumps(out))
+gb = lambda b: f"{b / 1e9:.2f} GB"
+ok = lambda k: "PASS" if targets[k] else "FAIL"
+rows = [
+    ("parameters", f"{s['params']:,}", ""),
+    ("model state (16 B/param)", gb(16 * s["params"]), ""),
+    ("host RAM (MemTotal)", gb(mem_total), ""),
+    ("peak RSS (VmHWM)", gb(s["peak_rss_bytes"]), f"<= 8 GiB: {ok('peak_rss_le_8gib')}"),
+    ("losses", " ".join(f"{x:.4f}" for x in losses), f"finite, falling: {ok('losses_finite_and_falling')}"),
+    ("median step", f"{s['step_s_median']:.2f} s", ""),
+    ("compute per step", f"{compute:.2f} s", ""),
+    ("optimizer per step (info)", f"{s['optimizer_s'] / n:.2f} s", ""),
+    ("NVMe read / written per step", f"{gb(s['bytes_read'] / n)} / {gb(s['bytes_written'] / n)}", ""),
+    ("fio read / write", f"{fio['read']:.3f} / {fio['write']:.3f} GB/s", ""),
+    ("I/O per step at fio speed", f"{io:.2f} s", ""),
+    ("step / max(compute, I/O)", f"{ratio:.3f}", f"<= 1.3: {ok('step_over_max_le_1p3')}"),
+    ("overlap fraction", f"{s['overlap_fraction']:.3f}", ""),
+    ("I/O wait / pool wait", f"{s['io_wait_s']:.1f} s / {s['pool_wait_s']:.1f} s", ""),
+]
+for name, val, tgt in rows:
+    print(f"{name:<30} {val:<34} {tgt}")
+sys.exit(0 if out["pass"] else 1)
+PY
