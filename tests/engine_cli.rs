@@ -35,7 +35,10 @@ fn nvme_config(dir: &Path, nvme: &Path, steps: u64) -> PathBuf {
 }}"#,
         nvme = nvme.display()
     );
-    let p = dir.join(format!("cfg-{}.json", nvme.file_name().unwrap().to_string_lossy()));
+    let p = dir.join(format!(
+        "cfg-{}.json",
+        nvme.file_name().unwrap().to_string_lossy()
+    ));
     std::fs::write(&p, text).unwrap();
     p
 }
@@ -56,13 +59,24 @@ fn a_run_killed_at_a_random_moment_resumes_bit_identically() {
     let dir = tempfile::tempdir().unwrap();
     let (na, nb) = (dir.path().join("nvme-a"), dir.path().join("nvme-b"));
     let cfg_a = nvme_config(dir.path(), &na, STEPS);
-    let want = train(&args(&cfg_a, &dir.path().join("out-a")), &AtomicBool::new(false)).unwrap();
+    let want = train(
+        &args(&cfg_a, &dir.path().join("out-a")),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(want.losses.len(), STEPS as usize);
 
     let cfg_b = nvme_config(dir.path(), &nb, STEPS);
     let save = dir.path().join("save");
     let mut child = Command::new(env!("CARGO_BIN_EXE_zinf"))
-        .args(["train", "--no-progress", "--threads", "1", "--save-every", "2"])
+        .args([
+            "train",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--save-every",
+            "2",
+        ])
         .arg("--config")
         .arg(&cfg_b)
         .arg("--save")
@@ -94,7 +108,10 @@ fn a_run_killed_at_a_random_moment_resumes_bit_identically() {
     ra.resume = Some(save.clone());
     let got = train(&ra, &AtomicBool::new(false)).unwrap();
     let s = got.start_step as usize;
-    assert!(s >= 2 && s <= STEPS as usize, "resumed from a save: step {s}");
+    assert!(
+        s >= 2 && s <= STEPS as usize,
+        "resumed from a save: step {s}"
+    );
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(
         bits(&got.losses),
@@ -109,7 +126,10 @@ fn trace_and_summary_json_carry_the_promised_figures() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = nvme_config(dir.path(), &dir.path().join("nvme"), 3);
     let mut a = args(&cfg, &dir.path().join("out"));
-    let (trace, summary) = (dir.path().join("trace.json"), dir.path().join("summary.json"));
+    let (trace, summary) = (
+        dir.path().join("trace.json"),
+        dir.path().join("summary.json"),
+    );
     a.trace = Some(trace.clone());
     a.summary_json = Some(summary.clone());
     train(&a, &AtomicBool::new(false)).unwrap();
@@ -141,7 +161,9 @@ fn trace_and_summary_json_carry_the_promised_figures() {
     for want in ["compute", "optimizer", "io 0"] {
         assert!(names.contains(&want), "track {want} in {names:?}");
     }
-    assert!(events.iter().any(|e| e["ph"] == "X" && e["name"].as_str().unwrap_or("").starts_with("read param")));
+    assert!(events
+        .iter()
+        .any(|e| e["ph"] == "X" && e["name"].as_str().unwrap_or("").starts_with("read param")));
 }
 
 #[test]
@@ -152,9 +174,15 @@ fn a_fresh_run_does_not_wipe_a_saved_swap_store() {
     let mut a = args(&cfg, &dir.path().join("out"));
     a.save = Some(dir.path().join("save"));
     train(&a, &AtomicBool::new(false)).unwrap();
-    let err = train(&args(&cfg, &dir.path().join("out2")), &AtomicBool::new(false))
-        .expect_err("the saved store must survive")
-        .to_string();
-    assert!(err.contains("--resume") && err.contains("zinf_swap"), "{err}");
+    let err = train(
+        &args(&cfg, &dir.path().join("out2")),
+        &AtomicBool::new(false),
+    )
+    .expect_err("the saved store must survive")
+    .to_string();
+    assert!(
+        err.contains("--resume") && err.contains("zinf_swap"),
+        "{err}"
+    );
     assert!(nvme.join("zinf_swap").join("zinf-saved.json").exists());
 }

@@ -7,7 +7,7 @@ mod engine_common;
 use engine_common::*;
 use zinf::engine::{Start, Tier};
 use zinf::model::ParamDtype;
-use zinf_swap::fake::{FakeDisk, Faults, FakeIo};
+use zinf_swap::fake::{FakeDisk, FakeIo, Faults};
 use zinf_swap::Store;
 
 const POOL: u64 = 8 << 20;
@@ -23,7 +23,10 @@ fn resume_after_a_crash_continues_bit_identically() {
     for (name, pl) in [
         ("nvme", nvme_both()),
         ("cpu", placement(cpu.clone(), cpu)),
-        ("mixed", placement(nvme(std::path::Path::new("/nvme")), Tier::Device)),
+        (
+            "mixed",
+            placement(nvme(std::path::Path::new("/nvme")), Tier::Device),
+        ),
     ] {
         let s = engine_settings(train_settings(ParamDtype::Bf16, 1.0, 2), pl);
         let want = {
@@ -44,7 +47,11 @@ fn resume_after_a_crash_continues_bit_identically() {
         let mut e = fake_engine(s.clone(), &disk, POOL, Start::Resume(dir.clone()));
         assert_eq!(e.steps(), 3, "{name}: resumed at the save");
         let got = bits(&engine_run(&mut e, 3));
-        assert_eq!(got, want[3..], "{name}: the continuation equals the uninterrupted run");
+        assert_eq!(
+            got,
+            want[3..],
+            "{name}: the continuation equals the uninterrupted run"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -76,7 +83,10 @@ fn a_corrupted_shard_on_resume_is_reported_by_name_not_trained_on() {
     let (path, offset) = live_extent(&disk, "param.g2");
     disk.flip_bit(&path, offset + 100, 3);
     let mut e = fake_engine(s, &disk, POOL, Start::Resume(dir.clone()));
-    let err = e.step().expect_err("a corrupted shard must stop the step").to_string();
+    let err = e
+        .step()
+        .expect_err("a corrupted shard must stop the step")
+        .to_string();
     assert!(err.contains("param.g2"), "names the shard: {err}");
     assert!(err.to_lowercase().contains("checksum"), "says why: {err}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -100,16 +110,29 @@ fn a_disk_that_fills_up_mid_run_is_a_clear_error_and_the_last_save_survives() {
             write_enospc: 1.0,
             ..Faults::default()
         });
-        let err = e.step().expect_err("a full disk fails the step").to_string();
+        let err = e
+            .step()
+            .expect_err("a full disk fails the step")
+            .to_string();
         assert!(err.contains("/nvme/zinf_swap"), "names the file: {err}");
-        assert!(err.to_lowercase().contains("space"), "says the disk is full: {err}");
+        assert!(
+            err.to_lowercase().contains("space"),
+            "says the disk is full: {err}"
+        );
         let again = e.save(&dir);
-        assert!(again.is_err(), "a save after a failed step must not claim success");
+        assert!(
+            again.is_err(),
+            "a save after a failed step must not claim success"
+        );
     }
     disk.set_faults(Faults::default());
     let mut e = fake_engine(s, &disk, POOL, Start::Resume(dir.clone()));
     assert_eq!(e.steps(), 2);
-    assert_eq!(bits(&engine_run(&mut e, 2)), want[2..], "the last save is intact");
+    assert_eq!(
+        bits(&engine_run(&mut e, 2)),
+        want[2..],
+        "the last save is intact"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -161,5 +184,8 @@ fn a_pool_too_small_for_one_unit_is_a_config_error_not_a_hang() {
         Ok(mut e) => e.step().expect_err("cannot fit a unit").to_string(),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("pinned pool") || err.contains("pool budget"), "{err}");
+    assert!(
+        err.contains("pinned pool") || err.contains("pool budget"),
+        "{err}"
+    );
 }

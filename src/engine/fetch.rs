@@ -110,6 +110,11 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 let ev = self.dev.upload(&mut buf, 0, hp.slice(r))?;
                 self.dev.wait(ev)?;
             }
+            ParamHome::Nvme { staging } if self.staged_group == Some(gi) => {
+                self.counters.staged_hits += 1;
+                let ev = self.dev.upload(&mut buf, 0, staging.slice(0..len))?;
+                self.dev.wait(ev)?;
+            }
             ParamHome::Nvme { .. } => {
                 let store = self.store.as_mut().expect("NVMe parameters have a store");
                 let shard = self.queue.read_param(store, &mut self.rec, gi)?;

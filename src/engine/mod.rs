@@ -120,6 +120,8 @@ pub struct EngineCounters {
     pub device_hits: u64,
     /// Fetches that had to bring the group in.
     pub device_fetches: u64,
+    /// NVMe fetches served from the host staging buffer of the group updated last.
+    pub staged_hits: u64,
     /// Passes that left the recorded access order.
     pub trace_deviations: u64,
     /// Time in the optimizer (Adam and its copies), seconds.
@@ -141,6 +143,9 @@ pub struct Engine<D: Device, B: BlockIo> {
     free: Vec<D::Buffer>,
     trace: Trace,
     params: ParamHome,
+    /// The group whose newest values the NVMe staging buffer holds (it was the last updated):
+    /// the next fetch of it uploads from there instead of reading its write back.
+    staged_group: Option<usize>,
     opt: OptHome,
     units: Vec<Unit>,
     /// Units of each group (indices into `units`).
@@ -253,6 +258,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             params: ParamHome::Nvme {
                 staging: HostParams::from_f32(s.dtype, &[]),
             },
+            staged_group: None,
             opt: OptHome::Nvme,
             units,
             group_units,

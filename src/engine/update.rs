@@ -52,6 +52,11 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             if let Some(u) = self.group_units[gi].clone().next() {
                 self.prefetch_unit(u)?;
             }
+        } else if last && g == Group::Block(0) {
+            // After backward the update starts with the last group: its state is read now,
+            // while the first block's backward computes.
+            let u = self.group_units[self.groups.len() - 1].start;
+            self.prefetch_unit(u)?;
         }
         Ok(())
     }
@@ -162,6 +167,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
     ) -> Result<(), EngineError> {
         let t = Instant::now();
         let g0 = self.group_range(gi).start;
+        self.staged_group = None; // the staging buffer is about to hold this group
         for u in self.group_units[gi].clone() {
             if let Some(next) = self.next_unit(u) {
                 self.prefetch_unit(next)?;
@@ -178,6 +184,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 let res = self.write_param_shard(gi, &staging);
                 self.params = ParamHome::Nvme { staging };
                 res?;
+                self.staged_group = Some(gi);
             }
         }
         let params = std::mem::replace(&mut self.params, ParamHome::Host(HostParams::F32(vec![])));

@@ -58,6 +58,7 @@ fn faults(x: u64, rate: f64) -> Faults {
         sync_eio: rate / 2.0,
         manifest_enospc: rate / 2.0,
         crash_after_ops: (!x.is_multiple_of(3)).then_some(x % 60),
+        ..Faults::default()
     }
 }
 
