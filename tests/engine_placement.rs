@@ -81,6 +81,23 @@ fn streaming_update_without_clipping_matches_resident() {
 }
 
 #[test]
+fn nvme_parameters_cached_in_host_memory_match_resident() {
+    let s = train_settings(ParamDtype::Bf16, 1.0, 2);
+    let want = bits(&resident_run(s.clone(), STEPS));
+    let d = std::path::Path::new("/nvme");
+    let mut es = engine_settings(s, placement(nvme(d), nvme(d)));
+    es.max_in_cpu = 20_000; // some groups fit, some do not
+    let disk = FakeDisk::new(2);
+    let mut e = fake_engine(es, &disk, 8 << 20, Start::Fresh(None));
+    assert_eq!(bits(&engine_run(&mut e, STEPS)), want);
+    let c = e.counters();
+    assert!(
+        c.cache_hits > 0 && c.queue.param_misses + c.queue.param_prefetch_hits > 0,
+        "{c:?}"
+    );
+}
+
+#[test]
 fn fp32_parameters_match_resident() {
     check_all(ParamDtype::F32, 0.5, 1);
 }

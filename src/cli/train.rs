@@ -215,6 +215,7 @@ pub fn engine_settings_from(cfg: &Config, train: TrainSettings) -> anyhow::Resul
         max_live_parameters: z.max_live_parameters,
         max_reuse_distance: z.max_reuse_distance,
         param_persistence_threshold: z.param_persistence_threshold,
+        max_in_cpu: z.offload_param.max_in_cpu,
         pipeline_read: z.offload_optimizer.pipeline_read,
         pipeline_write: z.offload_optimizer.pipeline_write,
         chunk_bytes: 8 << 20,

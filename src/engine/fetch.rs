@@ -115,6 +115,12 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 let ev = self.dev.upload(&mut buf, 0, staging.slice(0..len))?;
                 self.dev.wait(ev)?;
             }
+            ParamHome::Nvme { .. } if self.param_cache[gi].is_some() => {
+                self.counters.cache_hits += 1;
+                let cached = self.param_cache[gi].as_ref().expect("checked");
+                let ev = self.dev.upload(&mut buf, 0, cached.slice(0..len))?;
+                self.dev.wait(ev)?;
+            }
             ParamHome::Nvme { .. } => {
                 let store = self.store.as_mut().expect("NVMe parameters have a store");
                 let shard = self.queue.read_param(store, &mut self.rec, gi)?;
@@ -127,6 +133,17 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                     at += bytes.len() / dtype.bytes();
                 }
                 debug_assert_eq!(at, len);
+                // DeepSpeed's `max_in_cpu`: keep it in host memory while the budget allows.
+                if self.cached_elems + len as u64 <= self.settings.max_in_cpu {
+                    let mut copy = HostParams::from_f32(dtype, &vec![0.0; len]);
+                    let mut at = 0;
+                    for i in 0..shard.chunk_count() {
+                        copy.set_range_bytes(at, shard.chunk(i));
+                        at += shard.chunk(i).len() / dtype.bytes();
+                    }
+                    self.cached_elems += len as u64;
+                    self.param_cache[gi] = Some(copy);
+                }
             }
         }
         self.counters.device_bytes_in += (len * self.settings.train.dtype.bytes()) as u64;
@@ -155,6 +172,8 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let mut started = Vec::new();
         for gi in upcoming {
             if self.on_device[gi] != OnDevice::Off
+                || self.param_cache[gi].is_some()
+                || self.staged_group == Some(gi)
                 || in_flight.contains(&gi)
                 || started.contains(&gi)
             {

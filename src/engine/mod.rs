@@ -78,6 +78,8 @@ pub struct EngineSettings {
     pub max_reuse_distance: u64,
     /// Groups of at most this many elements stay on the device (`stage3_param_persistence_threshold`).
     pub param_persistence_threshold: u64,
+    /// Elements of NVMe parameters kept in host memory once read (`offload_param.max_in_cpu`).
+    pub max_in_cpu: u64,
     /// Read the next optimizer unit while one updates (`pipeline_read`).
     pub pipeline_read: bool,
     /// Write updated units behind (`pipeline_write`).
@@ -122,6 +124,8 @@ pub struct EngineCounters {
     pub device_fetches: u64,
     /// NVMe fetches served from the host staging buffer of the group updated last.
     pub staged_hits: u64,
+    /// NVMe fetches served from the `max_in_cpu` host cache.
+    pub cache_hits: u64,
     /// Passes that left the recorded access order.
     pub trace_deviations: u64,
     /// Time in the optimizer (Adam and its copies), seconds.
@@ -146,6 +150,9 @@ pub struct Engine<D: Device, B: BlockIo> {
     /// The group whose newest values the NVMe staging buffer holds (it was the last updated):
     /// the next fetch of it uploads from there instead of reading its write back.
     staged_group: Option<usize>,
+    /// NVMe parameters kept in host memory (DeepSpeed `offload_param.max_in_cpu` elements).
+    param_cache: Vec<Option<HostParams>>,
+    cached_elems: u64,
     opt: OptHome,
     units: Vec<Unit>,
     /// Units of each group (indices into `units`).
@@ -259,6 +266,8 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 staging: HostParams::from_f32(s.dtype, &[]),
             },
             staged_group: None,
+            param_cache: vec![None; n_groups],
+            cached_elems: 0,
             opt: OptHome::Nvme,
             units,
             group_units,
@@ -651,9 +660,14 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             OptHome::Host { .. } => 12 * total,
             OptHome::Nvme => 0,
         };
+        let cache = self.settings.max_in_cpu.min(total) * d * u64::from(self.params_on_nvme());
         let grads = self.grads_acc.as_ref().map_or(0, |g| g.len() as u64 * 4)
             + self.grad_scratch.len() as u64 * 4;
-        params + opt + grads
+        params + opt + grads + cache
+    }
+
+    fn params_on_nvme(&self) -> bool {
+        matches!(self.params, ParamHome::Nvme { .. })
     }
 
     /// Finishes every write in flight (the end of a run, or before a save).

@@ -182,6 +182,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             ParamHome::Nvme { staging } => {
                 let staging = std::mem::replace(staging, HostParams::F32(Vec::new()));
                 let res = self.write_param_shard(gi, &staging);
+                if let Some(c) = &mut self.param_cache[gi] {
+                    c.set_range_bytes(0, staging.range_bytes(0..len));
+                }
                 self.params = ParamHome::Nvme { staging };
                 res?;
                 self.staged_group = Some(gi);

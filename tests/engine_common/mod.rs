@@ -65,6 +65,7 @@ pub fn engine_settings(train: TrainSettings, placement: Placement) -> EngineSett
         max_live_parameters: 1 << 30,
         max_reuse_distance: 0,
         param_persistence_threshold: 0,
+        max_in_cpu: 0,
         pipeline_read: true,
         pipeline_write: true,
         chunk_bytes: 64 << 10,
