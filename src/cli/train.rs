@@ -363,8 +363,11 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         Some(p) => Some(open_csv(p, start_step > 0)?),
         None => None,
     };
+    let before = engine.counters();
     let r = run_loop(&mut engine, cfg, args, steps, csv.as_mut(), stop)?;
     engine.flush()?;
+    // The steps' own traffic: not the initial layout, the save or the export below.
+    let counters = engine.counters().since(&before);
     let saved = match &args.save {
         Some(dir) => {
             engine.save(dir)?;
@@ -392,7 +395,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         );
     }
     let summary = finish_summary(
-        r, &engine, est, start_step, out_dir, csv_path, trace_path, saved,
+        r, &engine, counters, est, start_step, out_dir, csv_path, trace_path, saved,
     );
     if let Some(p) = &args.summary_json {
         std::fs::write(p, serde_json::to_string_pretty(&summary)? + "\n")
@@ -408,6 +411,7 @@ type EstimatePeaks = (u64, u64, u64);
 fn finish_summary(
     r: Summary,
     e: &Engine<CpuDevice, AioBackend>,
+    c: EngineCounters,
     est: EstimatePeaks,
     start_step: u64,
     out_dir: PathBuf,
@@ -415,7 +419,6 @@ fn finish_summary(
     trace: Option<PathBuf>,
     saved: Option<String>,
 ) -> Summary {
-    let c = e.counters();
     let q = c.queue;
     let hits = q.param_prefetch_hits + q.opt_prefetch_hits;
     let reads = hits + q.param_misses + q.opt_misses;

@@ -134,6 +134,35 @@ pub struct EngineCounters {
     pub compute_s: f64,
 }
 
+impl EngineCounters {
+    /// The counts since `earlier` (a snapshot of the same run).
+    pub fn since(&self, earlier: &EngineCounters) -> EngineCounters {
+        let (a, b) = (&self.queue, &earlier.queue);
+        EngineCounters {
+            queue: QueueCounters {
+                param_prefetch_hits: a.param_prefetch_hits - b.param_prefetch_hits,
+                param_misses: a.param_misses - b.param_misses,
+                opt_prefetch_hits: a.opt_prefetch_hits - b.opt_prefetch_hits,
+                opt_misses: a.opt_misses - b.opt_misses,
+                prefetches_dropped: a.prefetches_dropped - b.prefetches_dropped,
+                io_wait_ns: a.io_wait_ns - b.io_wait_ns,
+                pool_wait_ns: a.pool_wait_ns - b.pool_wait_ns,
+            },
+            nvme_bytes_read: self.nvme_bytes_read - earlier.nvme_bytes_read,
+            nvme_bytes_written: self.nvme_bytes_written - earlier.nvme_bytes_written,
+            device_bytes_in: self.device_bytes_in - earlier.device_bytes_in,
+            device_bytes_out: self.device_bytes_out - earlier.device_bytes_out,
+            device_hits: self.device_hits - earlier.device_hits,
+            device_fetches: self.device_fetches - earlier.device_fetches,
+            staged_hits: self.staged_hits - earlier.staged_hits,
+            cache_hits: self.cache_hits - earlier.cache_hits,
+            trace_deviations: self.trace_deviations - earlier.trace_deviations,
+            optimizer_s: self.optimizer_s - earlier.optimizer_s,
+            compute_s: self.compute_s - earlier.compute_s,
+        }
+    }
+}
+
 /// A model with its state in the configured tiers, ready to step.
 pub struct Engine<D: Device, B: BlockIo> {
     pub settings: EngineSettings,

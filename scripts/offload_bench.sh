@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# offload_bench.sh — the engine's two step-time targets, each against a reference measured in
+# the same run, medians of interleaved repetitions:
+#
+#  offload cost  GPT-2 124M with offload_optimizer "cpu" vs the resident run (both params on the
+#                device): ratio = step_s(cpu) / step_s(resident)                  (target <= 1.1)
+#  overlap       GPT-2 124M with params and optimizer on NVMe in DIR, sized so compute and I/O
+#                per step are alike: ratio = step_s / max(compute-only, I/O-only) (target <= 1.15)
+#                compute-only = the run's own time in model ops per step; I/O-only = the run's
+#                bytes per step at fio's io_uring GB/s on DIR (one drive reads and writes).
+#
+# Usage: scripts/offload_bench.sh DIR [STEPS=6] [REPS=2] [TOKENS=512]
+# Prints one JSON line per target. Builds zinf in release. Leaves no file behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:?usage: offload_bench.sh DIR [STEPS] [REPS] [TOKENS]}
+steps=${2:-6}; reps=${3:-2}; tokens=${4:-512}
+fio_ref=${FIO_REF:-../shared/tools/fio_ref.sh}
+[ -x "$fio_ref" ] || fio_ref=/work/shared/tools/fio_ref.sh
+cargo build --release -q
+tmp=$(mktemp -d); mkdir -p "$dir"
+trap 'rm -rf "$tmp" "$dir/zinf_swap"' EXIT
+
+# One config per case, from the same base: GPT-2 124M, bf16, no clipping (the update streams),
+# one micro-batch of TOKENS tokens, constant lr.
+python3 - "$tmp" "$dir" "$tokens" <<'PY'
+import json, sys
+tmp, nvme, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+base = {
+  "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+  "gradient_clipping": 0.0, "steps_per_print": 1000,
+  "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.01}},
+  "bf16": {"enabled": True},
+  "zero_optimization": {"stage": 3, "sub_group_size": 2e7,
+                        "stage3_prefetch_bucket_size": 5e7, "stage3_max_live_parameters": 3e8},
+  "zinf": {"seed": 1, "threads": 2,
+           "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "block_size": tokens},
+           "data": {"seq_len": tokens, "eval_interval": 0},
+           "device_memory_budget": "6GiB", "pinned_memory_budget": "2GiB"}}
+def write(name, zero):
+    c = json.loads(json.dumps(base)); c["zero_optimization"].update(zero)
+    json.dump(c, open(f"{tmp}/{name}.json", "w"), indent=1)
+write("resident", {})
+write("cpu_adam", {"offload_optimizer": {"device": "cpu", "pin_memory": True}})
+nv = {"device": "nvme", "nvme_path": nvme}
+write("nvme", {"offload_param": dict(nv, max_in_cpu=0), "offload_optimizer": nv})
+PY
+
+run() { # run NAME REP -> summary JSON in $tmp/NAME.REP.json
+  ./target/release/zinf train --config "$tmp/$1.json" --steps "$steps" --no-progress \
+    --out "$tmp/out" --summary-json "$tmp/$1.$2.json" >/dev/null 2>"$tmp/$1.$2.log" \
+    || { tail -20 "$tmp/$1.$2.log" >&2; exit 1; }
+}
+for r in $(seq "$reps"); do
+  run resident "$r"; run cpu_adam "$r"; run nvme "$r"
+  REPS=1 "$fio_ref" "$dir" 8m 32 1 2g 6 > "$tmp/fio.$r.json"
+done
+
+python3 - "$tmp" "$reps" "$steps" <<'PY'
+import json, statistics as st, sys
+tmp, reps, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+S = lambda n, r: json.load(open(f"{tmp}/{n}.{r}.json"))
+med = lambda xs: st.median(xs)
+res = [S("resident", r)["step_s_median"] for r in range(1, reps + 1)]
+cpu = [S("cpu_adam", r)["step_s_median"] for r in range(1, reps + 1)]
+print(json.dumps({"target": "offload_cost", "model": "gpt2-124m", "resident_step_s": round(med(res), 3),
+                  "cpu_adam_step_s": round(med(cpu), 3), "ratio": round(med(cpu) / med(res), 3),
+                  "goal": "<= 1.1"}))
+fio = {"read": [], "write": []}
+for r in range(1, reps + 1):
+    for line in open(f"{tmp}/fio.{r}.json"):
+        j = json.loads(line); fio[j["rw"]].append(j["gbps"])
+rd, wr = med(fio["read"]), med(fio["write"])
+rows = []
+for r in range(1, reps + 1):
+    s = S("nvme", r); n = s["steps"]
+    compute = s["compute_s"] / n
+    io = s["bytes_read"] / n / (rd * 1e9) + s["bytes_written"] / n / (wr * 1e9)
+    rows.append((s["step_s_median"], compute, io, s["overlap_fraction"], s["io_wait_s"] / n,
+                 s["optimizer_s"] / n))
+step, compute, io, ov, wait, opt = (med([x[i] for x in rows]) for i in range(6))
+print(json.dumps({"target": "overlap", "model": "gpt2-124m nvme/nvme", "step_s": round(step, 3),
+                  "compute_only_s": round(compute, 3), "io_only_at_fio_s": round(io, 3),
+                  "fio_read_gbps": rd, "fio_write_gbps": wr, "optimizer_s": round(opt, 3),
+                  "io_wait_s_per_step": round(wait, 3), "overlap_fraction": round(ov, 3),
+                  "ratio": round(step / max(compute, io), 3), "goal": "<= 1.15"}))
+PY
