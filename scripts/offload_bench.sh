@@ -8,6 +8,8 @@
 #                per step are alike: ratio = step_s / max(compute-only, I/O-only) (target <= 1.15)
 #                compute-only = the run's own time in model ops per step; I/O-only = the run's
 #                bytes per step at fio's io_uring GB/s on DIR (one drive reads and writes).
+#  wait vs stream the same NVMe run with gradient_clipping 1.0: the update waits for the global
+#                norm (after backward) instead of streaming during it; ratio of step times.
 #
 # Usage: scripts/offload_bench.sh DIR [STEPS=6] [REPS=2] [TOKENS=512]
 # Prints one JSON line per target. Builds zinf in release. Leaves no file behind.
@@ -37,13 +39,15 @@ base = {
            "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257, "block_size": tokens},
            "data": {"seq_len": tokens, "eval_interval": 0},
            "device_memory_budget": "6GiB", "pinned_memory_budget": "2GiB"}}
-def write(name, zero):
+def write(name, zero, clip=0.0):
     c = json.loads(json.dumps(base)); c["zero_optimization"].update(zero)
+    c["gradient_clipping"] = clip
     json.dump(c, open(f"{tmp}/{name}.json", "w"), indent=1)
 write("resident", {})
 write("cpu_adam", {"offload_optimizer": {"device": "cpu", "pin_memory": True}})
 nv = {"device": "nvme", "nvme_path": nvme}
 write("nvme", {"offload_param": dict(nv, max_in_cpu=0), "offload_optimizer": nv})
+write("nvme_clip", {"offload_param": dict(nv, max_in_cpu=0), "offload_optimizer": nv}, clip=1.0)
 PY
 
 run() { # run NAME REP -> summary JSON in $tmp/NAME.REP.json
@@ -52,7 +56,7 @@ run() { # run NAME REP -> summary JSON in $tmp/NAME.REP.json
     || { tail -20 "$tmp/$1.$2.log" >&2; exit 1; }
 }
 for r in $(seq "$reps"); do
-  run resident "$r"; run cpu_adam "$r"; run nvme "$r"
+  run resident "$r"; run cpu_adam "$r"; run nvme "$r"; run nvme_clip "$r"
   REPS=1 "$fio_ref" "$dir" 8m 32 1 2g 6 > "$tmp/fio.$r.json"
 done
 
@@ -84,4 +88,7 @@ print(json.dumps({"target": "overlap", "model": "gpt2-124m nvme/nvme", "step_s":
                   "fio_read_gbps": rd, "fio_write_gbps": wr, "optimizer_s": round(opt, 3),
                   "io_wait_s_per_step": round(wait, 3), "overlap_fraction": round(ov, 3),
                   "ratio": round(step / max(compute, io), 3), "goal": "<= 1.15"}))
+clip = med([S("nvme_clip", r)["step_s_median"] for r in range(1, reps + 1)])
+print(json.dumps({"target": "wait_vs_stream", "stream_step_s": round(step, 3),
+                  "wait_step_s": round(clip, 3), "ratio": round(clip / step, 3)}))
 PY

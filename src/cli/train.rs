@@ -15,7 +15,8 @@ use crate::device::{CpuDevice, Device};
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
 use crate::engine::timeline::Timeline;
 use crate::engine::{
-    checkpoint, Engine, EngineCounters, EngineSettings, IoFactory, Placement, Start, Tier,
+    checkpoint, Engine, EngineCounters, EngineSettings, IoFactory, Partition, Placement, Start,
+    Tier,
 };
 use crate::model::checkpoint::{load_hf, save_hf};
 use crate::model::train::{StepMetrics, TrainSettings};
@@ -210,6 +211,7 @@ pub fn engine_settings_from(cfg: &Config, train: TrainSettings) -> anyhow::Resul
     Ok(EngineSettings {
         train,
         placement: Placement::from_config(cfg)?,
+        partition: Partition::single(),
         sub_group_size: z.sub_group_size.max(1),
         prefetch_bucket_size: z.prefetch_bucket_size,
         max_live_parameters: z.max_live_parameters,

@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 mod fetch;
+pub mod partition;
 pub mod placement;
 pub mod residency;
 pub mod summary;
@@ -22,6 +23,7 @@ pub mod tiers;
 pub mod timeline;
 mod update;
 
+pub use partition::Partition;
 pub use placement::{Placement, Tier};
 
 use crate::data::{val_batches, Batcher, Dataset};
@@ -68,6 +70,8 @@ impl From<DeviceError> for EngineError {
 pub struct EngineSettings {
     pub train: TrainSettings,
     pub placement: Placement,
+    /// This rank's share of every group (one rank today).
+    pub partition: Partition,
     /// Elements per optimizer unit (DeepSpeed `sub_group_size`).
     pub sub_group_size: u64,
     /// Elements of parameters read ahead along the trace (`stage3_prefetch_bucket_size`).
@@ -253,7 +257,14 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                     || r.len() as u64 <= settings.param_persistence_threshold
             })
             .collect();
-        let units = tiers::units(layout, settings.sub_group_size);
+        if settings.partition.world_size != 1 {
+            return Err(EngineError::Config(format!(
+                "world size {}: zinf trains on one rank today (the partitioned layout is ready, \
+                 the collective backend is not)",
+                settings.partition.world_size
+            )));
+        }
+        let units = tiers::units(layout, settings.partition, settings.sub_group_size);
         let group_units = (0..groups.len())
             .map(|gi| {
                 let a = units.iter().position(|u| u.group == gi).unwrap_or(0);

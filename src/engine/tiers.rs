@@ -7,6 +7,7 @@
 //! report the pool as too small (a config error), instead of waiting forever.
 //! This file does not decide *what* to prefetch; the engine's loops do.
 
+use super::partition::Partition;
 use super::timeline::{Overlap, Timeline};
 use super::EngineError;
 use crate::model::ParamLayout;
@@ -28,11 +29,13 @@ pub struct Unit {
     pub range: Range<usize>,
 }
 
-/// Splits every group into units of at most `sub_group_size` elements (layout order).
-pub fn units(layout: &ParamLayout, sub_group_size: u64) -> Vec<Unit> {
+/// Splits the partition this rank owns of every group into units of at most
+/// `sub_group_size` elements (layout order).
+pub fn units(layout: &ParamLayout, part: Partition, sub_group_size: u64) -> Vec<Unit> {
     let step = sub_group_size.max(1) as usize;
     let mut v = Vec::new();
-    for (gi, (_, r)) in layout.groups.iter().enumerate() {
+    for (gi, (_, g)) in layout.groups.iter().enumerate() {
+        let r = part.owned(g.clone());
         let mut s = r.start;
         while s < r.end {
             let e = (s + step).min(r.end);

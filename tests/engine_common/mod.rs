@@ -60,6 +60,7 @@ pub fn engine_settings(train: TrainSettings, placement: Placement) -> EngineSett
     EngineSettings {
         train,
         placement,
+        partition: zinf::engine::Partition::single(),
         sub_group_size: 5000,
         prefetch_bucket_size: 1 << 30,
         max_live_parameters: 1 << 30,
