@@ -290,7 +290,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             .scheduler
             .map(|c| LrScheduler::new(c, s.adam.lr as f64))
             .transpose()?;
-        let max_writes = if settings.pipeline_write { 8 } else { 0 };
+        // With pipeline_write, up to 12 shard writes (four units) stay in flight, fewer when the
+        // pool needs their room; more would queue ahead of the reads the next units wait for.
+        // Without it each write is waited at once.
+        let max_writes = if settings.pipeline_write { 12 } else { 0 };
         let n_groups = groups.len();
         let mut e = Engine {
             batcher: Batcher::new(s.seed, s.micro_batch, s.seq_len),

@@ -114,6 +114,17 @@ impl Recorder {
     }
 }
 
+/// How a read gets its pool buffers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prefetch {
+    /// A demand read: make room whatever it takes (see `alloc`).
+    No,
+    /// Only if the pool has room now.
+    IfRoom,
+    /// The read needed next: finish writes in flight to make room, but never drop reads.
+    Next,
+}
+
 type Pending<B> = <B as BlockIo>::Pending;
 type Buf<B> = ShardBuf<<B as BlockIo>::Buf>;
 
@@ -148,7 +159,7 @@ impl<B: BlockIo> SwapQueue<B> {
             param_reads: VecDeque::new(),
             opt_reads: VecDeque::new(),
             writes: VecDeque::new(),
-            max_writes: max_writes.max(1),
+            max_writes,
             counters: QueueCounters::default(),
         }
     }
@@ -209,20 +220,29 @@ impl<B: BlockIo> SwapQueue<B> {
         rec: &mut Recorder,
         key: usize,
         names: Vec<String>,
-        prefetch: bool,
+        prefetch: Prefetch,
     ) -> Result<Option<Read<B>>, EngineError> {
         for n in &names {
             self.wait_write_named(store, rec, n)?;
         }
         let mut bufs = Vec::with_capacity(names.len());
         for n in &names {
-            let b = if prefetch {
-                match store.try_alloc(n)? {
+            let b = match prefetch {
+                Prefetch::No => self.alloc(store, rec, n)?,
+                Prefetch::IfRoom => match store.try_alloc(n)? {
                     Some(b) => b,
                     None => return Ok(None), // taken buffers go back to the pool on drop
-                }
-            } else {
-                self.alloc(store, rec, n)?
+                },
+                Prefetch::Next => loop {
+                    // The read needed next goes before writes that only free memory.
+                    if let Some(b) = store.try_alloc(n)? {
+                        break b;
+                    }
+                    if self.writes.is_empty() {
+                        return Ok(None);
+                    }
+                    self.wait_oldest_write(store, rec)?;
+                },
             };
             bufs.push(b);
         }
@@ -285,7 +305,7 @@ impl<B: BlockIo> SwapQueue<B> {
         if self.param_reads.iter().any(|r| r.key == gi) {
             return Ok(true);
         }
-        match self.start_read(store, rec, gi, vec![param_shard(gi)], true)? {
+        match self.start_read(store, rec, gi, vec![param_shard(gi)], Prefetch::IfRoom)? {
             Some(r) => {
                 self.param_reads.push_back(r);
                 Ok(true)
@@ -308,25 +328,32 @@ impl<B: BlockIo> SwapQueue<B> {
             }
             None => {
                 self.counters.param_misses += 1;
-                self.start_read(store, rec, gi, vec![param_shard(gi)], false)?
+                self.start_read(store, rec, gi, vec![param_shard(gi)], Prefetch::No)?
                     .expect("a demand read always starts")
             }
         };
         Ok(self.finish_read(store, rec, r)?.pop().expect("one shard"))
     }
 
-    /// Starts reading unit `u`'s optimizer state if the pool has room now.
+    /// Starts reading unit `u`'s optimizer state: if the pool has room now, or, when `next`
+    /// (it is the unit needed next), after finishing writes that hold the room.
     pub fn prefetch_opt(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
         u: usize,
+        next: bool,
     ) -> Result<bool, EngineError> {
         if self.opt_reads.iter().any(|r| r.key == u) {
             return Ok(true);
         }
         let names = (0..3).map(|t| opt_shard(u, t)).collect();
-        match self.start_read(store, rec, u, names, true)? {
+        let how = if next {
+            Prefetch::Next
+        } else {
+            Prefetch::IfRoom
+        };
+        match self.start_read(store, rec, u, names, how)? {
             Some(r) => {
                 self.opt_reads.push_back(r);
                 Ok(true)
@@ -350,7 +377,7 @@ impl<B: BlockIo> SwapQueue<B> {
             None => {
                 self.counters.opt_misses += 1;
                 let names = (0..3).map(|t| opt_shard(u, t)).collect();
-                self.start_read(store, rec, u, names, false)?
+                self.start_read(store, rec, u, names, Prefetch::No)?
                     .expect("a demand read always starts")
             }
         };

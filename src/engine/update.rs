@@ -50,13 +50,13 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         self.model.install_grads(g, buf);
         if last && self.streams() {
             if let Some(u) = self.group_units[gi].clone().next() {
-                self.prefetch_unit(u)?;
+                self.prefetch_unit(u, true)?;
             }
         } else if last && g == Group::Block(0) {
             // After backward the update starts with the last group: its state is read now,
             // while the first block's backward computes.
             let u = self.group_units[self.groups.len() - 1].start;
-            self.prefetch_unit(u)?;
+            self.prefetch_unit(u, true)?;
         }
         Ok(())
     }
@@ -148,10 +148,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         (gi > 0).then(|| self.group_units[gi - 1].start)
     }
 
-    fn prefetch_unit(&mut self, u: usize) -> Result<(), EngineError> {
+    fn prefetch_unit(&mut self, u: usize, next: bool) -> Result<(), EngineError> {
         if let (OptHome::Nvme, Some(store)) = (&self.opt, self.store.as_mut()) {
             if self.settings.pipeline_read {
-                self.queue.prefetch_opt(store, &mut self.rec, u)?;
+                self.queue.prefetch_opt(store, &mut self.rec, u, next)?;
             }
         }
         Ok(())
@@ -169,8 +169,13 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let g0 = self.group_range(gi).start;
         self.staged_group = None; // the staging buffer is about to hold this group
         for u in self.group_units[gi].clone() {
+            // Read ahead two units: the next one even if writes must finish first, the one
+            // after only if the pool has room.
             if let Some(next) = self.next_unit(u) {
-                self.prefetch_unit(next)?;
+                self.prefetch_unit(next, true)?;
+                if let Some(after) = self.next_unit(next) {
+                    self.prefetch_unit(after, false)?;
+                }
             }
             let unit = self.units[u].clone();
             let rel = unit.range.start - g0..unit.range.end - g0;
