@@ -11,7 +11,10 @@
 # two add). Prints one JSON line, then a table with pass/fail per target; exits 1 if one fails.
 #
 # Usage: scripts/demo_larger_than_ram.sh [DIR=/work/benchdir/zinf_demo] [STEPS=3]
-# CONFIG env: another config to run the same way (a smaller one for a quick check).
+# CONFIG env: another config to run the same way (a smaller one for a quick check);
+# SUMMARY env: also copy zinf's --summary-json there (the counters the table leaves out).
+# FIO_REPS env (default 1): fio runs per direction, median taken; the verdict on the step
+# ratio moves with fio's write figure (3.9-5.4 GB/s seen on this disk), so use 3 to compare.
 # Builds zinf in release. Needs about 41 GB free in DIR (the estimate's NVMe bytes, the 2 GiB
 # fio file and 5%). Samples the trainer's RSS every 10 s on stderr. Removes DIR's swap folder,
 # its temp files and DIR itself (if it created it) on exit, on failure too.
@@ -25,6 +28,7 @@ zinf=./target/release/zinf
 swap="$dir/zinf_swap" # the engine's SWAP_DIR inside nvme_path
 
 cargo build --release -q
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src aio swap Cargo.toml || echo -dirty)
 
 # A swap folder holding a save is someone's run: refuse rather than delete it at exit.
 if [ -e "$swap/zinf-saved.json" ]; then
@@ -53,7 +57,7 @@ if [ "$free" -lt "$need" ]; then
 fi
 
 echo "demo: fio reference on $dir (8m blocks, qd 32)" >&2
-REPS=1 "$fio_ref" "$dir" 8m 32 > "$tmp/fio.jsonl"
+REPS=${FIO_REPS:-1} "$fio_ref" "$dir" 8m 32 > "$tmp/fio.jsonl"
 
 # The config with DIR as nvme_path of both offload sections.
 python3 - "$cfg_src" "$dir" "$tmp/config.json" <<'PY'
@@ -79,11 +83,13 @@ sampler=$!
 rc=0; wait "$pid" || rc=$?
 kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; sampler=""
 cat "$tmp/train.out" >&2
+if [ -n "${SUMMARY:-}" ] && [ -f "$tmp/summary.json" ]; then cp "$tmp/summary.json" "$SUMMARY"; fi
 [ "$rc" = 0 ] || { echo "demo: zinf train failed (exit $rc)" >&2; exit "$rc"; }
 
-python3 - "$tmp/summary.json" "$tmp/fio.jsonl" "$tmp/rss.log" <<'PY'
+python3 - "$tmp/summary.json" "$tmp/fio.jsonl" "$tmp/rss.log" "$commit" <<'PY'
 import json, math, sys
 s = json.load(open(sys.argv[1]))
+commit = sys.argv[4]
 fio = {j["rw"]: j["gbps"] for j in map(json.loads, open(sys.argv[2]))}
 rss = [int(l.split()[1]) * 1024 for l in open(sys.argv[3]) if l.strip()]
 mem_total = next(int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
@@ -91,6 +97,10 @@ n = max(s["steps"], 1)
 compute = s["compute_s"] / n
 io = s["bytes_read"] / n / (fio["read"] * 1e9) + s["bytes_written"] / n / (fio["write"] * 1e9)
 ratio = s["step_s_median"] / max(compute, io)
+# The CPU backend runs the model and the CPU Adam on the same cores, so they add; shown beside
+# the target's ratio, not judged.
+cpu = compute + s["optimizer_s"] / n
+ratio_cpu = s["step_s_median"] / max(cpu, io)
 losses = s["losses"]
 targets = {
     "peak_rss_le_8gib": s["peak_rss_bytes"] <= 8 << 30,
@@ -107,10 +117,11 @@ out = {
     "io_s_per_step_at_fio": round(io, 3),
     "bytes_read_per_step": s["bytes_read"] // n, "bytes_written_per_step": s["bytes_written"] // n,
     "fio_read_gbps": fio["read"], "fio_write_gbps": fio["write"],
-    "step_over_max": round(ratio, 3), "overlap_fraction": round(s["overlap_fraction"], 3),
+    "step_over_max": round(ratio, 3), "step_over_max_cpu": round(ratio_cpu, 3),
+    "overlap_fraction": round(s["overlap_fraction"], 3),
     "io_wait_s": round(s["io_wait_s"], 2), "pool_wait_s": round(s["pool_wait_s"], 2),
     "io_busy_s": round(s["io_busy_s"], 2), "prefetch_hit_rate": round(s["prefetch_hit_rate"], 3),
-    "targets": targets, "pass": all(targets.values()),
+    "targets": targets, "pass": all(targets.values()), "commit": commit,
 }
 print(json.dumps(out))
 gb = lambda b: f"{b / 1e9:.2f} GB"
@@ -128,6 +139,7 @@ rows = [
     ("fio read / write", f"{fio['read']:.3f} / {fio['write']:.3f} GB/s", ""),
     ("I/O per step at fio speed", f"{io:.2f} s", ""),
     ("step / max(compute, I/O)", f"{ratio:.3f}", f"<= 1.3: {ok('step_over_max_le_1p3')}"),
+    ("step / max(compute+Adam, I/O)", f"{ratio_cpu:.3f}", "(info: one CPU does both)"),
     ("overlap fraction", f"{s['overlap_fraction']:.3f}", ""),
     ("I/O wait / pool wait", f"{s['io_wait_s']:.1f} s / {s['pool_wait_s']:.1f} s", ""),
 ]
