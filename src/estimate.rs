@@ -250,7 +250,18 @@ pub fn estimate(
             } else {
                 &mut pageable
             };
-            host.add("fp32 gradients, accumulated across micro-batches", 4 * p);
+            // The engine keeps whole-model gradients only when the update must wait for the
+            // global norm (clipping, fp16) or sums micro-batches; otherwise each group's
+            // gradients stream into its update (one group of scratch).
+            let whole = config.gradient_clipping > 0.0 || config.fp16.enabled || gas > 1;
+            if whole {
+                host.add("fp32 gradients, accumulated across micro-batches", 4 * p);
+            } else {
+                host.add(
+                    "fp32 gradients of one group on their way to the update",
+                    4 * model.largest_group,
+                );
+            }
             traffic.device_to_host_bytes += gas * 4 * p;
             if param_dev == OffloadDevice::None {
                 // The updated 16-bit parameters go back to their resident device copy.
@@ -392,6 +403,11 @@ fn nvme_space(
     warnings: &mut Vec<String>,
 ) -> Vec<NvmeSpace> {
     let z = &config.zero_optimization;
+    let versions = if config.zinf.swap_double_buffered {
+        2
+    } else {
+        1
+    };
     let mut needs: Vec<(String, u64)> = Vec::new();
     let mut need = |path: &Option<String>, bytes: u64| {
         let path = path.clone().unwrap_or_default();
@@ -401,10 +417,10 @@ fn nvme_space(
         }
     };
     if z.stage == 3 && z.offload_param.device == OffloadDevice::Nvme {
-        need(&z.offload_param.nvme_path, 2 * d * p);
+        need(&z.offload_param.nvme_path, versions * d * p);
     }
     if z.offload_optimizer.device == OffloadDevice::Nvme {
-        need(&z.offload_optimizer.nvme_path, 2 * 12 * p);
+        need(&z.offload_optimizer.nvme_path, versions * 12 * p);
     }
     needs
         .into_iter()

@@ -366,6 +366,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         None => None,
     };
     let before = engine.counters();
+    engine.reset_overlap();
     let r = run_loop(&mut engine, cfg, args, steps, csv.as_mut(), stop)?;
     engine.flush()?;
     // The steps' own traffic: not the initial layout, the save or the export below.
@@ -377,7 +378,8 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         }
         None => None,
     };
-    let export_limit = cfg.zinf.host_memory_budget.unwrap_or(4 << 30);
+    // The export builds the safetensors file in memory: about three copies of the parameters.
+    let export_limit = cfg.zinf.host_memory_budget.unwrap_or(8 << 30) / 4;
     match engine.export_params(export_limit)? {
         Some(p) => save_hf(&out_dir, &engine.settings.train.model, &p)?,
         None => tracing::info!(

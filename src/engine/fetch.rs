@@ -187,7 +187,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             if live + n > self.settings.max_live_parameters {
                 break;
             }
-            if !self.queue.prefetch_param(store, &mut self.rec, gi)? {
+            if !self.queue.prefetch_param(store, &mut self.rec, gi, first)? {
                 break; // the pool is full now; the demand read will wait its turn
             }
             started.push(gi);

@@ -504,6 +504,11 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         c
     }
 
+    /// Starts the overlap account afresh (the steps', not the set-up's).
+    pub fn reset_overlap(&mut self) {
+        self.rec.overlap = Overlap::starting_now();
+    }
+
     /// The overlap account and the timeline.
     pub fn recorder(&self) -> &Recorder {
         &self.rec

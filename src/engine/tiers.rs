@@ -294,18 +294,25 @@ impl<B: BlockIo> SwapQueue<B> {
         }
     }
 
-    /// Starts reading group `gi`'s parameters if the pool has room now; true when the read is
-    /// (or already was) in flight.
+    /// Starts reading group `gi`'s parameters: if the pool has room now, or, when `next` (it is
+    /// the group needed next), after finishing writes that hold the room. True when the read
+    /// is (or already was) in flight.
     pub fn prefetch_param(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
         gi: usize,
+        next: bool,
     ) -> Result<bool, EngineError> {
         if self.param_reads.iter().any(|r| r.key == gi) {
             return Ok(true);
         }
-        match self.start_read(store, rec, gi, vec![param_shard(gi)], Prefetch::IfRoom)? {
+        let how = if next {
+            Prefetch::Next
+        } else {
+            Prefetch::IfRoom
+        };
+        match self.start_read(store, rec, gi, vec![param_shard(gi)], how)? {
             Some(r) => {
                 self.param_reads.push_back(r);
                 Ok(true)

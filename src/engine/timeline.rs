@@ -385,6 +385,14 @@ pub struct Overlap {
 }
 
 impl Overlap {
+    /// An empty account that ignores whatever ran before now (a run's set-up I/O).
+    pub fn starting_now() -> Self {
+        Overlap {
+            folded_until: Some(Instant::now()),
+            ..Overlap::default()
+        }
+    }
+
     pub fn compute(&mut self, start: Instant, end: Instant) {
         if let Some(iv) = self.clip(start, end) {
             self.compute.push(iv);
