@@ -538,12 +538,20 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             self.applied_steps += 1;
         }
         let mut loss_sum = 0.0f64;
+        // The last step's held writes go out during this forward, which reads little.
+        self.queue.stop_deferring();
         for mb in 0..gas {
             let (x, y) = self.batcher.next_batch(&self.data.train);
             self.batches_drawn += 1;
             self.trace.begin(Phase::Train);
             loss_sum += self.forward(&x, &y)? as f64;
             let last = mb + 1 == gas;
+            if last {
+                // The updates read optimizer state; their writes wait (pool permitting).
+                self.defer_writes(true)?;
+            } else {
+                self.defer_writes(false)?;
+            }
             let grad_scale = (loss_scale / gas as f64) as f32;
             self.backward(&x, &y, grad_scale, mb, last, lr)?;
             self.trace.end();
@@ -596,6 +604,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         self.release(Group::Embed);
         for l in 0..nl {
             self.fetch(Group::Block(l))?;
+            self.submit_held_writes(nl - l)?;
             self.compute("block forward", |m, d| m.block_forward(d, l))?;
             self.release(Group::Block(l));
         }
@@ -716,6 +725,24 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
 
     fn params_on_nvme(&self) -> bool {
         matches!(self.params, ParamHome::Nvme { .. })
+    }
+
+    /// Holds the store's writes in the pool (`true`) or sends them all (`false`); see
+    /// [`tiers::SwapQueue::defer_writes`]. Off without `pipeline_write`.
+    fn defer_writes(&mut self, on: bool) -> Result<(), EngineError> {
+        if let Some(store) = &mut self.store {
+            let on = on && self.settings.pipeline_write;
+            self.queue.defer_writes(store, on)?;
+        }
+        Ok(())
+    }
+
+    /// Sends a `1/parts` share of the writes held from the last update.
+    fn submit_held_writes(&mut self, parts: usize) -> Result<(), EngineError> {
+        if let Some(store) = &mut self.store {
+            self.queue.submit_held(store, parts)?;
+        }
+        Ok(())
     }
 
     /// Finishes every write in flight (the end of a run, or before a save).

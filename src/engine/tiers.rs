@@ -148,6 +148,9 @@ pub struct SwapQueue<B: BlockIo> {
     param_reads: VecDeque<Read<B>>,
     opt_reads: VecDeque<Read<B>>,
     writes: VecDeque<Write<B>>,
+    /// Writes held in the pool while `defer` is on, in order.
+    deferred: VecDeque<(String, Buf<B>)>,
+    defer: bool,
     max_writes: usize,
     pub counters: QueueCounters,
 }
@@ -159,6 +162,8 @@ impl<B: BlockIo> SwapQueue<B> {
             param_reads: VecDeque::new(),
             opt_reads: VecDeque::new(),
             writes: VecDeque::new(),
+            deferred: VecDeque::new(),
+            defer: false,
             max_writes,
             counters: QueueCounters::default(),
         }
@@ -171,7 +176,10 @@ impl<B: BlockIo> SwapQueue<B> {
 
     /// Whether anything is in flight.
     pub fn is_idle(&self) -> bool {
-        self.param_reads.is_empty() && self.opt_reads.is_empty() && self.writes.is_empty()
+        self.param_reads.is_empty()
+            && self.opt_reads.is_empty()
+            && self.writes.is_empty()
+            && self.deferred.is_empty()
     }
 
     /// Pool buffers for shard `name`, making room when the pool is full (see the file header).
@@ -186,7 +194,9 @@ impl<B: BlockIo> SwapQueue<B> {
             if let Some(b) = store.try_alloc(name)? {
                 break Ok(b);
             }
-            if !self.writes.is_empty() {
+            if !self.deferred.is_empty() {
+                self.submit_deferred(store, usize::MAX)?;
+            } else if !self.writes.is_empty() {
                 self.wait_oldest_write(store, rec)?;
             } else if let Some(r) = self.param_reads.pop_back() {
                 self.counters.prefetches_dropped += 1;
@@ -238,10 +248,13 @@ impl<B: BlockIo> SwapQueue<B> {
                     if let Some(b) = store.try_alloc(n)? {
                         break b;
                     }
-                    if self.writes.is_empty() {
+                    if !self.deferred.is_empty() {
+                        self.submit_deferred(store, usize::MAX)?;
+                    } else if self.writes.is_empty() {
                         return Ok(None);
+                    } else {
+                        self.wait_oldest_write(store, rec)?;
                     }
-                    self.wait_oldest_write(store, rec)?;
                 },
             };
             bufs.push(b);
@@ -391,8 +404,9 @@ impl<B: BlockIo> SwapQueue<B> {
         self.finish_read(store, rec, r)
     }
 
-    /// Writes `buf` as the new version of `name` behind the caller's back; at most
-    /// `max_writes` stay in flight.
+    /// Writes `buf` as the new version of `name` behind the caller's back. While writes are
+    /// deferred (see [`SwapQueue::defer_writes`]) the buffer waits in the pool; otherwise at
+    /// most `max_writes` stay in flight.
     pub fn write(
         &mut self,
         store: &mut Store<B>,
@@ -401,6 +415,20 @@ impl<B: BlockIo> SwapQueue<B> {
         buf: Buf<B>,
     ) -> Result<(), EngineError> {
         self.wait_write_named(store, rec, name)?;
+        if self.defer {
+            self.deferred.push_back((name.to_string(), buf));
+            return Ok(());
+        }
+        self.submit_write(store, rec, name, buf)
+    }
+
+    fn submit_write(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        name: &str,
+        buf: Buf<B>,
+    ) -> Result<(), EngineError> {
         let bytes = buf.len_bytes();
         let start = Instant::now();
         let handle = store.write_begin(name, buf)?;
@@ -412,6 +440,50 @@ impl<B: BlockIo> SwapQueue<B> {
         });
         while self.writes.len() > self.max_writes {
             self.wait_oldest_write(store, rec)?;
+        }
+        Ok(())
+    }
+
+    /// Holds writes in the pool instead of submitting them (`true`), or submits every held
+    /// write and goes back to writing behind at once (`false`). The engine defers during
+    /// the updates, whose reads of optimizer state then have the drive to themselves, and
+    /// spreads the held writes over the next forward, which reads little
+    /// ([`SwapQueue::submit_held`]). A full pool submits held writes early (`alloc`); a read
+    /// of a held shard submits it first.
+    pub fn defer_writes(&mut self, store: &mut Store<B>, defer: bool) -> Result<(), EngineError> {
+        self.defer = defer;
+        if !defer {
+            self.submit_deferred(store, usize::MAX)?;
+        }
+        Ok(())
+    }
+
+    /// Stops holding new writes but keeps the held ones for [`SwapQueue::submit_held`].
+    pub fn stop_deferring(&mut self) {
+        self.defer = false;
+    }
+
+    /// Submits a `1/parts` share of the held writes (all of them when `parts` is 1): the
+    /// forward spreads them over its blocks so its own reads are never stuck behind a burst.
+    pub fn submit_held(&mut self, store: &mut Store<B>, parts: usize) -> Result<(), EngineError> {
+        let n = self.deferred.len().div_ceil(parts.max(1));
+        self.submit_deferred(store, n)
+    }
+
+    fn submit_deferred(&mut self, store: &mut Store<B>, n: usize) -> Result<(), EngineError> {
+        for _ in 0..n {
+            let Some((name, buf)) = self.deferred.pop_front() else {
+                break;
+            };
+            let bytes = buf.len_bytes();
+            let start = Instant::now();
+            let handle = store.write_begin(&name, buf)?;
+            self.writes.push_back(Write {
+                name,
+                handle,
+                bytes,
+                start,
+            });
         }
         Ok(())
     }
@@ -447,6 +519,10 @@ impl<B: BlockIo> SwapQueue<B> {
         rec: &mut Recorder,
         name: &str,
     ) -> Result<(), EngineError> {
+        if let Some(i) = self.deferred.iter().position(|(n, _)| n == name) {
+            let (n, buf) = self.deferred.remove(i).expect("position is in range");
+            self.submit_write(store, rec, &n, buf)?;
+        }
         if let Some(i) = self.writes.iter().position(|w| w.name == name) {
             let w = self.writes.remove(i).expect("position is in range");
             self.wait_write(store, rec, w)?;
@@ -456,7 +532,7 @@ impl<B: BlockIo> SwapQueue<B> {
 
     /// Finishes every write and gives up every prefetch (before a commit, or on the way out).
     pub fn flush(&mut self, store: &mut Store<B>, rec: &mut Recorder) -> Result<(), EngineError> {
-        let mut first_err = None;
+        let mut first_err = self.submit_deferred(store, usize::MAX).err();
         while let Some(w) = self.writes.pop_front() {
             if let Err(e) = self.wait_write(store, rec, w) {
                 first_err = first_err.or(Some(e));
