@@ -239,7 +239,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         timeline: Timeline,
     ) -> Result<Self, EngineError> {
         let s = &settings.train;
-        check_tokens(&data, s.model.vocab_size)?;
+        crate::model::check_vocab(&data, s.model.vocab_size)?;
         let model = Gpt::without_groups(
             &dev,
             s.model,
@@ -776,21 +776,4 @@ fn dtype_tag(d: crate::model::ParamDtype) -> &'static str {
         crate::model::ParamDtype::F16 => "f16",
         crate::model::ParamDtype::Bf16 => "bf16",
     }
-}
-
-fn check_tokens(data: &Dataset, vocab: usize) -> Result<(), EngineError> {
-    let max_tok = data
-        .train
-        .iter()
-        .chain(&data.val)
-        .copied()
-        .max()
-        .unwrap_or(0);
-    if max_tok as usize >= vocab {
-        return Err(ModelError::Shape(format!(
-            "the data holds token id {max_tok}, the model's vocab_size is {vocab}"
-        ))
-        .into());
-    }
-    Ok(())
 }

@@ -35,6 +35,23 @@ pub enum ModelError {
     Checkpoint { path: String, message: String },
 }
 
+/// Refuses data holding a token id the model has no embedding for.
+pub fn check_vocab(data: &crate::data::Dataset, vocab_size: usize) -> Result<(), ModelError> {
+    let max_tok = data
+        .train
+        .iter()
+        .chain(&data.val)
+        .copied()
+        .max()
+        .unwrap_or(0);
+    if max_tok as usize >= vocab_size {
+        return Err(ModelError::Shape(format!(
+            "the data holds token id {max_tok}, the model's vocab_size is {vocab_size}"
+        )));
+    }
+    Ok(())
+}
+
 /// The shape of a GPT-2 family model (Hugging Face names in comments).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GptConfig {

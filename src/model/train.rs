@@ -87,20 +87,7 @@ impl Trainer {
         init: Option<HostParams>,
     ) -> Result<Self, TrainError> {
         let s = &settings;
-        let max_tok = data
-            .train
-            .iter()
-            .chain(&data.val)
-            .copied()
-            .max()
-            .unwrap_or(0);
-        if max_tok as usize >= s.model.vocab_size {
-            return Err(ModelError::Shape(format!(
-                "the data holds token id {max_tok}, the model's vocab_size is {}",
-                s.model.vocab_size
-            ))
-            .into());
-        }
+        super::check_vocab(&data, s.model.vocab_size)?;
         let dev = CpuDevice::new(s.threads, s.device_memory_budget);
         let mut model = Gpt::new(
             &dev,
