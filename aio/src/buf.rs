@@ -124,6 +124,18 @@ impl Region {
     }
 }
 
+/// Locks the pages under `bytes` in RAM (DeepSpeed's `pin_memory` for host arrays that are not
+/// pool buffers); false, with nothing changed, when `RLIMIT_MEMLOCK` forbids it. The pages stay
+/// locked until they are unmapped (freeing the allocation ends the lock).
+pub fn lock_in_ram(bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    // SAFETY: mlock only changes the residency of pages the slice already maps; it reads and
+    // writes nothing, and the kernel rounds the range out to whole pages itself.
+    unsafe { libc::mlock(bytes.as_ptr().cast(), bytes.len()) == 0 }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: ptr/len is exactly the mapping this Region created and nothing borrows it

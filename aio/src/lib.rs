@@ -20,7 +20,7 @@ mod pool;
 mod pread;
 mod uring;
 
-pub use buf::{AlignedBuf, HugePages, HUGE_PAGE_BYTES, PAGE_BYTES};
+pub use buf::{lock_in_ram, AlignedBuf, HugePages, HUGE_PAGE_BYTES, PAGE_BYTES};
 pub use engine::{wait_any, AioEngine, FileId, OpenMode, Request};
 pub use error::{AioError, Op};
 pub use pool::{BufferPool, PoolStats};

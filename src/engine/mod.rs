@@ -346,6 +346,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             }
         }
         e.load_persistent()?;
+        e.pin_host_tiers();
         Ok(e)
     }
 
@@ -400,6 +401,33 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             store.commit()?;
         }
         Ok(())
+    }
+
+    /// Locks host-tier arrays in RAM where the placement asks for `pin_memory` (logged once
+    /// when the memlock limit refuses; the run goes on unpinned).
+    fn pin_host_tiers(&self) {
+        let pinned = |t: &Tier| matches!(t, Tier::Cpu { pin_memory: true });
+        let mut ok = true;
+        if let (true, ParamHome::Host(hp)) = (pinned(&self.settings.placement.params), &self.params)
+        {
+            ok &= zinf_aio::lock_in_ram(hp.range_bytes(0..hp.len()));
+        }
+        if let (true, OptHome::Host { master, m, v }) =
+            (pinned(&self.settings.placement.optimizer), &self.opt)
+        {
+            for a in [master, m, v] {
+                ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(a));
+            }
+            if let Some(g) = &self.grads_acc {
+                ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(g));
+            }
+        }
+        if !ok {
+            tracing::warn!(
+                "pin_memory: host arrays not locked in RAM (memlock limit; raise `ulimit -l`); \
+                 continuing unpinned"
+            );
+        }
     }
 
     /// Empty host tiers of the right size, filled by `resume_from`.
