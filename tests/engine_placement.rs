@@ -24,7 +24,7 @@ fn placements(dir: &std::path::Path) -> Vec<(Tier, Tier)> {
 
 fn check_all(dtype: ParamDtype, clip: f64, gas: usize) {
     let s = train_settings(dtype, clip, gas);
-    let want = resident_run(s.clone(), STEPS);
+    let (want, want_val) = resident_run_and_validate(s.clone(), STEPS);
     assert!(want.iter().all(|m| m.loss.is_finite()));
     let dir = std::path::PathBuf::from("/nvme");
     for (p, o) in placements(&dir) {
@@ -32,6 +32,13 @@ fn check_all(dtype: ParamDtype, clip: f64, gas: usize) {
         let es = engine_settings(s.clone(), placement(p.clone(), o.clone()));
         let mut e = fake_engine(es, &disk, 8 << 20, Start::Fresh(None));
         let got = engine_run(&mut e, STEPS);
+        let val = e.validate().expect("validate").expect("validation data");
+        assert_eq!(
+            val.to_bits(),
+            want_val.to_bits(),
+            "validation loss, params {}",
+            p.name()
+        );
         let c = e.counters();
         if p.is_nvme() || o.is_nvme() {
             assert!(c.nvme_bytes_read > 0 && c.nvme_bytes_written > 0, "{c:?}");

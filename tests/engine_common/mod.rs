@@ -122,8 +122,14 @@ pub fn fake_engine(
 
 /// Losses of `steps` steps of the resident trainer.
 pub fn resident_run(s: TrainSettings, steps: usize) -> Vec<StepMetrics> {
+    resident_run_and_validate(s, steps).0
+}
+
+/// Losses of `steps` steps of the resident trainer, then its validation loss.
+pub fn resident_run_and_validate(s: TrainSettings, steps: usize) -> (Vec<StepMetrics>, f32) {
     let mut t = Trainer::new(s, dataset(), None).expect("trainer builds");
-    (0..steps).map(|_| t.step().expect("step")).collect()
+    let m = (0..steps).map(|_| t.step().expect("step")).collect();
+    (m, t.validate().expect("validate").expect("validation data"))
 }
 
 pub fn engine_run<B: zinf_swap::BlockIo>(
