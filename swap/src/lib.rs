@@ -5,6 +5,7 @@
 
 pub mod aio_backend;
 pub mod blockio;
+pub mod checksum;
 pub mod counters;
 pub mod error;
 pub mod fake;

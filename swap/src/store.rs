@@ -464,17 +464,6 @@ impl<B: BlockIo> Store<B> {
             let e = &extents[k];
             match self.io.wait(req) {
                 Ok(buf) if first_err.is_none() => {
-                    let actual = crc32c::crc32c(&buf[..h.lens[k]]);
-                    if actual != h.crcs[k] {
-                        first_err = Some(SwapError::Checksum {
-                            shard: self.manifest.shards[h.shard].name.clone(),
-                            file: self.manifest.files[e.file].path.clone(),
-                            offset: e.offset,
-                            len: e.len_bytes,
-                            expected: h.crcs[k],
-                            actual,
-                        });
-                    }
                     self.counters.bytes_read += buf.len() as u64;
                     chunks.push(buf);
                 }
@@ -487,6 +476,22 @@ impl<B: BlockIo> Store<B> {
             }
         }
         self.counters.io_wait_ns += start.elapsed().as_nanos() as u64;
+        if first_err.is_none() {
+            // Every chunk arrived: check them all (on several threads when large).
+            let datas: Vec<&[u8]> = chunks.iter().zip(&h.lens).map(|(c, &l)| &c[..l]).collect();
+            let actual = crate::checksum::crcs(&datas);
+            if let Some(k) = (0..actual.len()).find(|&k| actual[k] != h.crcs[k]) {
+                let e = &extents[k];
+                first_err = Some(SwapError::Checksum {
+                    shard: self.manifest.shards[h.shard].name.clone(),
+                    file: self.manifest.files[e.file].path.clone(),
+                    offset: e.offset,
+                    len: e.len_bytes,
+                    expected: h.crcs[k],
+                    actual: actual[k],
+                });
+            }
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(ShardBuf {
@@ -519,11 +524,16 @@ impl<B: BlockIo> Store<B> {
         }
         self.mark_dirty()?;
         let slot = self.staged_slot(i);
-        let mut crcs = Vec::with_capacity(buf.lens.len());
         for (chunk, &len) in buf.chunks.iter_mut().zip(&buf.lens) {
             chunk[len..].fill(0);
-            crcs.push(crc32c::crc32c(&chunk[..len]));
         }
+        let datas: Vec<&[u8]> = buf
+            .chunks
+            .iter()
+            .zip(&buf.lens)
+            .map(|(c, &l)| &c[..l])
+            .collect();
+        let crcs = crate::checksum::crcs(&datas);
         self.staged[i] = Staged::InFlight;
         let mut reqs = Vec::with_capacity(buf.chunks.len());
         let extents = &self.manifest.shards[i].slots[slot];
