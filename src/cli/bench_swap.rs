@@ -98,14 +98,6 @@ fn adam_update(adam: &mut Adam, sg: SubGroup<'_>, grads: &[bf16], out: &mut [bf1
     .expect("adam step on equal-length slices");
 }
 
-fn peak_rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -270,7 +262,7 @@ pub fn run(args: &BenchSwapArgs) -> anyhow::Result<ExitCode> {
         "pool_pinned": c.pool_pinned,
         "pool_peak_bytes": b.store.io().pool().stats().peak_bytes,
         "pool_wait_s": c.pool_wait_ns as f64 / 1e9,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": crate::engine::summary::peak_rss_bytes().unwrap_or(0),
     });
     if args.json {
         println!("{report}");

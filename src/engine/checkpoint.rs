@@ -183,19 +183,14 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let rec = &mut self.rec;
         if let ParamHome::Host(hp) = &self.params {
             for (gi, (_, r)) in self.model.layout.groups.iter().enumerate() {
-                let name = ckpt_param(gi);
-                let mut buf = q.alloc(store, rec, &name)?;
-                buf.copy_from(hp.range_bytes(r.clone()));
-                q.write(store, rec, &name, buf)?;
+                q.write_bytes(store, rec, &ckpt_param(gi), hp.range_bytes(r.clone()))?;
             }
         }
         if let OptHome::Host { master, m, v } = &self.opt {
             for (u, unit) in self.units.iter().enumerate() {
                 for (t, src) in [master, m, v].into_iter().enumerate() {
-                    let name = ckpt_opt(u, t);
-                    let mut buf = q.alloc(store, rec, &name)?;
-                    buf.copy_from(bytemuck::cast_slice(&src[unit.range.clone()]));
-                    q.write(store, rec, &name, buf)?;
+                    let bytes = bytemuck::cast_slice(&src[unit.range.clone()]);
+                    q.write_bytes(store, rec, &ckpt_opt(u, t), bytes)?;
                 }
             }
         }
@@ -207,9 +202,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let mut body = vec![0u8; STATE_BYTES as usize];
         body[..8].copy_from_slice(&(json.len() as u64).to_le_bytes());
         body[8..8 + json.len()].copy_from_slice(&json);
-        let mut buf = q.alloc(store, rec, STATE_SHARD)?;
-        buf.copy_from(&body);
-        q.write(store, rec, STATE_SHARD, buf)?;
+        q.write_bytes(store, rec, STATE_SHARD, &body)?;
         q.flush(store, rec)?;
         store.commit()?;
         Ok(())

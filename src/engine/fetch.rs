@@ -8,7 +8,7 @@
 //! nothing is allocated; a fetch that hits the device memory budget first evicts what is kept.
 
 use super::residency::OnDevice;
-use super::tiers;
+use super::tiers::{self, Shards};
 use super::{Engine, EngineError, ParamHome};
 use crate::device::{Device, DeviceBuffer, DeviceError, HostSlice};
 use crate::model::{Group, HostParams, ParamDtype};
@@ -82,12 +82,17 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
 
     /// A device buffer of `len` elements: a given-back one of that length, or a new one. Over
     /// the budget, buffers held for reuse and kept groups are given up first.
-    pub(super) fn take_buf(&mut self, len: usize, what: &str) -> Result<D::Buffer, EngineError> {
+    pub(super) fn take_buf(
+        &mut self,
+        len: usize,
+        what: impl FnOnce() -> String,
+    ) -> Result<D::Buffer, EngineError> {
         if let Some(i) = self.free.iter().position(|b| b.len() == len) {
             return Ok(self.free.swap_remove(i));
         }
+        let what = what(); // named only when memory is really allocated
         loop {
-            match self.dev.alloc(what, len) {
+            match self.dev.alloc(&what, len) {
                 Ok(b) => return Ok(b),
                 Err(DeviceError::OutOfBudget { .. }) if !self.free.is_empty() => self.free.clear(),
                 Err(DeviceError::OutOfBudget { .. }) if self.evict_kept() => {}
@@ -103,7 +108,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             self.evict_kept();
         }
         let g = self.groups[gi];
-        let mut buf = self.take_buf(len, &format!("parameters {g:?}"))?;
+        let mut buf = self.take_buf(len, || format!("parameters {g:?}"))?;
         let r = self.model.layout.groups[gi].1.clone();
         match &self.params {
             ParamHome::Host(hp) => {
@@ -123,7 +128,8 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             }
             ParamHome::Nvme { .. } => {
                 let store = self.store.as_mut().expect("NVMe parameters have a store");
-                let shard = self.queue.read_param(store, &mut self.rec, gi)?;
+                let shard = self.queue.read(store, &mut self.rec, Shards::Param(gi))?;
+                let shard = shard.into_iter().next().expect("one shard");
                 let dtype = self.settings.train.dtype;
                 let mut at = 0;
                 for i in 0..shard.chunk_count() {
@@ -135,7 +141,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 debug_assert_eq!(at, len);
                 // DeepSpeed's `max_in_cpu`: keep it in host memory while the budget allows.
                 if self.cached_elems + len as u64 <= self.settings.max_in_cpu {
-                    let mut copy = HostParams::from_f32(dtype, &vec![0.0; len]);
+                    let mut copy = HostParams::zeros(dtype, len);
                     let mut at = 0;
                     for i in 0..shard.chunk_count() {
                         copy.set_range_bytes(at, shard.chunk(i));
@@ -159,23 +165,19 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         if !matches!(self.params, ParamHome::Nvme { .. }) {
             return Ok(());
         }
-        let upcoming: Vec<usize> = self.trace.upcoming().to_vec();
         let layout = &self.model.layout;
         let numel = |gi: usize| layout.groups[gi].1.len() as u64;
-        let in_flight: Vec<usize> = self.queue.param_reads_in_flight().collect();
-        let mut ahead: u64 = in_flight.iter().map(|&g| numel(g)).sum();
+        let mut ahead: u64 = self.queue.param_reads_in_flight().map(numel).sum();
         let mut live: u64 = (0..self.groups.len())
             .filter(|&gi| self.on_device[gi] != OnDevice::Off)
             .map(numel)
             .sum::<u64>()
             + ahead;
-        let mut started = Vec::new();
-        for gi in upcoming {
+        for &gi in self.trace.upcoming() {
             if self.on_device[gi] != OnDevice::Off
                 || self.param_cache[gi].is_some()
                 || self.staged_group == Some(gi)
-                || in_flight.contains(&gi)
-                || started.contains(&gi)
+                || self.queue.param_reads_in_flight().any(|g| g == gi)
             {
                 continue;
             }
@@ -187,10 +189,12 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             if live + n > self.settings.max_live_parameters {
                 break;
             }
-            if !self.queue.prefetch_param(store, &mut self.rec, gi, first)? {
+            if !self
+                .queue
+                .prefetch(store, &mut self.rec, Shards::Param(gi), first)?
+            {
                 break; // the pool is full now; the demand read will wait its turn
             }
-            started.push(gi);
             ahead += n;
             live += n;
         }
@@ -208,14 +212,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         Ok(())
     }
 
-    /// After group `gi`'s update: a persistent copy on the device is refreshed from `values`
-    /// (the group's new parameters); any other copy is dropped, so the next fetch reads the
-    /// new version.
-    pub(super) fn refresh_device_copy(
-        &mut self,
-        gi: usize,
-        values: HostSlice<'_>,
-    ) -> Result<(), EngineError> {
+    /// After group `gi`'s update: a persistent copy on the device is refreshed from the new
+    /// values at the parameters' home (the staging buffer for NVMe); any other copy is
+    /// dropped, so the next fetch reads the new version.
+    pub(super) fn refresh_device_copy(&mut self, gi: usize) -> Result<(), EngineError> {
         if self.on_device[gi] == OnDevice::Off {
             return Ok(());
         }
@@ -223,6 +223,11 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             self.evict(gi);
             return Ok(());
         }
+        let r = self.model.layout.groups[gi].1.clone();
+        let values = match &self.params {
+            ParamHome::Host(hp) => hp.slice(r),
+            ParamHome::Nvme { staging } => staging.slice(0..r.len()),
+        };
         let g = self.groups[gi];
         let buf = self
             .model
@@ -241,10 +246,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         values: &HostParams,
     ) -> Result<(), EngineError> {
         let store = self.store.as_mut().expect("NVMe parameters have a store");
-        let name = tiers::param_shard(gi);
-        let mut buf = self.queue.alloc(store, &mut self.rec, &name)?;
-        buf.copy_from(values.range_bytes(0..self.model.layout.groups[gi].1.len()));
-        self.queue.write(store, &mut self.rec, &name, buf)
+        let bytes = values.range_bytes(0..self.model.layout.groups[gi].1.len());
+        self.queue
+            .write_bytes(store, &mut self.rec, &tiers::param_shard(gi), bytes)
     }
 }
 

@@ -231,12 +231,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let stream = streams(s);
         let grads_acc =
             (!stream || s.gradient_accumulation_steps > 1).then(|| vec![0.0f32; layout.total]);
-        let adam = Adam::new(s.adam, s.threads)?;
-        let scaler = LossScaler::new(&s.loss_scaler, s.fp16)?;
-        let sched = s
-            .scheduler
-            .map(|c| LrScheduler::new(c, s.adam.lr as f64))
-            .transpose()?;
+        let (adam, scaler, sched) = s.optimizer()?;
         // With pipeline_write, up to 12 shard writes (four units) stay in flight, fewer when the
         // pool needs their room; more would queue ahead of the reads the next units wait for.
         // Without it each write is waited at once.
@@ -312,7 +307,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let total = layout.total;
         let host_params = !pl.params.is_nvme();
         let host_opt = !pl.optimizer.is_nvme();
-        let mut params = host_params.then(|| HostParams::from_f32(s.dtype, &vec![0.0; total]));
+        let mut params = host_params.then(|| HostParams::zeros(s.dtype, total));
         let mut opt = host_opt.then(|| (vec![0.0f32; total], vec![0.0; total], vec![0.0; total]));
         let mut gen = ParamInit::new(s.model.n_layer, s.seed);
         for gi in 0..layout.groups.len() {
@@ -336,7 +331,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         self.params = match params {
             Some(p) => ParamHome::Host(p),
             None => ParamHome::Nvme {
-                staging: HostParams::from_f32(s.dtype, &vec![0.0; self.max_group_len()]),
+                staging: HostParams::zeros(s.dtype, self.max_group_len()),
             },
         };
         self.opt = match opt {
@@ -384,10 +379,10 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let pl = &self.settings.placement;
         self.params = if pl.params.is_nvme() {
             ParamHome::Nvme {
-                staging: HostParams::from_f32(s.dtype, &vec![0.0; self.max_group_len()]),
+                staging: HostParams::zeros(s.dtype, self.max_group_len()),
             }
         } else {
-            ParamHome::Host(HostParams::from_f32(s.dtype, &vec![0.0; total]))
+            ParamHome::Host(HostParams::zeros(s.dtype, total))
         };
         self.opt = if pl.optimizer.is_nvme() {
             OptHome::Nvme
@@ -669,12 +664,14 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         if (total * s.dtype.bytes()) as u64 > max_bytes {
             return Ok(None);
         }
-        let mut out = HostParams::from_f32(s.dtype, &vec![0.0; total]);
+        let mut out = HostParams::zeros(s.dtype, total);
         let store = self.store.as_mut().expect("NVMe parameters have a store");
         self.queue.flush(store, &mut self.rec)?;
         for gi in 0..self.groups.len() {
-            let buf = self.queue.read_param(store, &mut self.rec, gi)?;
-            out.set_range_bytes(self.model.layout.groups[gi].1.start, &buf.to_vec());
+            let buf = self
+                .queue
+                .read(store, &mut self.rec, tiers::Shards::Param(gi))?;
+            out.set_range_bytes(self.model.layout.groups[gi].1.start, &buf[0].to_vec());
         }
         Ok(Some(out))
     }

@@ -1,12 +1,10 @@
 //! The end-of-run numbers: this process's memory (current and peak resident set), the median
-//! step time, per-tier bytes read and written, the drive-wear estimate, and bytes written for
+//! step time, the drive-wear estimate, and bytes written for
 //! people to read.
 //!
 //! These are plain functions over numbers the engine has already counted; nothing here keeps
 //! state or decides anything. Memory is read from `/proc/self/status`, so off Linux the memory
 //! figures are `None` rather than wrong.
-
-use serde::Serialize;
 
 /// Peak resident set size of this process (`VmHWM` from `/proc/self/status`), bytes; `None`
 /// off Linux or when the file cannot be read.
@@ -54,20 +52,6 @@ pub fn median(xs: &[f64]) -> Option<f64> {
     // Every element left of `mid` is <= upper; the largest of them is the other middle value.
     let lower = lower.iter().copied().max_by(f64::total_cmp)?;
     Some((lower + upper) / 2.0)
-}
-
-/// Per-tier I/O numbers for the summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct TierIo {
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-}
-
-impl std::ops::AddAssign for TierIo {
-    fn add_assign(&mut self, rhs: TierIo) {
-        self.bytes_read += rhs.bytes_read;
-        self.bytes_written += rhs.bytes_written;
-    }
 }
 
 /// Drive wear estimate: bytes written per 1,000 steps, rounded to the nearest byte; 0 when no
@@ -180,21 +164,5 @@ mod tests {
         assert_eq!(human_bytes((1 << 30) - 1), "1.00 GiB");
         assert_eq!(human_bytes(5 << 40), "5.00 TiB");
         assert_eq!(human_bytes(u64::MAX), "16.00 EiB");
-    }
-
-    #[test]
-    fn tier_io_adds_and_serializes() {
-        let mut t = TierIo {
-            bytes_read: 1,
-            bytes_written: 2,
-        };
-        t += TierIo {
-            bytes_read: 10,
-            bytes_written: 20,
-        };
-        assert_eq!(
-            serde_json::to_value(t).unwrap(),
-            serde_json::json!({"bytes_read": 11, "bytes_written": 22})
-        );
     }
 }

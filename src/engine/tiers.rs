@@ -8,7 +8,7 @@
 //! This file does not decide *what* to prefetch; the engine's loops do.
 
 use super::partition::Partition;
-use super::timeline::{Overlap, Timeline};
+use super::timeline::{Overlap, Timeline, Track};
 use super::EngineError;
 use crate::model::ParamLayout;
 use std::collections::VecDeque;
@@ -108,9 +108,40 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    fn io(&mut self, name: &str, bytes: u64, start: Instant, end: Instant) {
-        self.timeline.io(name, bytes, start, end);
+    /// Records one request (`verb` "read" or "write" of shard `name`) that was in flight from
+    /// `start` to `end`; its label is built only when a trace is being written.
+    fn io(&mut self, verb: &str, name: &str, bytes: u64, start: Instant, end: Instant) {
+        if self.timeline.is_enabled() {
+            self.timeline
+                .io(&format!("{verb} {name}"), bytes, start, end);
+        }
         self.overlap.io(start, end);
+    }
+}
+
+/// What a read brings in: one group's parameters, or one optimizer unit's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shards {
+    /// Group `gi`'s parameter shard.
+    Param(usize),
+    /// Unit `u`'s three state shards (master, m, v).
+    Opt(usize),
+}
+
+impl Shards {
+    /// Index of the queue of reads of this kind.
+    fn kind(self) -> usize {
+        match self {
+            Shards::Param(_) => 0,
+            Shards::Opt(_) => 1,
+        }
+    }
+
+    fn names(self) -> Vec<String> {
+        match self {
+            Shards::Param(gi) => vec![param_shard(gi)],
+            Shards::Opt(u) => (0..3).map(|t| opt_shard(u, t)).collect(),
+        }
     }
 }
 
@@ -129,7 +160,7 @@ type Pending<B> = <B as BlockIo>::Pending;
 type Buf<B> = ShardBuf<<B as BlockIo>::Buf>;
 
 struct Read<B: BlockIo> {
-    key: usize,
+    what: Shards,
     handles: Vec<ReadHandle<Pending<B>>>,
     names: Vec<String>,
     bytes: u64,
@@ -145,8 +176,8 @@ struct Write<B: BlockIo> {
 
 /// Store requests in flight, each queue bounded.
 pub struct SwapQueue<B: BlockIo> {
-    param_reads: VecDeque<Read<B>>,
-    opt_reads: VecDeque<Read<B>>,
+    /// Reads started ahead, per kind (parameters, optimizer state), oldest first.
+    reads: [VecDeque<Read<B>>; 2],
     writes: VecDeque<Write<B>>,
     /// Writes held in the pool while `defer` is on, in order.
     deferred: VecDeque<(String, Buf<B>)>,
@@ -159,8 +190,7 @@ impl<B: BlockIo> SwapQueue<B> {
     /// `max_writes`: write-behinds kept in flight before the oldest is waited for.
     pub fn new(max_writes: usize) -> Self {
         SwapQueue {
-            param_reads: VecDeque::new(),
-            opt_reads: VecDeque::new(),
+            reads: [VecDeque::new(), VecDeque::new()],
             writes: VecDeque::new(),
             deferred: VecDeque::new(),
             defer: false,
@@ -171,15 +201,39 @@ impl<B: BlockIo> SwapQueue<B> {
 
     /// Groups whose parameter reads are in flight.
     pub fn param_reads_in_flight(&self) -> impl Iterator<Item = usize> + '_ {
-        self.param_reads.iter().map(|r| r.key)
+        self.reads[0].iter().filter_map(|r| match r.what {
+            Shards::Param(gi) => Some(gi),
+            Shards::Opt(_) => None,
+        })
     }
 
-    /// Whether anything is in flight.
-    pub fn is_idle(&self) -> bool {
-        self.param_reads.is_empty()
-            && self.opt_reads.is_empty()
-            && self.writes.is_empty()
-            && self.deferred.is_empty()
+    /// Frees pool room this queue holds, cheapest first: send held writes, finish the oldest
+    /// write, and, with `drop_reads`, give up the furthest prefetch (parameters first). False
+    /// when nothing was left to free.
+    fn make_room(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        drop_reads: bool,
+    ) -> Result<bool, EngineError> {
+        if !self.deferred.is_empty() {
+            self.submit_deferred(store, usize::MAX)?;
+            return Ok(true);
+        }
+        if !self.writes.is_empty() {
+            self.wait_oldest_write(store, rec)?;
+            return Ok(true);
+        }
+        if drop_reads {
+            for k in 0..2 {
+                if let Some(r) = self.reads[k].pop_back() {
+                    self.counters.prefetches_dropped += 1;
+                    self.drop_read(store, r);
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Pool buffers for shard `name`, making room when the pool is full (see the file header).
@@ -194,17 +248,7 @@ impl<B: BlockIo> SwapQueue<B> {
             if let Some(b) = store.try_alloc(name)? {
                 break Ok(b);
             }
-            if !self.deferred.is_empty() {
-                self.submit_deferred(store, usize::MAX)?;
-            } else if !self.writes.is_empty() {
-                self.wait_oldest_write(store, rec)?;
-            } else if let Some(r) = self.param_reads.pop_back() {
-                self.counters.prefetches_dropped += 1;
-                self.drop_read(store, r);
-            } else if let Some(r) = self.opt_reads.pop_back() {
-                self.counters.prefetches_dropped += 1;
-                self.drop_read(store, r);
-            } else {
+            if !self.make_room(store, rec, true)? {
                 break Err(EngineError::Config(format!(
                     "the pinned pool ({} bytes) cannot hold shard `{name}` ({} bytes) next to \
                      the buffers in use: raise zinf.pinned_memory_budget (or the offload \
@@ -214,8 +258,25 @@ impl<B: BlockIo> SwapQueue<B> {
                 )));
             }
         };
-        self.counters.pool_wait_ns += t.elapsed().as_nanos() as u64;
+        let end = Instant::now();
+        self.counters.pool_wait_ns += (end - t).as_nanos() as u64;
+        if end - t > std::time::Duration::from_micros(50) {
+            rec.timeline.span(Track::PoolWait, "make room", t, end);
+        }
         res
+    }
+
+    /// Pool buffers for `name` holding `bytes` (exactly its length), written behind.
+    pub fn write_bytes(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), EngineError> {
+        let mut buf = self.alloc(store, rec, name)?;
+        buf.copy_from(bytes);
+        self.write(store, rec, name, buf)
     }
 
     fn drop_read(&mut self, store: &mut Store<B>, r: Read<B>) {
@@ -228,10 +289,10 @@ impl<B: BlockIo> SwapQueue<B> {
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
-        key: usize,
-        names: Vec<String>,
+        what: Shards,
         prefetch: Prefetch,
     ) -> Result<Option<Read<B>>, EngineError> {
+        let names = what.names();
         for n in &names {
             self.wait_write_named(store, rec, n)?;
         }
@@ -243,17 +304,13 @@ impl<B: BlockIo> SwapQueue<B> {
                     Some(b) => b,
                     None => return Ok(None), // taken buffers go back to the pool on drop
                 },
+                // The read needed next goes before writes that only free memory.
                 Prefetch::Next => loop {
-                    // The read needed next goes before writes that only free memory.
                     if let Some(b) = store.try_alloc(n)? {
                         break b;
                     }
-                    if !self.deferred.is_empty() {
-                        self.submit_deferred(store, usize::MAX)?;
-                    } else if self.writes.is_empty() {
+                    if !self.make_room(store, rec, false)? {
                         return Ok(None);
-                    } else {
-                        self.wait_oldest_write(store, rec)?;
                     }
                 },
             };
@@ -275,7 +332,7 @@ impl<B: BlockIo> SwapQueue<B> {
             }
         }
         Ok(Some(Read {
-            key,
+            what,
             handles,
             names,
             bytes,
@@ -300,24 +357,24 @@ impl<B: BlockIo> SwapQueue<B> {
         }
         let end = Instant::now();
         self.counters.io_wait_ns += (end - t).as_nanos() as u64;
-        rec.io(&format!("read {}", r.names[0]), r.bytes, r.start, end);
+        rec.io("read", &r.names[0], r.bytes, r.start, end);
         match first_err {
             Some(e) => Err(e.into()),
             None => Ok(out),
         }
     }
 
-    /// Starts reading group `gi`'s parameters: if the pool has room now, or, when `next` (it is
-    /// the group needed next), after finishing writes that hold the room. True when the read
-    /// is (or already was) in flight.
-    pub fn prefetch_param(
+    /// Starts reading `what`: if the pool has room now, or, when `next` (it is needed next),
+    /// after finishing writes that hold the room. True when the read is (or already was) in
+    /// flight.
+    pub fn prefetch(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
-        gi: usize,
+        what: Shards,
         next: bool,
     ) -> Result<bool, EngineError> {
-        if self.param_reads.iter().any(|r| r.key == gi) {
+        if self.reads[what.kind()].iter().any(|r| r.what == what) {
             return Ok(true);
         }
         let how = if next {
@@ -325,79 +382,38 @@ impl<B: BlockIo> SwapQueue<B> {
         } else {
             Prefetch::IfRoom
         };
-        match self.start_read(store, rec, gi, vec![param_shard(gi)], how)? {
+        match self.start_read(store, rec, what, how)? {
             Some(r) => {
-                self.param_reads.push_back(r);
+                self.reads[what.kind()].push_back(r);
                 Ok(true)
             }
             None => Ok(false),
         }
     }
 
-    /// Group `gi`'s parameters: the prefetch in flight, or a read started now.
-    pub fn read_param(
+    /// The shards of `what` (one buffer per shard, in name order): the prefetch in flight, or
+    /// a read started now.
+    pub fn read(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
-        gi: usize,
-    ) -> Result<Buf<B>, EngineError> {
-        let r = match self.param_reads.iter().position(|r| r.key == gi) {
-            Some(i) => {
-                self.counters.param_prefetch_hits += 1;
-                self.param_reads.remove(i).expect("position is in range")
-            }
-            None => {
-                self.counters.param_misses += 1;
-                self.start_read(store, rec, gi, vec![param_shard(gi)], Prefetch::No)?
-                    .expect("a demand read always starts")
-            }
-        };
-        Ok(self.finish_read(store, rec, r)?.pop().expect("one shard"))
-    }
-
-    /// Starts reading unit `u`'s optimizer state: if the pool has room now, or, when `next`
-    /// (it is the unit needed next), after finishing writes that hold the room.
-    pub fn prefetch_opt(
-        &mut self,
-        store: &mut Store<B>,
-        rec: &mut Recorder,
-        u: usize,
-        next: bool,
-    ) -> Result<bool, EngineError> {
-        if self.opt_reads.iter().any(|r| r.key == u) {
-            return Ok(true);
-        }
-        let names = (0..3).map(|t| opt_shard(u, t)).collect();
-        let how = if next {
-            Prefetch::Next
-        } else {
-            Prefetch::IfRoom
-        };
-        match self.start_read(store, rec, u, names, how)? {
-            Some(r) => {
-                self.opt_reads.push_back(r);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// Unit `u`'s optimizer state (master, m, v).
-    pub fn read_opt(
-        &mut self,
-        store: &mut Store<B>,
-        rec: &mut Recorder,
-        u: usize,
+        what: Shards,
     ) -> Result<Vec<Buf<B>>, EngineError> {
-        let r = match self.opt_reads.iter().position(|r| r.key == u) {
+        let queue = &mut self.reads[what.kind()];
+        let hit = queue.iter().position(|r| r.what == what);
+        let c = &mut self.counters;
+        let (hits, misses) = match what {
+            Shards::Param(_) => (&mut c.param_prefetch_hits, &mut c.param_misses),
+            Shards::Opt(_) => (&mut c.opt_prefetch_hits, &mut c.opt_misses),
+        };
+        let r = match hit {
             Some(i) => {
-                self.counters.opt_prefetch_hits += 1;
-                self.opt_reads.remove(i).expect("position is in range")
+                *hits += 1;
+                queue.remove(i).expect("position is in range")
             }
             None => {
-                self.counters.opt_misses += 1;
-                let names = (0..3).map(|t| opt_shard(u, t)).collect();
-                self.start_read(store, rec, u, names, Prefetch::No)?
+                *misses += 1;
+                self.start_read(store, rec, what, Prefetch::No)?
                     .expect("a demand read always starts")
             }
         };
@@ -498,7 +514,7 @@ impl<B: BlockIo> SwapQueue<B> {
         let res = store.wait_write(w.handle);
         let end = Instant::now();
         self.counters.io_wait_ns += (end - t).as_nanos() as u64;
-        rec.io(&format!("write {}", w.name), w.bytes, w.start, end);
+        rec.io("write", &w.name, w.bytes, w.start, end);
         res.map(drop).map_err(Into::into)
     }
 
@@ -538,11 +554,10 @@ impl<B: BlockIo> SwapQueue<B> {
                 first_err = first_err.or(Some(e));
             }
         }
-        while let Some(r) = self.param_reads.pop_front() {
-            self.drop_read(store, r);
-        }
-        while let Some(r) = self.opt_reads.pop_front() {
-            self.drop_read(store, r);
+        for k in 0..2 {
+            while let Some(r) = self.reads[k].pop_front() {
+                self.drop_read(store, r);
+            }
         }
         first_err.map_or(Ok(()), Err)
     }

@@ -15,7 +15,7 @@
 //!   backward ends, units pipelined. zinf waits rather than speculates: a speculative update
 //!   would need the old state back on a clip or an overflow, i.e. a second copy of all of it.
 
-use super::tiers::{self, Unit};
+use super::tiers::{self, Shards, Unit};
 use super::timeline::Track;
 use super::{Engine, EngineError, OptHome, ParamHome};
 use crate::device::{Device, HostSlice};
@@ -36,7 +36,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
     pub(super) fn grads_in(&mut self, g: Group, mb: usize, last: bool) -> Result<(), EngineError> {
         let gi = self.model.group_index(g);
         let r = self.group_range(gi);
-        let mut buf = self.take_buf(r.len(), &format!("gradients {g:?}"))?;
+        let mut buf = self.take_buf(r.len(), || format!("gradients {g:?}"))?;
         match &self.grads_acc {
             Some(acc) if mb > 0 => {
                 let ev = self
@@ -151,7 +151,8 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
     fn prefetch_unit(&mut self, u: usize, next: bool) -> Result<(), EngineError> {
         if let (OptHome::Nvme, Some(store)) = (&self.opt, self.store.as_mut()) {
             if self.settings.pipeline_read {
-                self.queue.prefetch_opt(store, &mut self.rec, u, next)?;
+                self.queue
+                    .prefetch(store, &mut self.rec, Shards::Opt(u), next)?;
             }
         }
         Ok(())
@@ -181,36 +182,25 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             let rel = unit.range.start - g0..unit.range.end - g0;
             self.update_unit(u, &unit, &grads[rel], scalars)?;
         }
-        let len = grads.len();
-        match &mut self.params {
-            ParamHome::Host(_) => {}
-            ParamHome::Nvme { staging } => {
-                let staging = std::mem::replace(staging, HostParams::F32(Vec::new()));
-                let res = self.write_param_shard(gi, &staging);
-                if let Some(c) = &mut self.param_cache[gi] {
-                    c.set_range_bytes(0, staging.range_bytes(0..len));
-                }
-                self.params = ParamHome::Nvme { staging };
-                res?;
-                self.staged_group = Some(gi);
+        if let ParamHome::Nvme { staging } = &self.params {
+            // The new 16-bit values go out from the staging buffer, which keeps them for the
+            // next fetch of this group (`staged_group`).
+            let bytes = staging.range_bytes(0..grads.len());
+            let store = self.store.as_mut().expect("NVMe parameters have a store");
+            let name = tiers::param_shard(gi);
+            self.queue.write_bytes(store, &mut self.rec, &name, bytes)?;
+            if let Some(c) = &mut self.param_cache[gi] {
+                c.set_range_bytes(0, bytes);
             }
+            self.staged_group = Some(gi);
         }
-        let params = std::mem::replace(&mut self.params, ParamHome::Host(HostParams::F32(vec![])));
-        let values = match &params {
-            ParamHome::Host(hp) => hp.slice(g0..g0 + len),
-            ParamHome::Nvme { staging } => staging.slice(0..len),
-        };
-        let res = self.refresh_device_copy(gi, values);
-        self.params = params;
-        res?;
+        self.refresh_device_copy(gi)?;
         let end = Instant::now();
         self.counters.optimizer_s += (end - t).as_secs_f64();
-        self.rec.timeline.span(
-            Track::Optimizer,
-            &format!("adam {:?}", self.groups[gi]),
-            t,
-            end,
-        );
+        if self.rec.timeline.is_enabled() {
+            let name = format!("adam {:?}", self.groups[gi]);
+            self.rec.timeline.span(Track::Optimizer, &name, t, end);
+        }
         Ok(())
     }
 
@@ -254,7 +244,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             }
             OptHome::Nvme => {
                 let store = store.as_mut().expect("NVMe optimizer state has a store");
-                let mut bufs = queue.read_opt(store, rec, u)?;
+                let mut bufs = queue.read(store, rec, Shards::Opt(u))?;
                 {
                     let [a, b, c] = &mut bufs[..] else {
                         unreachable!("three state tensors")
@@ -288,10 +278,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 .store
                 .as_mut()
                 .expect("NVMe optimizer state has a store");
-            let name = tiers::opt_shard(u, 0);
-            let mut buf = self.queue.alloc(store, &mut self.rec, &name)?;
-            buf.copy_from(bytemuck::cast_slice(&master[r.start - g0..r.end - g0]));
-            self.queue.write(store, &mut self.rec, &name, buf)?;
+            let bytes = bytemuck::cast_slice(&master[r.start - g0..r.end - g0]);
+            self.queue
+                .write_bytes(store, &mut self.rec, &tiers::opt_shard(u, 0), bytes)?;
         }
         Ok(())
     }

@@ -50,6 +50,15 @@ impl HostParams {
         }
     }
 
+    /// `len` zeros in `dtype`, without an fp32 array on the way (a host tier of a large model).
+    pub fn zeros(dtype: ParamDtype, len: usize) -> Self {
+        match dtype {
+            ParamDtype::F32 => HostParams::F32(vec![0.0; len]),
+            ParamDtype::F16 => HostParams::F16(vec![f16::ZERO; len]),
+            ParamDtype::Bf16 => HostParams::Bf16(vec![bf16::ZERO; len]),
+        }
+    }
+
     /// The storage dtype.
     pub fn dtype(&self) -> ParamDtype {
         match self {

@@ -35,6 +35,19 @@ pub struct TrainSettings {
     pub eval_batches: usize,
 }
 
+impl TrainSettings {
+    /// The CPU Adam, the loss scaler and the LR scheduler these settings describe, fresh.
+    pub fn optimizer(&self) -> Result<(Adam, LossScaler, Option<LrScheduler>), OptimError> {
+        let adam = Adam::new(self.adam, self.threads)?;
+        let scaler = LossScaler::new(&self.loss_scaler, self.fp16)?;
+        let sched = self
+            .scheduler
+            .map(|c| LrScheduler::new(c, self.adam.lr as f64))
+            .transpose()?;
+        Ok((adam, scaler, sched))
+    }
+}
+
 /// What one optimizer step reports (the CSV columns).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct StepMetrics {
@@ -107,12 +120,7 @@ impl Trainer {
         // The fp32 master starts from the stored (rounded) values, as DeepSpeed's does.
         let master = params.to_f32();
         let n = master.len();
-        let adam = Adam::new(s.adam, s.threads)?;
-        let scaler = LossScaler::new(&s.loss_scaler, s.fp16)?;
-        let sched = s
-            .scheduler
-            .map(|c| LrScheduler::new(c, s.adam.lr as f64))
-            .transpose()?;
+        let (adam, scaler, sched) = s.optimizer()?;
         let batcher = Batcher::new(s.seed, s.micro_batch, s.seq_len);
         Ok(Trainer {
             settings,

@@ -21,14 +21,9 @@ pub struct PointResult {
     pub runs: Vec<f64>,
 }
 
+/// Median (mean of the middle two for even counts); NaN when there is nothing.
 pub fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
+    crate::engine::summary::median(v).unwrap_or(f64::NAN)
 }
 
 pub fn summarize(points: &[Point], runs: &[Vec<Run>], backend: &str) -> Vec<PointResult> {
