@@ -99,7 +99,7 @@ fn nvme_parameters_cached_in_host_memory_match_resident() {
     assert_eq!(bits(&engine_run(&mut e, STEPS)), want);
     let c = e.counters();
     assert!(
-        c.cache_hits > 0 && c.queue.param_misses + c.queue.param_prefetch_hits > 0,
+        c.tiers.cache_hits > 0 && c.queue.param_misses + c.queue.param_prefetch_hits > 0,
         "{c:?}"
     );
 }

@@ -2,26 +2,21 @@
 //! (the embedded `configs/tiny_cpu.json` when none is given, on a built-in corpus when it names
 //! no data). Parameters and optimizer state go where `offload_param` / `offload_optimizer` say.
 //!
-//! This file turns the config into [`EngineSettings`], checks the budgets against the engine's
-//! needs before anything is allocated, and reports: placement and budgets at start-up (beside
-//! `zinf estimate`'s figures), a progress bar, `steps_per_print` log lines, a CSV of step
+//! The run itself is built by [`crate::session::Session`] (config → settings → checks → device
+//! → tiers → engine); this file parses flags and reports: placement and budgets at start-up
+//! (beside `zinf estimate`'s figures), a progress bar, `steps_per_print` log lines, a CSV of step
 //! metrics, validation loss every `eval_interval` steps, saves (`--save`, `--save-every`), an
 //! optional Perfetto trace, and a final summary with I/O, overlap and memory figures
 //! (optionally JSON). Ctrl-C stops after the current step and still saves and reports.
 
 use crate::config::{Config, Loaded};
-use crate::data::{builtin_corpus, load_tokens, Dataset, Tokenizer};
 use crate::device::{CpuDevice, Device};
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
-use crate::engine::timeline::Timeline;
-use crate::engine::{
-    checkpoint, Engine, EngineCounters, EngineSettings, IoFactory, Partition, Placement, Start,
-    Tier,
-};
-use crate::model::checkpoint::{load_hf, save_hf};
-use crate::model::train::{StepMetrics, TrainSettings};
-use crate::model::ParamDtype;
-use anyhow::{bail, Context};
+use crate::engine::{Engine, EngineCounters, Tier};
+use crate::model::checkpoint::save_hf;
+use crate::model::train::StepMetrics;
+use crate::session::{load_data, Overrides, Session};
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,7 +24,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use zinf_swap::{AioBackend, PoolConfig};
+use zinf_swap::AioBackend;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TrainArgs {
@@ -150,212 +145,25 @@ fn load_config(args: &TrainArgs) -> anyhow::Result<Loaded> {
     Ok(loaded)
 }
 
-/// The run's settings from a resolved config and the command line.
-pub fn settings_from(cfg: &Config, args: &TrainArgs) -> anyhow::Result<TrainSettings> {
-    let kind = cfg.optimizer.kind.as_str();
-    if !matches!(kind, "Adam" | "AdamW") {
-        bail!("optimizer.type {kind:?}: zinf trains with the CPU Adam (\"Adam\" or \"AdamW\")");
-    }
-    let z = &cfg.zinf;
-    let adam = cfg.adam();
-    let loss_scaler = cfg.loss_scaler()?;
-    let scheduler = cfg.lr_scheduler()?;
-    let dtype = match (cfg.fp16.enabled, cfg.bf16.enabled) {
-        (true, _) => ParamDtype::F16,
-        (false, true) => ParamDtype::Bf16,
-        _ => ParamDtype::F32,
-    };
-    let threads = args
-        .threads
-        .or(z.threads.map(|t| t as usize))
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    Ok(TrainSettings {
-        model: z.model,
-        micro_batch: cfg.train_micro_batch_size_per_gpu as usize,
-        gradient_accumulation_steps: cfg.gradient_accumulation_steps.max(1) as usize,
-        seq_len: z.data.seq_len as usize,
-        gradient_clipping: cfg.gradient_clipping,
-        dtype,
-        fp16: cfg.fp16.enabled,
-        loss_scaler,
-        adam,
-        scheduler,
-        activation_checkpointing: cfg.activation_checkpointing.enabled,
-        seed: z.seed,
-        threads,
-        device_memory_budget: z.device_memory_budget,
-        eval_batches: z.data.eval_batches as usize,
-    })
-}
-
-fn load_data(cfg: &Config, args: &TrainArgs, seq_len: usize) -> anyhow::Result<Dataset> {
-    let path = args
-        .data
-        .clone()
-        .or(cfg.zinf.data.path.as_ref().map(PathBuf::from));
-    let tokens = match &path {
-        Some(p) => load_tokens(p)?,
-        None => {
-            tracing::info!("no data path: using the built-in generated corpus");
-            Tokenizer::gpt2().encode(&builtin_corpus(6000, cfg.zinf.seed))
-        }
-    };
-    let name = path.map_or("built-in corpus".to_string(), |p| p.display().to_string());
-    tracing::info!("data: {name}, {} tokens", tokens.len());
-    Ok(Dataset::split(tokens, cfg.zinf.data.val_fraction, seq_len)?)
-}
-
-/// The engine's settings: the trainer's plus placement and the stage-3 knobs.
-pub fn engine_settings_from(cfg: &Config, train: TrainSettings) -> anyhow::Result<EngineSettings> {
-    let z = &cfg.zero_optimization;
-    Ok(EngineSettings {
-        train,
-        placement: Placement::from_config(cfg)?,
-        partition: Partition::single(),
-        sub_group_size: z.sub_group_size.max(1),
-        prefetch_bucket_size: z.prefetch_bucket_size,
-        max_live_parameters: z.max_live_parameters,
-        max_reuse_distance: z.max_reuse_distance,
-        param_persistence_threshold: z.param_persistence_threshold,
-        max_in_cpu: z.offload_param.max_in_cpu,
-        pipeline_read: z.offload_optimizer.pipeline_read,
-        pipeline_write: z.offload_optimizer.pipeline_write,
-        chunk_bytes: 8 << 20,
-        double_buffered: cfg.zinf.swap_double_buffered,
-    })
-}
-
-/// The pinned pool: `zinf.pinned_memory_budget`, else DeepSpeed's buffers (offload_param
-/// `buffer_count x buffer_size` elements, offload_optimizer `buffer_count` sub-groups of fp32),
-/// capped at twice what the engine's pipeline can hold at once.
-pub fn pool_bytes(cfg: &Config, s: &EngineSettings) -> u64 {
-    if let Some(b) = cfg.zinf.pinned_memory_budget {
-        return b;
-    }
-    let z = &cfg.zero_optimization;
-    let d = s.train.dtype.bytes() as u64;
-    let layout = crate::model::param_layout(&s.train.model);
-    let group = layout
-        .groups
-        .iter()
-        .map(|(_, r)| r.len() as u64)
-        .max()
-        .unwrap_or(0);
-    let unit = s.sub_group_size.min(group);
-    let mut ds = 0;
-    let mut need = 0;
-    if s.placement.params.is_nvme() {
-        ds += z.offload_param.buffer_count * z.offload_param.buffer_size * d;
-        need += 3 * group * d;
-    }
-    if s.placement.optimizer.is_nvme() {
-        ds += z.offload_optimizer.buffer_count * unit * 4;
-        need += 3 * 3 * unit * 4;
-    }
-    ds.min(2 * need).max(need)
-}
-
-fn aio_factory(cfg: &Config, pool: u64, pin: bool) -> IoFactory<AioBackend> {
-    let aio = cfg.aio_config();
-    Box::new(move || {
-        let pc = PoolConfig {
-            buffer_count: 1,
-            buffer_size: pool,
-            budget_bytes: Some(pool),
-            pin_memory: pin,
-        };
-        AioBackend::new(&aio, &pc)
-    })
-}
-
-/// A fresh run may reuse a swap folder only when no save lives in it.
-fn prepare_swap_folder(p: &Placement, resuming: bool) -> anyhow::Result<()> {
-    if resuming || p.nvme_paths().is_empty() {
-        return Ok(());
-    }
-    for path in p.nvme_paths() {
-        let folder = path.join(crate::engine::SWAP_DIR);
-        let marker = folder.join(checkpoint::SAVED_MARKER);
-        if marker.exists() {
-            let what = std::fs::read_to_string(&marker).unwrap_or_default();
-            bail!(
-                "{} holds a saved run ({}); continue it with --resume DIR, or delete the folder to start fresh",
-                folder.display(),
-                what.trim()
-            );
-        }
-        if folder.exists() {
-            tracing::info!(
-                "removing the swap store of an earlier unsaved run in {}",
-                folder.display()
-            );
-            std::fs::remove_dir_all(&folder)
-                .with_context(|| format!("removing {}", folder.display()))?;
-        }
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Refuses a run whose host state would not fit `zinf.host_memory_budget`.
-fn check_host_budget(cfg: &Config, host_bytes: u64, pool: u64) -> anyhow::Result<()> {
-    if let Some(budget) = cfg.zinf.host_memory_budget {
-        if host_bytes > budget {
-            bail!(
-                "host memory budget exceeded: the tiers need {} in host memory (plus a {} pinned pool), \
-                 zinf.host_memory_budget is {}; offload more to nvme, or raise the budget",
-                human_bytes(host_bytes),
-                human_bytes(pool),
-                human_bytes(budget)
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Runs training to the end (or to Ctrl-C via `stop`) and returns the summary.
 pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
     let loaded = load_config(args)?;
     let cfg = &loaded.config;
-    let mut settings = settings_from(cfg, args)?;
-    let init = match &args.init_from {
-        Some(dir) => {
-            let (mcfg, p) = load_hf(dir, settings.dtype)
-                .with_context(|| format!("--init-from {}", dir.display()))?;
-            if mcfg != settings.model {
-                tracing::info!(
-                    "--init-from: model shape {mcfg:?} from the checkpoint replaces the config's"
-                );
-            }
-            settings.model = mcfg;
-            Some(p)
-        }
-        None => None,
+    let overrides = Overrides {
+        threads: args.threads,
+        data: args.data.clone(),
+        init_from: args.init_from.clone(),
+        resume: args.resume.clone(),
+        trace: args.trace.is_some() || cfg.zinf.trace.is_some(),
     };
-    let data = load_data(cfg, args, settings.seq_len)?;
+    let plan = Session::plan(cfg, &overrides)?;
+    let data = load_data(cfg, args.data.clone(), plan.settings.train.seq_len)?;
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir(cfg));
-    let es = engine_settings_from(cfg, settings)?;
-    let pool = pool_bytes(cfg, &es);
-    prepare_swap_folder(&es.placement, args.resume.is_some())?;
-    let pin = matches!(es.placement.params, Tier::Nvme { .. })
-        && cfg.zero_optimization.offload_param.pin_memory
-        || cfg.zero_optimization.offload_optimizer.pin_memory;
     let trace_path = args
         .trace
         .clone()
         .or(cfg.zinf.trace.as_ref().map(PathBuf::from));
-    let timeline = if trace_path.is_some() {
-        Timeline::enabled()
-    } else {
-        Timeline::disabled()
-    };
-    let dev = CpuDevice::new(es.train.threads, es.train.device_memory_budget);
-    let start = match &args.resume {
-        Some(dir) => Start::Resume(dir.clone()),
-        None => Start::Fresh(init),
-    };
-    let mut engine = Engine::new(es, dev, data, aio_factory(cfg, pool, pin), start, timeline)?;
-    check_host_budget(cfg, engine.host_state_bytes(), engine.pool_budget_bytes())?;
+    let mut engine = plan.build(data)?;
     let steps = args.steps.unwrap_or(cfg.zinf.train_steps);
     let start_step = engine.steps();
     let est = log_start(&engine, cfg, steps);

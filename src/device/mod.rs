@@ -15,7 +15,6 @@ pub mod cuda;
 
 pub use cpu::{CpuBuffer, CpuDevice};
 
-use half::{bf16, f16};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -54,30 +53,7 @@ pub enum DeviceError {
     Backend(String),
 }
 
-/// A host slice handed to [`Device::upload`]; half-precision sources are widened to fp32 on
-/// the device, which is how parameters stored in fp16/bf16 become an fp32 working copy.
-#[derive(Clone, Copy, Debug)]
-pub enum HostSlice<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-    Bf16(&'a [bf16]),
-}
-
-impl HostSlice<'_> {
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        match self {
-            HostSlice::F32(s) => s.len(),
-            HostSlice::F16(s) => s.len(),
-            HostSlice::Bf16(s) => s.len(),
-        }
-    }
-
-    /// True when there are no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::host::HostSlice;
 
 /// The byte budget every device allocation is charged against. Cloning shares the account.
 #[derive(Clone, Debug)]

@@ -12,11 +12,14 @@
 //! store's other slot, and the manifest flips only in a commit. A corrupted shard is reported
 //! by name when it is read on resume (every chunk is checksummed), never trained on.
 
-use super::tiers::{self, Recorder, SwapQueue};
-use super::{Engine, EngineError, OptHome, ParamHome};
+use super::{Engine, EngineError, EngineSettings};
 use crate::device::Device;
-use crate::model::GptConfig;
+use crate::host::HostParams;
+use crate::model::{GptConfig, Model};
 use crate::optim::{LossScaler, LrSchedulerState};
+use crate::tiers::layout::dtype_tag;
+use crate::tiers::{HostOpt, Recorder, SwapQueue, TierLayout, Unit, OPT_STATES};
+use crate::timeline::{Overlap, Timeline};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use zinf_swap::{BlockIo, ShardSpec, Store, StoreConfig};
@@ -64,32 +67,37 @@ fn ckpt_param(gi: usize) -> String {
 }
 
 fn ckpt_opt(u: usize, t: usize) -> String {
-    format!("ckpt.opt.u{u}.{}", tiers::OPT_STATES[t])
+    format!("ckpt.opt.u{u}.{}", OPT_STATES[t])
 }
 
 /// Shards a save needs besides the NVMe tiers: the state shard and host-tier tensors.
-pub(super) fn store_specs<D: Device, B: BlockIo>(e: &Engine<D, B>) -> Vec<ShardSpec> {
+pub(super) fn store_specs(settings: &EngineSettings, layout: &TierLayout) -> Vec<ShardSpec> {
     let mut v = vec![ShardSpec::new(STATE_SHARD, STATE_BYTES, "json")];
-    let pl = &e.settings.placement;
-    let dtype = e.settings.train.dtype;
+    let pl = &settings.placement;
+    let dtype = layout.dtype;
     if !pl.params.is_nvme() {
-        for (gi, (_, r)) in e.model.layout.groups.iter().enumerate() {
+        for (gi, r) in layout.groups.iter().enumerate() {
             let len = (r.len() * dtype.bytes()) as u64;
-            v.push(ShardSpec::new(ckpt_param(gi), len, super::dtype_tag(dtype)));
+            v.push(ShardSpec::new(ckpt_param(gi), len, dtype_tag(dtype)));
         }
     }
     if !pl.optimizer.is_nvme() {
-        for (u, unit) in e.units.iter().enumerate() {
-            for t in 0..3 {
-                v.push(ShardSpec::new(
-                    ckpt_opt(u, t),
-                    unit.range.len() as u64 * 4,
-                    "f32",
-                ));
-            }
-        }
+        v.extend(layout.opt_specs_named(ckpt_opt));
     }
     v
+}
+
+/// Reads `dir/checkpoint.json`.
+pub(super) fn read_pointer(dir: &Path) -> Result<Pointer, EngineError> {
+    let ptr_path = dir.join(POINTER);
+    let body = std::fs::read(&ptr_path).map_err(|e| {
+        ckpt_err(
+            &ptr_path,
+            format!("no save here ({e}); was the run started with --save?"),
+        )
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ckpt_err(&ptr_path, format!("not a zinf checkpoint pointer: {e}")))
 }
 
 fn ckpt_err(path: &Path, message: impl Into<String>) -> EngineError {
@@ -99,7 +107,7 @@ fn ckpt_err(path: &Path, message: impl Into<String>) -> EngineError {
     }
 }
 
-impl<D: Device, B: BlockIo> Engine<D, B> {
+impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     fn state(&self) -> EngineState {
         let s = &self.settings.train;
         EngineState {
@@ -110,7 +118,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             scaler: self.scaler.clone(),
             scheduler: self.sched.as_ref().map(|s| s.state()),
             model: s.model,
-            dtype: super::dtype_tag(s.dtype).into(),
+            dtype: dtype_tag(s.dtype).into(),
             params_tier: self.settings.placement.params.name().into(),
             optimizer_tier: self.settings.placement.optimizer.name().into(),
             sub_group_size: self.settings.sub_group_size,
@@ -127,31 +135,41 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         std::fs::create_dir_all(dir)
             .map_err(|e| ckpt_err(dir, format!("cannot create the folder: {e}")))?;
         self.flush()?;
-        let on_nvme = self.store.is_some();
+        let on_nvme = self.tiers.nvme().is_some();
         if !on_nvme && self.save_store.is_none() {
             let io = (self.io_factory)()?;
-            let cfg = StoreConfig::new(vec![dir.join("state")]).chunk_bytes(self.chunk_bytes());
-            let specs = store_specs(self);
+            let layout = self.tiers.layout();
+            let chunk = super::chunk_bytes(&self.settings, layout);
+            let cfg = StoreConfig::new(vec![dir.join("state")]).chunk_bytes(chunk);
+            let specs = store_specs(&self.settings, layout);
             self.save_store = Some(Store::create(io, &cfg, &specs)?);
         }
-        let mut store = if on_nvme {
-            self.store.take()
-        } else {
-            self.save_store.take()
-        }
-        .expect("a store to save into");
-        let res = self.save_into(&mut store);
+        let state = serde_json::to_vec(&self.state()).expect("the state serializes");
+        let units = self.tiers.layout().units.clone();
+        let groups = self.tiers.layout().groups.clone();
+        let Engine {
+            tiers, save_store, ..
+        } = self;
+        let mut rec = Recorder {
+            timeline: Timeline::disabled(),
+            overlap: Overlap::default(),
+        };
+        let parts = tiers.parts();
+        let store = match (parts.nvme, save_store.as_mut()) {
+            (Some(n), _) => &mut n.store,
+            (None, Some(s)) => s,
+            (None, None) => unreachable!("a store to save into was made above"),
+        };
+        let host = HostState {
+            params: parts.params.as_deref(),
+            opt: parts.opt.as_deref(),
+        };
+        save_into(store, &mut rec, &host, &groups, &units, &state)?;
         let folder = if on_nvme {
             self.swap_folder()
         } else {
             dir.join("state")
         };
-        if on_nvme {
-            self.store = Some(store);
-        } else {
-            self.save_store = Some(store);
-        }
-        res?;
         let ptr = Pointer {
             format: FORMAT.into(),
             store: folder.clone(),
@@ -160,10 +178,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let body = serde_json::to_vec_pretty(&ptr).expect("a pointer serializes");
         zinf_swap::aio_backend::replace_file(&dir.join(POINTER), &body)
             .map_err(|e| ckpt_err(&dir.join(POINTER), format!("cannot write: {e}")))?;
-        if on_nvme {
+        if let Some(n) = self.tiers.nvme() {
             let marker = serde_json::json!({ "save_dir": dir, "step": self.steps });
-            let store = self.store.as_ref().expect("the swap store");
-            store
+            n.store
                 .io()
                 .replace_file(&folder.join(SAVED_MARKER), marker.to_string().as_bytes())
                 .map_err(|e| ckpt_err(&folder, format!("cannot write the save marker: {e}")))?;
@@ -177,61 +194,52 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         Ok(folder)
     }
 
-    fn save_into(&mut self, store: &mut Store<B>) -> Result<(), EngineError> {
-        let mut q = SwapQueue::<B>::new(4);
-        let json = serde_json::to_vec(&self.state()).expect("the state serializes");
-        let rec = &mut self.rec;
-        if let ParamHome::Host(hp) = &self.params {
-            for (gi, (_, r)) in self.model.layout.groups.iter().enumerate() {
-                q.write_bytes(store, rec, &ckpt_param(gi), hp.range_bytes(r.clone()))?;
-            }
+    /// Continues the run saved in `dir` (pointer `ptr`): the store (the NVMe tier's, opened by
+    /// the tiers, or the save folder's), the config check, the host tiers and the small state.
+    pub(super) fn resume_from(&mut self, dir: &Path, ptr: &Pointer) -> Result<(), EngineError> {
+        if self.tiers.nvme().is_none() {
+            let io = (self.io_factory)()?;
+            self.save_store = Some(Store::open(io, &ptr.store, false)?);
         }
-        if let OptHome::Host { master, m, v } = &self.opt {
-            for (u, unit) in self.units.iter().enumerate() {
-                for (t, src) in [master, m, v].into_iter().enumerate() {
-                    let bytes = bytemuck::cast_slice(&src[unit.range.clone()]);
-                    q.write_bytes(store, rec, &ckpt_opt(u, t), bytes)?;
-                }
-            }
-        }
-        if json.len() as u64 + 8 > STATE_BYTES {
-            return Err(EngineError::Config(
-                "engine state larger than its shard".into(),
-            ));
-        }
-        let mut body = vec![0u8; STATE_BYTES as usize];
-        body[..8].copy_from_slice(&(json.len() as u64).to_le_bytes());
-        body[8..8 + json.len()].copy_from_slice(&json);
-        q.write_bytes(store, rec, STATE_SHARD, &body)?;
-        q.flush(store, rec)?;
-        store.commit()?;
-        Ok(())
-    }
-
-    /// Continues the run saved in `dir`: opens its store, checks the config matches, restores
-    /// host tiers and the small state.
-    pub(super) fn resume_from(&mut self, dir: &Path) -> Result<(), EngineError> {
-        let ptr_path = dir.join(POINTER);
-        let body = std::fs::read(&ptr_path).map_err(|e| {
-            ckpt_err(
-                &ptr_path,
-                format!("no save here ({e}); was the run started with --save?"),
-            )
-        })?;
-        let ptr: Pointer = serde_json::from_slice(&body)
-            .map_err(|e| ckpt_err(&ptr_path, format!("not a zinf checkpoint pointer: {e}")))?;
-        let io = (self.io_factory)()?;
-        let mut store = Store::open(io, &ptr.store, false)?;
-        let mut q = SwapQueue::<B>::new(4);
-        let raw = read_whole(&mut q, &mut store, &mut self.rec, STATE_SHARD)?;
+        let mut rec = Recorder {
+            timeline: Timeline::disabled(),
+            overlap: Overlap::default(),
+        };
+        let units = self.tiers.layout().units.clone();
+        let groups = self.tiers.layout().groups.clone();
+        let Engine {
+            tiers, save_store, ..
+        } = self;
+        let parts = tiers.parts();
+        let store = match (parts.nvme, save_store.as_mut()) {
+            (Some(n), _) => &mut n.store,
+            (None, Some(s)) => s,
+            (None, None) => unreachable!("the save store was opened above"),
+        };
+        let mut q = SwapQueue::<B>::new(4, store.shard_count());
+        let raw = read_whole(&mut q, store, &mut rec, STATE_SHARD)?;
         let len = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes")) as usize;
         if len == 0 || len + 8 > raw.len() {
             return Err(ckpt_err(&ptr.store, "the store holds no saved state"));
         }
         let st: EngineState = serde_json::from_slice(&raw[8..8 + len])
             .map_err(|e| ckpt_err(&ptr.store, format!("engine state unreadable: {e}")))?;
+        if let Some(hp) = parts.params {
+            for (gi, r) in groups.iter().enumerate() {
+                let bytes = read_whole(&mut q, store, &mut rec, &ckpt_param(gi))?;
+                hp.set_range_bytes(r.start, &bytes);
+            }
+        }
+        if let Some(o) = parts.opt {
+            for (u, unit) in units.iter().enumerate() {
+                for (t, dst) in [&mut o.master, &mut o.m, &mut o.v].into_iter().enumerate() {
+                    let bytes = read_whole(&mut q, store, &mut rec, &ckpt_opt(u, t))?;
+                    let d: &mut [u8] = bytemuck::cast_slice_mut(&mut dst[unit.range.clone()]);
+                    d.copy_from_slice(&bytes);
+                }
+            }
+        }
         self.check_compatible(&st, &ptr.store)?;
-        self.restore_host_tiers(&mut q, &mut store)?;
         self.steps = st.step;
         self.applied_steps = st.applied_steps;
         self.scaler = st.scaler;
@@ -242,11 +250,6 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             self.batcher.next_batch(&self.data.train);
         }
         self.batches_drawn = st.batches_drawn;
-        if self.settings.placement.params.is_nvme() || self.settings.placement.optimizer.is_nvme() {
-            self.store = Some(store);
-        } else {
-            self.save_store = Some(store);
-        }
         tracing::info!("resumed at step {} from {}", st.step, dir.display());
         Ok(())
     }
@@ -290,36 +293,49 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         }
         Ok(())
     }
+}
 
-    fn restore_host_tiers(
-        &mut self,
-        q: &mut SwapQueue<B>,
-        store: &mut Store<B>,
-    ) -> Result<(), EngineError> {
-        let groups: Vec<_> = self
-            .model
-            .layout
-            .groups
-            .iter()
-            .map(|(_, r)| r.clone())
-            .collect();
-        if let ParamHome::Host(hp) = &mut self.params {
-            for (gi, r) in groups.iter().enumerate() {
-                let bytes = read_whole(q, store, &mut self.rec, &ckpt_param(gi))?;
-                hp.set_range_bytes(r.start, &bytes);
-            }
+/// Host arrays a save writes into checkpoint shards.
+struct HostState<'a> {
+    params: Option<&'a HostParams>,
+    opt: Option<&'a HostOpt>,
+}
+
+/// Writes the host tiers and the small state (`state`, JSON) into `store` and commits it.
+fn save_into<B: BlockIo>(
+    store: &mut Store<B>,
+    rec: &mut Recorder,
+    host: &HostState<'_>,
+    groups: &[std::ops::Range<usize>],
+    units: &[Unit],
+    state: &[u8],
+) -> Result<(), EngineError> {
+    let mut q = SwapQueue::<B>::new(4, store.shard_count());
+    if let Some(hp) = host.params {
+        for (gi, r) in groups.iter().enumerate() {
+            q.write_bytes(store, rec, &ckpt_param(gi), hp.range_bytes(r.clone()))?;
         }
-        if let OptHome::Host { master, m, v } = &mut self.opt {
-            for (u, unit) in self.units.iter().enumerate() {
-                for (t, dst) in [&mut *master, &mut *m, &mut *v].into_iter().enumerate() {
-                    let bytes = read_whole(q, store, &mut self.rec, &ckpt_opt(u, t))?;
-                    let d: &mut [u8] = bytemuck::cast_slice_mut(&mut dst[unit.range.clone()]);
-                    d.copy_from_slice(&bytes);
-                }
-            }
-        }
-        Ok(())
     }
+    if let Some(o) = host.opt {
+        for (u, unit) in units.iter().enumerate() {
+            for (t, src) in [&o.master, &o.m, &o.v].into_iter().enumerate() {
+                let bytes = bytemuck::cast_slice(&src[unit.range.clone()]);
+                q.write_bytes(store, rec, &ckpt_opt(u, t), bytes)?;
+            }
+        }
+    }
+    if state.len() as u64 + 8 > STATE_BYTES {
+        return Err(EngineError::Config(
+            "engine state larger than its shard".into(),
+        ));
+    }
+    let mut body = vec![0u8; STATE_BYTES as usize];
+    body[..8].copy_from_slice(&(state.len() as u64).to_le_bytes());
+    body[8..8 + state.len()].copy_from_slice(state);
+    q.write_bytes(store, rec, STATE_SHARD, &body)?;
+    q.flush(store, rec)?;
+    store.commit()?;
+    Ok(())
 }
 
 /// Reads a whole shard (checksums checked) into a vector.

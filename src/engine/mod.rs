@@ -20,8 +20,7 @@ pub mod partition;
 pub mod placement;
 pub mod residency;
 pub mod summary;
-pub mod tiers;
-pub mod timeline;
+pub use crate::timeline;
 mod update;
 
 pub use counters::EngineCounters;
@@ -31,12 +30,13 @@ pub use placement::{Placement, Tier};
 use crate::data::{val_batches, Batcher, Dataset};
 use crate::device::{Device, DeviceError};
 use crate::model::train::{StepMetrics, TrainSettings};
-use crate::model::{Gpt, Group, HostParams, ModelError, ParamInit};
+use crate::model::{Gpt, HostParams, Model, ModelError, Stages};
 use crate::optim::{Adam, LossScaler, LrScheduler, OptimError, StepOutcome};
-use residency::{OnDevice, Phase, Trace};
+use crate::tiers::{NvmeSetup, Recorder, TierError, TierLayout, Tiers};
+use residency::{Phase, Trace};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
-use tiers::{Recorder, SwapQueue, Unit};
 use timeline::{Overlap, Timeline, Track};
 use zinf_swap::{BlockIo, Store, StoreConfig, SwapError};
 
@@ -59,6 +59,15 @@ pub enum EngineError {
     NonFinite { group: String, step: u64 },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+}
+
+impl From<TierError> for EngineError {
+    fn from(e: TierError) -> Self {
+        match e {
+            TierError::Swap(e) => EngineError::Swap(e),
+            TierError::Config(m) => EngineError::Config(m),
+        }
+    }
 }
 
 impl From<DeviceError> for EngineError {
@@ -96,54 +105,23 @@ pub struct EngineSettings {
     pub double_buffered: bool,
 }
 
-/// Parameters' home (their 16-bit copy, or fp32 when neither fp16 nor bf16 is on).
-enum ParamHome {
-    /// Host memory (placements `none` and `cpu`).
-    Host(HostParams),
-    /// The swap store; `staging` holds one group's updated values on their way out.
-    Nvme { staging: HostParams },
-}
-
-/// Optimizer state's home.
-enum OptHome {
-    Host {
-        master: Vec<f32>,
-        m: Vec<f32>,
-        v: Vec<f32>,
-    },
-    Nvme,
-}
-
 /// A model with its state in the configured tiers, ready to step.
-pub struct Engine<D: Device, B: BlockIo> {
+pub struct Engine<D: Device, B: BlockIo, M: Model<D> = Gpt<D>> {
     pub settings: EngineSettings,
     pub dev: D,
-    model: Gpt<D>,
-    groups: Vec<Group>,
+    model: M,
+    /// The model's stages (shared, so the loops can walk them while `self` is borrowed).
+    stages: Arc<Stages>,
     /// Per group: never released (persistent, or parameters placed on the device).
     persistent: Vec<bool>,
-    on_device: Vec<OnDevice>,
     /// Device buffers given back, reused by the next fetch of the same length.
     free: Vec<D::Buffer>,
     trace: Trace,
-    params: ParamHome,
-    /// The group whose newest values the NVMe staging buffer holds (it was the last updated):
-    /// the next fetch of it uploads from there instead of reading its write back.
-    staged_group: Option<usize>,
-    /// NVMe parameters kept in host memory (DeepSpeed `offload_param.max_in_cpu` elements).
-    param_cache: Vec<Option<HostParams>>,
-    cached_elems: u64,
-    opt: OptHome,
-    units: Vec<Unit>,
-    /// Units of each group (indices into `units`).
-    group_units: Vec<std::ops::Range<usize>>,
-    /// The swap store of the NVMe tiers (and of saves, when anything is on NVMe).
-    store: Option<Store<B>>,
+    /// Every home of parameters and optimizer state, and where each byte's newest copy is.
+    tiers: Tiers<B>,
     /// The store of saves when nothing is on NVMe (in the save folder).
     save_store: Option<Store<B>>,
     io_factory: IoFactory<B>,
-    queue: SwapQueue<B>,
-    rec: Recorder,
     /// fp32 gradients accumulated on the host across micro-batches (and kept whole until the
     /// global norm is known when clipping or fp16 needs it); `None` when they stream.
     grads_acc: Option<Vec<f32>>,
@@ -174,9 +152,8 @@ pub enum Start {
     Resume(PathBuf),
 }
 
-impl<D: Device, B: BlockIo> Engine<D, B> {
-    /// Builds the engine: device buffers for activations, the tiers, and the swap store over
-    /// `io` (needed when any state is on NVMe). Every buffer the step loop uses is sized here.
+impl<D: Device, B: BlockIo> Engine<D, B, Gpt<D>> {
+    /// Builds the engine for the GPT-2 of `settings.train.model` (see [`Engine::with_model`]).
     pub fn new(
         settings: EngineSettings,
         dev: D,
@@ -194,14 +171,32 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             s.seq_len,
             s.activation_checkpointing,
         )?;
-        let layout = &model.layout;
-        let groups: Vec<Group> = layout.groups.iter().map(|(g, _)| *g).collect();
-        let persistent = layout
-            .groups
+        Self::with_model(settings, dev, model, data, io_factory, start, timeline)
+    }
+}
+
+impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
+    /// Builds the engine around `model` (built without parameter or gradient buffers):
+    /// the tiers, the swap store over `io` (needed when any state is on NVMe), and every
+    /// buffer the step loop uses.
+    pub fn with_model(
+        settings: EngineSettings,
+        dev: D,
+        model: M,
+        data: Dataset,
+        io_factory: IoFactory<B>,
+        start: Start,
+        timeline: Timeline,
+    ) -> Result<Self, EngineError> {
+        let s = &settings.train;
+        let stages = Arc::new(model.stages().clone());
+        stages.assert_consistent(model.groups().len());
+        let persistent = model
+            .groups()
             .iter()
-            .map(|(_, r)| {
+            .map(|g| {
                 settings.placement.params == Tier::Device
-                    || r.len() as u64 <= settings.param_persistence_threshold
+                    || g.range.len() as u64 <= settings.param_persistence_threshold
             })
             .collect();
         if settings.partition.world_size != 1 {
@@ -211,65 +206,60 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 settings.partition.world_size
             )));
         }
-        let units = tiers::units(layout, settings.partition, settings.sub_group_size);
-        let group_units = (0..groups.len())
-            .map(|gi| {
-                let a = units.iter().position(|u| u.group == gi).unwrap_or(0);
-                let b = units
-                    .iter()
-                    .rposition(|u| u.group == gi)
-                    .map_or(a, |b| b + 1);
-                a..b
-            })
-            .collect();
-        let max_group = layout
-            .groups
-            .iter()
-            .map(|(_, r)| r.len())
-            .max()
-            .unwrap_or(0);
+        let part = settings.partition;
+        let layout = TierLayout::new(
+            model.groups().iter().map(|g| g.range.clone()).collect(),
+            |r| part.owned(r),
+            settings.sub_group_size,
+            s.dtype,
+        );
         let stream = streams(s);
         let grads_acc =
             (!stream || s.gradient_accumulation_steps > 1).then(|| vec![0.0f32; layout.total]);
+        let grad_scratch = if stream && s.gradient_accumulation_steps == 1 {
+            vec![0.0; layout.max_group_len()]
+        } else {
+            Vec::new()
+        };
         let (adam, scaler, sched) = s.optimizer()?;
-        // With pipeline_write, up to 12 shard writes (four units) stay in flight, fewer when the
-        // pool needs their room; more would queue ahead of the reads the next units wait for.
-        // Without it each write is waited at once.
-        let max_writes = if settings.pipeline_write { 12 } else { 0 };
-        let n_groups = groups.len();
+        let pointer = match &start {
+            Start::Resume(dir) => Some(checkpoint::read_pointer(dir)?),
+            Start::Fresh(_) => None,
+        };
+        let place = settings.placement.on_nvme();
+        let setup = if place.any() {
+            // With pipeline_write, up to 12 shard writes (four units) stay in flight, fewer
+            // when the pool needs their room; more would queue ahead of the reads the next
+            // units wait for. Without it each write is waited at once.
+            Some(NvmeSetup {
+                io: io_factory()?,
+                config: store_config(&settings, &layout),
+                extra_specs: checkpoint::store_specs(&settings, &layout),
+                max_writes: if settings.pipeline_write { 12 } else { 0 },
+                open: pointer.as_ref().map(|p| p.store.clone()),
+            })
+        } else {
+            None
+        };
+        let rec = Recorder {
+            timeline,
+            overlap: Overlap::default(),
+        };
+        let tiers = Tiers::new(layout, place, setup, settings.max_in_cpu, rec)?;
         let mut e = Engine {
             batcher: Batcher::new(s.seed, s.micro_batch, s.seq_len),
             settings: settings.clone(),
             dev,
             model,
-            groups,
+            stages,
             persistent,
-            on_device: vec![OnDevice::Off; n_groups],
             free: Vec::new(),
             trace: Trace::default(),
-            params: ParamHome::Nvme {
-                staging: HostParams::from_f32(s.dtype, &[]),
-            },
-            staged_group: None,
-            param_cache: vec![None; n_groups],
-            cached_elems: 0,
-            opt: OptHome::Nvme,
-            units,
-            group_units,
-            store: None,
+            tiers,
             save_store: None,
             io_factory,
-            queue: SwapQueue::new(max_writes),
-            rec: Recorder {
-                timeline,
-                overlap: Overlap::default(),
-            },
             grads_acc,
-            grad_scratch: if stream && s.gradient_accumulation_steps == 1 {
-                vec![0.0; max_group]
-            } else {
-                Vec::new()
-            },
+            grad_scratch,
             adam,
             scaler,
             sched,
@@ -280,89 +270,55 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             counters: EngineCounters::default(),
             step_sum_sq: 0.0,
         };
-        match start {
-            Start::Fresh(init) => e.init_state(init)?,
-            Start::Resume(dir) => {
-                e.init_tiers_for_resume();
-                e.resume_from(&dir)?;
-            }
+        match (start, pointer) {
+            (Start::Resume(dir), Some(ptr)) => e.resume_from(&dir, &ptr)?,
+            (Start::Fresh(init), _) => e.init_state(init)?,
+            (Start::Resume(_), None) => unreachable!("a resume reads its pointer first"),
         }
         e.load_persistent()?;
         e.pin_host_tiers();
         Ok(e)
     }
 
-    /// Lays out the tiers and fills them with the initial parameters, one group at a time
-    /// (a model larger than RAM never exists whole in host memory).
+    /// Fills the tiers with the initial parameters, one group at a time (a model larger than
+    /// RAM never exists whole in host memory), and commits the store.
     fn init_state(&mut self, init: Option<HostParams>) -> Result<(), EngineError> {
-        let s = self.settings.train.clone();
-        let pl = self.settings.placement.clone();
-        if pl.params.is_nvme() || pl.optimizer.is_nvme() {
-            let io = (self.io_factory)()?;
-            let cfg = self.store_config();
-            let specs = self.store_specs();
-            self.store = Some(Store::create(io, &cfg, &specs)?);
-        }
-        let layout = self.model.layout.clone();
-        let total = layout.total;
-        let host_params = !pl.params.is_nvme();
-        let host_opt = !pl.optimizer.is_nvme();
-        let mut params = host_params.then(|| HostParams::zeros(s.dtype, total));
-        let mut opt = host_opt.then(|| (vec![0.0f32; total], vec![0.0; total], vec![0.0; total]));
-        let mut gen = ParamInit::new(s.model.n_layer, s.seed);
-        for gi in 0..layout.groups.len() {
-            let r = layout.groups[gi].1.clone();
+        let s = &self.settings.train;
+        let groups = self.model.groups().to_vec();
+        let mut gen = self.model.seeded_init(s.seed);
+        for (gi, g) in groups.iter().enumerate() {
+            let r = g.range.clone();
             let values = match &init {
                 Some(p) => p.range_to_f32(r.clone()),
-                None => gen.next_range(&layout, r.clone()),
+                None => gen(r.clone()),
             };
             // Stored (rounded) values; the fp32 master starts from them, as DeepSpeed's does.
             let stored = HostParams::from_f32(s.dtype, &values);
             let master = stored.to_f32();
-            match &mut params {
-                Some(p) => p.copy_range_from(r.start, &stored),
-                None => self.write_param_shard(gi, &stored)?,
-            }
-            match &mut opt {
-                Some((m32, _, _)) => m32[r.clone()].copy_from_slice(&master),
-                None => self.write_master_shards(gi, &master)?,
-            }
+            self.tiers.init_group(gi, &stored, &master)?;
         }
-        self.params = match params {
-            Some(p) => ParamHome::Host(p),
-            None => ParamHome::Nvme {
-                staging: HostParams::zeros(s.dtype, self.max_group_len()),
-            },
-        };
-        self.opt = match opt {
-            Some((master, m, v)) => OptHome::Host { master, m, v },
-            None => OptHome::Nvme,
-        };
-        if let Some(store) = &mut self.store {
-            self.queue.flush(store, &mut self.rec)?;
-            store.commit()?;
-        }
+        self.tiers.commit()?;
         Ok(())
     }
 
     /// Locks host-tier arrays in RAM where the placement asks for `pin_memory` (logged once
     /// when the memlock limit refuses; the run goes on unpinned).
-    fn pin_host_tiers(&self) {
+    fn pin_host_tiers(&mut self) {
         let pinned = |t: &Tier| matches!(t, Tier::Cpu { pin_memory: true });
+        let pin_params = pinned(&self.settings.placement.params);
+        let pin_opt = pinned(&self.settings.placement.optimizer);
         let mut ok = true;
-        if let (true, ParamHome::Host(hp)) = (pinned(&self.settings.placement.params), &self.params)
-        {
+        let parts = self.tiers.parts();
+        if let (true, Some(hp)) = (pin_params, &parts.params) {
             ok &= zinf_aio::lock_in_ram(hp.range_bytes(0..hp.len()));
         }
-        if let (true, OptHome::Host { master, m, v }) =
-            (pinned(&self.settings.placement.optimizer), &self.opt)
-        {
-            for a in [master, m, v] {
+        if let (true, Some(o)) = (pin_opt, &parts.opt) {
+            for a in [&o.master, &o.m, &o.v] {
                 ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(a));
             }
-            if let Some(g) = &self.grads_acc {
-                ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(g));
-            }
+        }
+        if let (true, Some(g)) = (pin_opt, &self.grads_acc) {
+            ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(g));
         }
         if !ok {
             tracing::warn!(
@@ -372,75 +328,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         }
     }
 
-    /// Empty host tiers of the right size, filled by `resume_from`.
-    fn init_tiers_for_resume(&mut self) {
-        let s = &self.settings.train;
-        let total = self.model.layout.total;
-        let pl = &self.settings.placement;
-        self.params = if pl.params.is_nvme() {
-            ParamHome::Nvme {
-                staging: HostParams::zeros(s.dtype, self.max_group_len()),
-            }
-        } else {
-            ParamHome::Host(HostParams::zeros(s.dtype, total))
-        };
-        self.opt = if pl.optimizer.is_nvme() {
-            OptHome::Nvme
-        } else {
-            OptHome::Host {
-                master: vec![0.0; total],
-                m: vec![0.0; total],
-                v: vec![0.0; total],
-            }
-        };
-    }
-
     /// The folder of the swap store (in the first `nvme_path`).
     pub fn swap_folder(&self) -> PathBuf {
         swap_folder(&self.settings.placement)
-    }
-
-    fn chunk_bytes(&self) -> u64 {
-        let max_unit = self.units.iter().map(|u| u.range.len()).max().unwrap_or(0) as u64;
-        self.settings
-            .chunk_bytes
-            .max((max_unit * 4).next_multiple_of(4096))
-    }
-
-    fn max_group_len(&self) -> usize {
-        let l = &self.model.layout;
-        l.groups.iter().map(|(_, r)| r.len()).max().unwrap_or(0)
-    }
-
-    fn store_config(&self) -> StoreConfig {
-        let paths = self
-            .settings
-            .placement
-            .nvme_paths()
-            .into_iter()
-            .map(|p| p.join(SWAP_DIR))
-            .collect();
-        StoreConfig::new(paths)
-            .chunk_bytes(self.chunk_bytes())
-            .double_buffered(self.settings.double_buffered)
-    }
-
-    fn store_specs(&self) -> Vec<zinf_swap::ShardSpec> {
-        let pl = &self.settings.placement;
-        let dtype = self.settings.train.dtype;
-        let mut specs = Vec::new();
-        if pl.params.is_nvme() {
-            specs.extend(tiers::param_specs(
-                &self.model.layout,
-                dtype.bytes(),
-                dtype_tag(dtype),
-            ));
-        }
-        if pl.optimizer.is_nvme() {
-            specs.extend(tiers::opt_specs(&self.units));
-        }
-        specs.extend(checkpoint::store_specs(self));
-        specs
     }
 
     /// Tokens consumed by one optimizer step.
@@ -464,31 +354,31 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
     /// Counters of the run so far.
     pub fn counters(&self) -> EngineCounters {
         let mut c = self.counters;
-        c.queue = self.queue.counters;
+        c.queue = self.tiers.queue_counters();
+        c.tiers = self.tiers.counters;
         c.trace_deviations = self.trace.deviations;
-        if let Some(st) = &self.store {
-            let io = st.counters();
-            c.nvme_bytes_read = io.bytes_read;
-            c.nvme_bytes_written = io.bytes_written;
-        }
+        (c.nvme_bytes_read, c.nvme_bytes_written) = self.tiers.nvme_bytes();
         c
     }
 
     /// Starts the overlap account afresh (the steps', not the set-up's).
     pub fn reset_overlap(&mut self) {
-        self.rec.overlap = Overlap::starting_now();
+        self.tiers.rec.overlap = Overlap::starting_now();
     }
 
     /// The overlap account and the timeline.
     pub fn recorder(&self) -> &Recorder {
-        &self.rec
+        &self.tiers.rec
     }
 
     /// Pool budget of the swap store, bytes (0 when nothing is on NVMe).
     pub fn pool_budget_bytes(&self) -> u64 {
-        self.store
-            .as_ref()
-            .map_or(0, |s| s.io().pool_budget_bytes())
+        self.tiers.pool_budget_bytes()
+    }
+
+    /// The tiers (where every byte of state is).
+    pub fn tiers(&self) -> &Tiers<B> {
+        &self.tiers
     }
 
     /// Whether the update streams group by group during backward (no clipping, no fp16).
@@ -509,7 +399,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         }
         let mut loss_sum = 0.0f64;
         // The last step's held writes go out during this forward, which reads little.
-        self.queue.stop_deferring();
+        self.tiers.stop_deferring();
         for mb in 0..gas {
             let (x, y) = self.batcher.next_batch(&self.data.train);
             self.batches_drawn += 1;
@@ -555,6 +445,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
                 s.step();
             }
         }
+        self.tiers.assert_invariants();
         Ok(StepMetrics {
             step: self.steps,
             loss: (loss_sum / gas as f64) as f32,
@@ -565,29 +456,34 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         })
     }
 
-    /// tokens, targets (B,T) -> mean loss. Each group is fetched right before the op that reads
-    /// it and released right after; `Final` and `Embed` stay for the head's backward.
+    /// tokens, targets (B,T) -> mean loss: the model's forward stages in order, each group
+    /// fetched right before the stage that reads it and released right after (the last
+    /// stages keep what the backward reads first). Before each stage a share of the writes
+    /// held from the last update goes out, so the drive's writes spread over the forward.
     fn forward(&mut self, x: &[u32], y: &[u32]) -> Result<f32, EngineError> {
-        let nl = self.settings.train.model.n_layer;
-        self.fetch(Group::Embed)?;
-        self.compute("embed forward", |m, d| m.embed_forward(d, x))?;
-        self.release(Group::Embed);
-        for l in 0..nl {
-            self.fetch(Group::Block(l))?;
-            self.submit_held_writes(nl - l)?;
-            self.compute("block forward", |m, d| m.block_forward(d, l))?;
-            self.release(Group::Block(l));
+        let stages = Arc::clone(&self.stages);
+        let n = stages.forward.len();
+        let mut loss = None;
+        for (i, st) in stages.forward.iter().enumerate() {
+            for &g in &st.fetch {
+                self.fetch(g)?;
+            }
+            if i > 0 {
+                self.submit_held_writes(n - 1 - i)?;
+            }
+            let l = self.compute(st.name, |m, d| m.forward(d, i, x, y))?;
+            loss = l.or(loss);
+            for &g in &st.release {
+                self.release(g);
+            }
         }
-        self.fetch(Group::Final)?;
-        self.fetch(Group::Embed)?;
-        self.compute("head forward", |m, d| m.head_forward(d))?;
-        let loss = self.compute("loss", |m, d| m.loss_forward(d, y))?;
-        Ok(loss)
+        Ok(loss.expect("a model's forward stages compute the loss"))
     }
 
-    /// The forward loop read bottom-up. Each group's gradients leave the device when its
-    /// backward ends (`grads_out`); on the last micro-batch they are final and, when the
-    /// update streams, the optimizer updates that group right there.
+    /// The forward read bottom-up: the model's backward stages in order. Each group's
+    /// gradients leave the device when its last stage ends (`grads_out`); on the last
+    /// micro-batch they are final and, when the update streams, the optimizer updates that
+    /// group right there.
     fn backward(
         &mut self,
         x: &[u32],
@@ -597,26 +493,32 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         last: bool,
         lr: f64,
     ) -> Result<(), EngineError> {
-        let nl = self.settings.train.model.n_layer;
+        let stages = Arc::clone(&self.stages);
         let ckpt = self.settings.train.activation_checkpointing;
-        self.grads_in(Group::Embed, mb, last)?;
-        self.grads_in(Group::Final, mb, last)?;
-        self.compute("head backward", |m, d| m.head_backward(d, y, grad_scale))?;
-        self.release(Group::Final);
-        self.release(Group::Embed);
-        self.grads_out(Group::Final, last, lr)?;
-        for l in (0..nl).rev() {
-            self.fetch(Group::Block(l))?;
-            if ckpt {
-                self.compute("block recompute", |m, d| m.block_forward(d, l))?;
+        let update_after = last && !self.streams();
+        for (i, st) in stages.backward.iter().enumerate() {
+            for &g in &st.fetch {
+                self.fetch(g)?;
             }
-            self.grads_in(Group::Block(l), mb, last)?;
-            self.compute("block backward", |m, d| m.block_backward(d, l))?;
-            self.release(Group::Block(l));
-            self.grads_out(Group::Block(l), last, lr)?;
+            if let (true, Some(f)) = (ckpt, st.recompute) {
+                self.compute("recompute", |m, d| m.forward(d, f, x, y))?;
+            }
+            for &g in &st.grads_in {
+                self.grads_in(g, mb, last)?;
+            }
+            if update_after && Some(i) == stages.last_grads_in() {
+                // The update after backward starts with the last group: its first unit is
+                // read now, while this stage's backward computes.
+                self.prefetch_first_update_unit()?;
+            }
+            self.compute(st.name, |m, d| m.backward(d, i, x, y, grad_scale))?;
+            for &g in &st.release {
+                self.release(g);
+            }
+            for &g in &st.grads_out {
+                self.grads_out(g, last, lr)?;
+            }
         }
-        self.compute("embed backward", |m, d| m.embed_backward(d, x))?;
-        self.grads_out(Group::Embed, last, lr)?;
         Ok(())
     }
 
@@ -624,14 +526,14 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
     fn compute<T>(
         &mut self,
         name: &str,
-        f: impl FnOnce(&mut Gpt<D>, &D) -> Result<T, ModelError>,
+        f: impl FnOnce(&mut M, &D) -> Result<T, ModelError>,
     ) -> Result<T, EngineError> {
         let t = Instant::now();
         let r = f(&mut self.model, &self.dev)?;
         let end = Instant::now();
         self.counters.compute_s += (end - t).as_secs_f64();
-        self.rec.timeline.span(Track::Compute, name, t, end);
-        self.rec.overlap.compute(t, end);
+        self.tiers.rec.timeline.span(Track::Compute, name, t, end);
+        self.tiers.rec.overlap.compute(t, end);
         Ok(r)
     }
 
@@ -646,8 +548,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         for (x, y) in &batches {
             self.trace.begin(Phase::Eval);
             sum += self.forward(x, y)? as f64;
-            self.release(Group::Final);
-            self.release(Group::Embed);
+            self.release_all_in_use();
             self.trace.end();
         }
         Ok(Some((sum / batches.len() as f64) as f32))
@@ -656,73 +557,32 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
     /// The current parameters as one host array (the HF export at the end of a run); `None`
     /// when they live on NVMe and would take more than `max_bytes` of host memory.
     pub fn export_params(&mut self, max_bytes: u64) -> Result<Option<HostParams>, EngineError> {
-        let s = &self.settings.train;
-        let total = self.model.layout.total;
-        if let ParamHome::Host(hp) = &self.params {
-            return Ok(Some(hp.clone()));
-        }
-        if (total * s.dtype.bytes()) as u64 > max_bytes {
-            return Ok(None);
-        }
-        let mut out = HostParams::zeros(s.dtype, total);
-        let store = self.store.as_mut().expect("NVMe parameters have a store");
-        self.queue.flush(store, &mut self.rec)?;
-        for gi in 0..self.groups.len() {
-            let buf = self
-                .queue
-                .read(store, &mut self.rec, tiers::Shards::Param(gi))?;
-            out.set_range_bytes(self.model.layout.groups[gi].1.start, &buf[0].to_vec());
-        }
-        Ok(Some(out))
+        Ok(self.tiers.export_params(max_bytes)?)
     }
 
-    /// Host bytes the tiers hold outside the pinned pool: host-resident parameters and
-    /// optimizer state, gradient accumulators and staging.
+    /// Host bytes the run holds outside the pinned pool: the tiers' host arrays, gradient
+    /// accumulators and scratch.
     pub fn host_state_bytes(&self) -> u64 {
-        let total = self.model.layout.total as u64;
-        let d = self.settings.train.dtype.bytes() as u64;
-        let params = match &self.params {
-            ParamHome::Host(_) => total * d,
-            ParamHome::Nvme { .. } => self.max_group_len() as u64 * d,
-        };
-        let opt = match &self.opt {
-            OptHome::Host { .. } => 12 * total,
-            OptHome::Nvme => 0,
-        };
-        let cache = self.settings.max_in_cpu.min(total) * d * u64::from(self.params_on_nvme());
         let grads = self.grads_acc.as_ref().map_or(0, |g| g.len() as u64 * 4)
             + self.grad_scratch.len() as u64 * 4;
-        params + opt + grads + cache
-    }
-
-    fn params_on_nvme(&self) -> bool {
-        matches!(self.params, ParamHome::Nvme { .. })
+        self.tiers.host_bytes() + grads
     }
 
     /// Holds the store's writes in the pool (`true`) or sends them all (`false`); see
-    /// [`tiers::SwapQueue::defer_writes`]. Off without `pipeline_write`.
+    /// [`crate::tiers::SwapQueue::defer_writes`]. Off without `pipeline_write`.
     fn defer_writes(&mut self, on: bool) -> Result<(), EngineError> {
-        if let Some(store) = &mut self.store {
-            let on = on && self.settings.pipeline_write;
-            self.queue.defer_writes(store, on)?;
-        }
-        Ok(())
+        let on = on && self.settings.pipeline_write;
+        Ok(self.tiers.defer_writes(on)?)
     }
 
     /// Sends a `1/parts` share of the writes held from the last update.
     fn submit_held_writes(&mut self, parts: usize) -> Result<(), EngineError> {
-        if let Some(store) = &mut self.store {
-            self.queue.submit_held(store, parts)?;
-        }
-        Ok(())
+        Ok(self.tiers.submit_held(parts)?)
     }
 
     /// Finishes every write in flight (the end of a run, or before a save).
     pub fn flush(&mut self) -> Result<(), EngineError> {
-        if let Some(store) = &mut self.store {
-            self.queue.flush(store, &mut self.rec)?;
-        }
-        Ok(())
+        Ok(self.tiers.flush()?)
     }
 }
 
@@ -742,10 +602,24 @@ fn streams(s: &TrainSettings) -> bool {
     s.gradient_clipping <= 0.0 && !s.fp16
 }
 
-fn dtype_tag(d: crate::model::ParamDtype) -> &'static str {
-    match d {
-        crate::model::ParamDtype::F32 => "f32",
-        crate::model::ParamDtype::F16 => "f16",
-        crate::model::ParamDtype::Bf16 => "bf16",
-    }
+/// The swap store's layout: its folders (every `nvme_path`), chunk size (at least one unit
+/// of fp32 state, so a unit is one chunk), and slots.
+fn store_config(settings: &EngineSettings, layout: &TierLayout) -> StoreConfig {
+    let paths = settings
+        .placement
+        .nvme_paths()
+        .into_iter()
+        .map(|p| p.join(SWAP_DIR))
+        .collect();
+    StoreConfig::new(paths)
+        .chunk_bytes(chunk_bytes(settings, layout))
+        .double_buffered(settings.double_buffered)
+}
+
+/// Bytes per chunk of the swap store: the configured size, raised to hold one unit's fp32.
+fn chunk_bytes(settings: &EngineSettings, layout: &TierLayout) -> u64 {
+    let max_unit = layout.max_unit_len() as u64;
+    settings
+        .chunk_bytes
+        .max((max_unit * 4).next_multiple_of(4096))
 }

@@ -81,6 +81,14 @@ impl Placement {
         Ok(Placement { params, optimizer })
     }
 
+    /// Which state goes to the NVMe tier.
+    pub fn on_nvme(&self) -> crate::tiers::NvmePlacement {
+        crate::tiers::NvmePlacement {
+            params: self.params.is_nvme(),
+            optimizer: self.optimizer.is_nvme(),
+        }
+    }
+
     /// The folders of the swap store: every distinct `nvme_path` (chunks are striped over them,
     /// so two folders on two drives add their bandwidth).
     pub fn nvme_paths(&self) -> Vec<PathBuf> {

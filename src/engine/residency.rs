@@ -1,5 +1,5 @@
-//! What is on the device: the access trace that drives prefetching, and the per-group state of
-//! the device working set (released, in use, or kept for a reuse that is coming soon).
+//! The access trace that drives prefetching (the device state of each group is in the tiers'
+//! residency table, `crate::tiers::residency`).
 //!
 //! The trace is the order in which one micro-batch's forward and backward fetch groups. The
 //! first pass of each phase (training, evaluation) records it; later passes follow it and
@@ -79,18 +79,6 @@ impl Trace {
         let done = std::mem::take(&mut self.current);
         self.recorded[self.phase] = Some(done);
     }
-}
-
-/// Where a group's parameters are with respect to the device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnDevice {
-    /// Not on the device.
-    Off,
-    /// Fetched and not yet released.
-    InUse,
-    /// Released but kept: it is used again within `stage3_max_reuse_distance`, or it is
-    /// persistent (small, or the placement keeps parameters on the device).
-    Kept,
 }
 
 #[cfg(test)]

@@ -15,28 +15,26 @@
 //!   backward ends, units pipelined. zinf waits rather than speculates: a speculative update
 //!   would need the old state back on a clip or an overflow, i.e. a second copy of all of it.
 
-use super::tiers::{self, Shards, Unit};
-use super::timeline::Track;
-use super::{Engine, EngineError, OptHome, ParamHome};
+use super::{Engine, EngineError};
 use crate::device::{Device, HostSlice};
-use crate::model::{Group, HostParams};
+use crate::model::{HostParams, Model};
 use crate::optim::{combined_grad_scale, Grad, ParamOut, StepScalars};
+use crate::timeline::Track;
 use std::ops::Range;
 use std::time::Instant;
 use zinf_swap::BlockIo;
 
-impl<D: Device, B: BlockIo> Engine<D, B> {
+impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     fn group_range(&self, gi: usize) -> Range<usize> {
-        self.model.layout.groups[gi].1.clone()
+        self.model.groups()[gi].range.clone()
     }
 
-    /// Installs group `g`'s gradient buffer: zeros on the first micro-batch, else the sums so
+    /// Installs group `gi`'s gradient buffer: zeros on the first micro-batch, else the sums so
     /// far. On the last micro-batch of a streaming step, starts reading the group's optimizer
     /// state so it arrives while backward computes.
-    pub(super) fn grads_in(&mut self, g: Group, mb: usize, last: bool) -> Result<(), EngineError> {
-        let gi = self.model.group_index(g);
+    pub(super) fn grads_in(&mut self, gi: usize, mb: usize, last: bool) -> Result<(), EngineError> {
         let r = self.group_range(gi);
-        let mut buf = self.take_buf(r.len(), || format!("gradients {g:?}"))?;
+        let mut buf = self.take_buf(r.len(), "gradients", gi)?;
         match &self.grads_acc {
             Some(acc) if mb > 0 => {
                 let ev = self
@@ -47,26 +45,27 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             }
             _ => self.dev.zero(&mut buf)?,
         }
-        self.model.install_grads(g, buf);
+        self.model.install_grads(gi, buf);
         if last && self.streams() {
-            if let Some(u) = self.group_units[gi].clone().next() {
+            if let Some(u) = self.tiers.layout().group_units[gi].clone().next() {
                 self.prefetch_unit(u, true)?;
             }
-        } else if last && g == Group::Block(0) {
-            // After backward the update starts with the last group: its state is read now,
-            // while the first block's backward computes.
-            let u = self.group_units[self.groups.len() - 1].start;
-            self.prefetch_unit(u, true)?;
         }
         Ok(())
     }
 
-    /// Downloads group `g`'s gradients; when they are final and the update streams, updates
+    /// Starts reading the first optimizer unit of the update after backward (the last
+    /// group's first unit).
+    pub(super) fn prefetch_first_update_unit(&mut self) -> Result<(), EngineError> {
+        let u = self.tiers.layout().group_units[self.n_groups() - 1].start;
+        self.prefetch_unit(u, true)
+    }
+
+    /// Downloads group `gi`'s gradients; when they are final and the update streams, updates
     /// the group now.
-    pub(super) fn grads_out(&mut self, g: Group, last: bool, lr: f64) -> Result<(), EngineError> {
-        let gi = self.model.group_index(g);
+    pub(super) fn grads_out(&mut self, gi: usize, last: bool, lr: f64) -> Result<(), EngineError> {
         let r = self.group_range(gi);
-        let buf = self.model.take_grads(g).expect("grads_in installed it");
+        let buf = self.model.take_grads(gi).expect("grads_in installed it");
         let mut host = match self.grads_acc.take() {
             Some(acc) => GradHost::Acc(acc),
             None => GradHost::Scratch(std::mem::take(&mut self.grad_scratch)),
@@ -92,7 +91,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         let stats = self.adam.grad_stats(&[Grad::F32(grads)]);
         if stats.non_finite {
             return Err(EngineError::NonFinite {
-                group: format!("{:?}", self.groups[gi]),
+                group: self.model.groups()[gi].name.clone(),
                 step: self.steps + 1,
             });
         }
@@ -128,7 +127,7 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
             .take()
             .expect("kept whole when not streaming");
         let mut res = Ok(());
-        for gi in (0..self.groups.len()).rev() {
+        for gi in (0..self.n_groups()).rev() {
             let r = self.group_range(gi);
             res = self.update_group(gi, &acc[r], scalars);
             if res.is_err() {
@@ -139,21 +138,9 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
         res
     }
 
-    /// The unit after `u` in update order (a group's units ascending, groups descending).
-    fn next_unit(&self, u: usize) -> Option<usize> {
-        let gi = self.units[u].group;
-        if u + 1 < self.group_units[gi].end {
-            return Some(u + 1);
-        }
-        (gi > 0).then(|| self.group_units[gi - 1].start)
-    }
-
     fn prefetch_unit(&mut self, u: usize, next: bool) -> Result<(), EngineError> {
-        if let (OptHome::Nvme, Some(store)) = (&self.opt, self.store.as_mut()) {
-            if self.settings.pipeline_read {
-                self.queue
-                    .prefetch(store, &mut self.rec, Shards::Opt(u), next)?;
-            }
+        if self.settings.pipeline_read {
+            self.tiers.prefetch_opt(u, next)?;
         }
         Ok(())
     }
@@ -168,119 +155,44 @@ impl<D: Device, B: BlockIo> Engine<D, B> {
     ) -> Result<(), EngineError> {
         let t = Instant::now();
         let g0 = self.group_range(gi).start;
-        self.staged_group = None; // the staging buffer is about to hold this group
-        for u in self.group_units[gi].clone() {
+        self.tiers.begin_group_update(gi);
+        for u in self.tiers.layout().group_units[gi].clone() {
             // Read ahead two units: the next one even if writes must finish first, the one
             // after only if the pool has room.
-            if let Some(next) = self.next_unit(u) {
+            if let Some(next) = self.tiers.layout().next_unit(u) {
                 self.prefetch_unit(next, true)?;
-                if let Some(after) = self.next_unit(next) {
+                if let Some(after) = self.tiers.layout().next_unit(next) {
                     self.prefetch_unit(after, false)?;
                 }
             }
-            let unit = self.units[u].clone();
-            let rel = unit.range.start - g0..unit.range.end - g0;
-            self.update_unit(u, &unit, &grads[rel], scalars)?;
+            let r = self.tiers.layout().units[u].range.clone();
+            let grad = &grads[r.start - g0..r.end - g0];
+            let adam = &mut self.adam;
+            self.tiers
+                .update_unit::<EngineError>(u, |master, m, v, out, out_range| {
+                    adam.step(
+                        master,
+                        m,
+                        v,
+                        Grad::F32(grad),
+                        param_out(out, out_range),
+                        scalars,
+                    )?;
+                    Ok(())
+                })?;
         }
-        if let ParamHome::Nvme { staging } = &self.params {
-            // The new 16-bit values go out from the staging buffer, which keeps them for the
-            // next fetch of this group (`staged_group`).
-            let bytes = staging.range_bytes(0..grads.len());
-            let store = self.store.as_mut().expect("NVMe parameters have a store");
-            let name = tiers::param_shard(gi);
-            self.queue.write_bytes(store, &mut self.rec, &name, bytes)?;
-            if let Some(c) = &mut self.param_cache[gi] {
-                c.set_range_bytes(0, bytes);
-            }
-            self.staged_group = Some(gi);
-        }
+        // New 16-bit values go home (written behind from the staging buffer, which keeps
+        // them for the next fetch of this group when parameters live on NVMe).
+        self.tiers.finish_group_update(gi)?;
         self.refresh_device_copy(gi)?;
         let end = Instant::now();
         self.counters.optimizer_s += (end - t).as_secs_f64();
-        if self.rec.timeline.is_enabled() {
-            let name = format!("adam {:?}", self.groups[gi]);
-            self.rec.timeline.span(Track::Optimizer, &name, t, end);
-        }
-        Ok(())
-    }
-
-    /// Adam on one unit: its state from host memory or the store, its 16-bit copy-out into the
-    /// parameters' home (the staging buffer when they live on NVMe).
-    fn update_unit(
-        &mut self,
-        u: usize,
-        unit: &Unit,
-        grad: &[f32],
-        scalars: StepScalars,
-    ) -> Result<(), EngineError> {
-        let g0 = self.group_range(unit.group).start;
-        let Engine {
-            params,
-            opt,
-            adam,
-            store,
-            queue,
-            rec,
-            ..
-        } = self;
-        let (out_params, out_range) = match params {
-            ParamHome::Host(hp) => (hp, unit.range.clone()),
-            ParamHome::Nvme { staging } => (staging, unit.range.start - g0..unit.range.end - g0),
-        };
-        match opt {
-            OptHome::Host { master, m, v } => {
-                let r = unit.range.clone();
-                let master = &mut master[r.clone()];
-                let out = param_out(out_params, out_range.clone());
-                adam.step(
-                    master,
-                    &mut m[r.clone()],
-                    &mut v[r],
-                    Grad::F32(grad),
-                    out,
-                    scalars,
-                )?;
-                copy_fp32(out_params, out_range, master);
-            }
-            OptHome::Nvme => {
-                let store = store.as_mut().expect("NVMe optimizer state has a store");
-                let mut bufs = queue.read(store, rec, Shards::Opt(u))?;
-                {
-                    let [a, b, c] = &mut bufs[..] else {
-                        unreachable!("three state tensors")
-                    };
-                    let master: &mut [f32] = bytemuck::cast_slice_mut(a.chunk_mut(0));
-                    let m: &mut [f32] = bytemuck::cast_slice_mut(b.chunk_mut(0));
-                    let v: &mut [f32] = bytemuck::cast_slice_mut(c.chunk_mut(0));
-                    let out = param_out(out_params, out_range.clone());
-                    adam.step(master, m, v, Grad::F32(grad), out, scalars)?;
-                    copy_fp32(out_params, out_range, master);
-                }
-                for (t, buf) in bufs.into_iter().enumerate() {
-                    queue.write(store, rec, &tiers::opt_shard(u, t), buf)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the initial fp32 master of group `gi` (`master`, the whole group) to the store;
-    /// m and v start as the store's zeros.
-    pub(super) fn write_master_shards(
-        &mut self,
-        gi: usize,
-        master: &[f32],
-    ) -> Result<(), EngineError> {
-        let g0 = self.group_range(gi).start;
-        for u in self.group_units[gi].clone() {
-            let r = self.units[u].range.clone();
-            let store = self
-                .store
-                .as_mut()
-                .expect("NVMe optimizer state has a store");
-            let bytes = bytemuck::cast_slice(&master[r.start - g0..r.end - g0]);
-            self.queue
-                .write_bytes(store, &mut self.rec, &tiers::opt_shard(u, 0), bytes)?;
+        if self.tiers.rec.timeline.is_enabled() {
+            let name = format!("adam {}", self.model.groups()[gi].name);
+            self.tiers
+                .rec
+                .timeline
+                .span(Track::Optimizer, &name, t, end);
         }
         Ok(())
     }
@@ -316,12 +228,5 @@ fn param_out(p: &mut HostParams, r: Range<usize>) -> ParamOut<'_> {
         HostParams::F16(v) => ParamOut::F16(&mut v[r]),
         HostParams::Bf16(v) => ParamOut::Bf16(&mut v[r]),
         HostParams::F32(_) => ParamOut::None,
-    }
-}
-
-/// fp32 parameters are the master itself.
-fn copy_fp32(p: &mut HostParams, r: Range<usize>, master: &[f32]) {
-    if let HostParams::F32(v) = p {
-        v[r].copy_from_slice(master);
     }
 }

@@ -11,7 +11,8 @@
 //! [`Gpt::new`], so an over-budget model fails there, before any step runs.
 
 use super::layout::{param_layout, BlockOffsets, Group, ParamLayout};
-use super::params::HostParams;
+use super::params::{HostParams, ParamInit};
+use super::stages::{GroupSpec, Model, ParamSource, Stage, Stages};
 use super::{GptConfig, ModelError};
 use crate::device::{AttnShape, Device, DeviceBuffer, DeviceError};
 
@@ -89,6 +90,8 @@ pub struct Gpt<D: Device> {
     blocks: Vec<BlockActs<D::Buffer>>,
     top: TopActs<D::Buffer>,
     g: GradScratch<D::Buffer>,
+    group_specs: Vec<GroupSpec>,
+    stages: Stages,
 }
 
 impl<D: Device> Gpt<D> {
@@ -161,6 +164,14 @@ impl<D: Device> Gpt<D> {
             dfch_gelu: a("grad scratch dfch_gelu", n * 4 * c)?,
             dlogits: a("grad scratch dlogits", n * v)?,
         };
+        let group_specs = layout
+            .groups
+            .iter()
+            .map(|(g, r)| GroupSpec {
+                name: group_name(*g),
+                range: r.clone(),
+            })
+            .collect();
         Ok(Gpt {
             cfg,
             layout,
@@ -172,6 +183,8 @@ impl<D: Device> Gpt<D> {
             blocks,
             top,
             g,
+            group_specs,
+            stages: gpt_stages(cfg.n_layer),
         })
     }
 
@@ -504,6 +517,144 @@ impl<D: Device> Gpt<D> {
         let mut out = vec![0.0f32; v];
         dev.wait(dev.download(&self.top.logits, (seq * self.t + pos) * v, &mut out)?)?;
         Ok(out)
+    }
+}
+
+/// Hugging Face-style name of a group for logs and traces.
+fn group_name(g: Group) -> String {
+    match g {
+        Group::Embed => "embed (wte, wpe)".into(),
+        Group::Block(l) => format!("h.{l}"),
+        Group::Final => "ln_f".into(),
+    }
+}
+
+/// GPT-2's stages over groups `0` (embeddings), `1..=L` (blocks), `L+1` (final LayerNorm).
+///
+/// Forward: embed, each block, the head (ln_f and the tied LM head, which reads `wte`), the
+/// loss; `ln_f` and the embeddings stay fetched for the head's backward. Backward is that read
+/// bottom-up: the head's backward installs both gradient buffers (the tied head adds into the
+/// embeddings' gradients, which the embedding backward completes last).
+fn gpt_stages(n_layer: usize) -> Stages {
+    let (embed, fin) = (0, n_layer + 1);
+    let mut forward = vec![Stage {
+        name: "embed forward",
+        fetch: vec![embed],
+        release: vec![embed],
+        ..Stage::default()
+    }];
+    for l in 0..n_layer {
+        forward.push(Stage {
+            name: "block forward",
+            fetch: vec![1 + l],
+            release: vec![1 + l],
+            ..Stage::default()
+        });
+    }
+    forward.push(Stage {
+        name: "head forward",
+        fetch: vec![fin, embed],
+        ..Stage::default()
+    });
+    forward.push(Stage {
+        name: "loss",
+        ..Stage::default()
+    });
+    let mut backward = vec![Stage {
+        name: "head backward",
+        grads_in: vec![embed, fin],
+        release: vec![fin, embed],
+        grads_out: vec![fin],
+        ..Stage::default()
+    }];
+    for l in (0..n_layer).rev() {
+        backward.push(Stage {
+            name: "block backward",
+            fetch: vec![1 + l],
+            grads_in: vec![1 + l],
+            release: vec![1 + l],
+            grads_out: vec![1 + l],
+            recompute: Some(1 + l),
+        });
+    }
+    backward.push(Stage {
+        name: "embed backward",
+        grads_out: vec![embed],
+        ..Stage::default()
+    });
+    Stages { forward, backward }
+}
+
+impl<D: Device> Model<D> for Gpt<D> {
+    fn groups(&self) -> &[GroupSpec] {
+        &self.group_specs
+    }
+
+    fn num_params(&self) -> usize {
+        self.layout.total
+    }
+
+    fn stages(&self) -> &Stages {
+        &self.stages
+    }
+
+    fn forward(
+        &mut self,
+        dev: &D,
+        stage: usize,
+        tokens: &[u32],
+        targets: &[u32],
+    ) -> Result<Option<f32>, ModelError> {
+        let nl = self.cfg.n_layer;
+        match stage {
+            0 => self.embed_forward(dev, tokens)?,
+            s if s <= nl => self.block_forward(dev, s - 1)?,
+            s if s == nl + 1 => self.head_forward(dev)?,
+            _ => return self.loss_forward(dev, targets).map(Some),
+        }
+        Ok(None)
+    }
+
+    fn backward(
+        &mut self,
+        dev: &D,
+        stage: usize,
+        tokens: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+    ) -> Result<(), ModelError> {
+        let nl = self.cfg.n_layer;
+        match stage {
+            0 => self.head_backward(dev, targets, grad_scale),
+            s if s <= nl => self.block_backward(dev, nl - s),
+            _ => self.embed_backward(dev, tokens),
+        }
+    }
+
+    fn seeded_init(&self, seed: u64) -> ParamSource {
+        let layout = self.layout.clone();
+        let mut gen = ParamInit::new(self.cfg.n_layer, seed);
+        Box::new(move |r| gen.next_range(&layout, r))
+    }
+
+    fn install_params(&mut self, g: usize, buf: D::Buffer) {
+        self.install_params(self.layout.groups[g].0, buf)
+    }
+
+    fn take_params(&mut self, g: usize) -> Option<D::Buffer> {
+        self.params[g].take()
+    }
+
+    fn params_mut(&mut self, g: usize) -> Option<&mut D::Buffer> {
+        self.params[g].as_mut()
+    }
+
+    fn install_grads(&mut self, g: usize, buf: D::Buffer) {
+        self.install_grads(self.layout.groups[g].0, buf)
+    }
+
+    fn take_grads(&mut self, g: usize) -> Option<D::Buffer> {
+        self.grads[g].take()
     }
 }
 

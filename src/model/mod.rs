@@ -10,11 +10,13 @@ pub mod checkpoint;
 pub mod gpt;
 pub mod layout;
 pub mod params;
+pub mod stages;
 pub mod train;
 
 pub use gpt::Gpt;
 pub use layout::{param_layout, BlockOffsets, Group, ParamLayout, TensorSpec};
 pub use params::{init_params, HostParams, ParamDtype, ParamInit};
+pub use stages::{GroupSpec, Model, ParamSource, Stage, Stages};
 
 use crate::device::DeviceError;
 

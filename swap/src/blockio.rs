@@ -91,6 +91,8 @@ pub trait BlockIo: Send + Sync {
     fn try_alloc(&self, len: usize) -> Option<Self::Buf>;
     /// The pool's budget in bytes, fixed at start-up.
     fn pool_budget_bytes(&self) -> u64;
+    /// Bytes of the pool checked out now (what every buffer not yet returned reserves).
+    fn pool_in_use_bytes(&self) -> u64;
     /// Whether the pool's memory is locked in RAM (`pin_memory`).
     fn pool_pinned(&self) -> bool;
     /// Total time callers of `alloc` waited for the budget, in nanoseconds.

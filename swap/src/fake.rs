@@ -246,6 +246,10 @@ impl BlockIo for FakeIo {
         self.pool.capacity_bytes() as u64
     }
 
+    fn pool_in_use_bytes(&self) -> u64 {
+        self.pool.stats().in_use_bytes as u64
+    }
+
     fn pool_pinned(&self) -> bool {
         false
     }

@@ -110,6 +110,11 @@ impl<T: std::ops::DerefMut<Target = [u8]>> ShardBuf<T> {
     pub fn chunk_mut(&mut self, i: usize) -> &mut [u8] {
         &mut self.chunks[i][..self.lens[i]]
     }
+    /// Pool bytes the shard's buffers take (aligned chunk capacities, before any rounding
+    /// the pool adds; see `BlockIo::pool_reserve_bytes`).
+    pub fn buffer_lens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.chunks.iter().map(|c| c.len())
+    }
     /// Length of the shard in bytes.
     pub fn len_bytes(&self) -> u64 {
         self.lens.iter().map(|&l| l as u64).sum()
@@ -303,6 +308,17 @@ impl<B: BlockIo> Store<B> {
         Ok(&self.manifest.shards[self.shard(name)?].dtype)
     }
 
+    /// The id of shard `name` (its index in the manifest, `0..shard_count()`), for callers
+    /// that keep a table per shard.
+    pub fn shard_id(&self, name: &str) -> Result<usize> {
+        self.shard(name)
+    }
+
+    /// Number of shards in the store.
+    pub fn shard_count(&self) -> usize {
+        self.index.len()
+    }
+
     fn shard(&self, name: &str) -> Result<usize> {
         if let Some(why) = &self.broken {
             return Err(SwapError::Config(format!("store must be reopened: {why}")));
@@ -311,6 +327,20 @@ impl<B: BlockIo> Store<B> {
             .get(name)
             .copied()
             .ok_or_else(|| SwapError::UnknownShard(name.into()))
+    }
+
+    /// Pool bytes the buffers of shard `name` reserve while checked out (each chunk padded to
+    /// the alignment, then rounded as the pool does), for callers that account the pool.
+    pub fn pool_reserve_bytes(&self, name: &str) -> Result<u64> {
+        let s = &self.manifest.shards[self.shard(name)?];
+        let align = self.manifest.alignment;
+        Ok(s.slots[0]
+            .iter()
+            .map(|e| {
+                self.io
+                    .pool_reserve_bytes(round_up(e.len_bytes.max(1), align))
+            })
+            .sum())
     }
 
     /// Takes pool buffers for shard `name` (waits while the pool is exhausted).

@@ -1,0 +1,152 @@
+//! The [`Model`] trait the ZeRO-3 engine is generic over: an ordered list of parameter groups
+//! (one flat layout), and the model's forward and backward cut into *stages*, each naming the
+//! groups it fetches, releases, and whose gradients it installs and hands out.
+//!
+//! The engine's loops are this list read in order (forward) and in its mirror (backward): for
+//! every stage, fetch its groups, run it, release its groups — with every fetch, release and
+//! gradient move visible in the loop (`engine/mod.rs`). A model implements the ops; it does not
+//! fetch, release, prefetch or move gradients itself. GPT-2 implements it (`gpt.rs`); the Llama
+//! family is next.
+//!
+//! Stages follow DeepSpeed's ZeRO-3 module hooks (`deepspeed/runtime/zero/parameter_offload.py`:
+//! gather a module's parameters before its forward, release them after), made explicit: a
+//! stage is what DeepSpeed calls a submodule.
+
+use super::ModelError;
+use crate::device::Device;
+use std::ops::Range;
+
+/// One parameter group: a contiguous range of the flat layout that is fetched to the device
+/// and released as one (a transformer block, the embeddings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// For logs and traces, e.g. `h.3` or `embed`.
+    pub name: String,
+    /// Elements of the flat parameter array (the same offsets serve device buffers, pinned
+    /// buffers and NVMe extents).
+    pub range: Range<usize>,
+}
+
+/// One step of forward or backward, with the groups the engine moves around it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stage {
+    /// For the timeline, e.g. `block forward`.
+    pub name: &'static str,
+    /// Groups whose parameters the stage reads: fetched right before it.
+    pub fetch: Vec<usize>,
+    /// Backward: groups whose gradient buffers are installed right before it (zeros on the
+    /// first micro-batch, the sums so far after).
+    pub grads_in: Vec<usize>,
+    /// Groups released right after it (kept on the device when persistent or reused soon).
+    pub release: Vec<usize>,
+    /// Backward: groups whose gradients are complete after it: downloaded right after.
+    pub grads_out: Vec<usize>,
+    /// Backward under activation checkpointing: the forward stage to run again first.
+    pub recompute: Option<usize>,
+}
+
+/// The forward and backward stage lists of a model.
+#[derive(Clone, Debug, Default)]
+pub struct Stages {
+    pub forward: Vec<Stage>,
+    pub backward: Vec<Stage>,
+}
+
+impl Stages {
+    /// Checks the lists against `n_groups`: every group is fetched before it is released, every
+    /// group's gradients go in before they come out, and each exactly once per backward.
+    /// A failure is a programmer error in the model (panics with the stage name).
+    pub fn assert_consistent(&self, n_groups: usize) {
+        let mut fetched = vec![false; n_groups];
+        for st in self.forward.iter().chain(&self.backward) {
+            for &g in &st.fetch {
+                fetched[g] = true;
+            }
+            for &g in &st.release {
+                assert!(
+                    fetched[g],
+                    "{}: releases group {g} it never fetched",
+                    st.name
+                );
+                fetched[g] = false;
+            }
+        }
+        let mut grads = vec![0u8; n_groups]; // 0 none, 1 installed, 2 out
+        for st in &self.backward {
+            for &g in &st.grads_in {
+                assert_eq!(grads[g], 0, "{}: gradients of {g} installed twice", st.name);
+                grads[g] = 1;
+            }
+            for &g in &st.grads_out {
+                assert_eq!(grads[g], 1, "{}: gradients of {g} out before in", st.name);
+                grads[g] = 2;
+            }
+        }
+        assert!(
+            grads.iter().all(|&s| s == 2),
+            "every group's gradients leave the device once per backward"
+        );
+    }
+
+    /// The backward stage whose `grads_in` comes last (where the update after backward can
+    /// start reading its first optimizer state while that stage computes).
+    pub fn last_grads_in(&self) -> Option<usize> {
+        self.backward.iter().rposition(|s| !s.grads_in.is_empty())
+    }
+}
+
+/// Initial values of a range of the flat parameter array, called with consecutive group
+/// ranges in layout order.
+pub type ParamSource = Box<dyn FnMut(Range<usize>) -> Vec<f32> + Send>;
+
+/// A model the engine can train one group at a time on a device `D`.
+///
+/// The model owns its activations; the engine owns parameter and gradient buffers and installs
+/// them for the stages that read them. An op on a group that is not installed is a programmer
+/// error (panic naming the group).
+pub trait Model<D: Device> {
+    /// Parameter groups in layout order; their ranges tile `0..num_params()`.
+    fn groups(&self) -> &[GroupSpec];
+
+    /// Elements of the flat parameter array.
+    fn num_params(&self) -> usize;
+
+    /// The forward and backward stages (fixed for the model's life).
+    fn stages(&self) -> &Stages;
+
+    /// Runs forward stage `stage` on micro-batch `tokens`, `targets` (B,T). The stage that
+    /// computes the loss returns the mean loss; the others return `None`.
+    fn forward(
+        &mut self,
+        dev: &D,
+        stage: usize,
+        tokens: &[u32],
+        targets: &[u32],
+    ) -> Result<Option<f32>, ModelError>;
+
+    /// Runs backward stage `stage`, adding `grad_scale * d(mean loss)/d(params)` into the
+    /// installed gradient buffers (`+=`).
+    fn backward(
+        &mut self,
+        dev: &D,
+        stage: usize,
+        tokens: &[u32],
+        targets: &[u32],
+        grad_scale: f32,
+    ) -> Result<(), ModelError>;
+
+    /// The seeded initial parameters of a fresh run, produced one group range at a time in
+    /// layout order (a model larger than RAM never exists whole in host memory).
+    fn seeded_init(&self, seed: u64) -> ParamSource;
+
+    /// Hands the model group `g`'s fp32 parameter buffer (filled by the caller).
+    fn install_params(&mut self, g: usize, buf: D::Buffer);
+    /// Takes group `g`'s parameter buffer back (`None` when not installed).
+    fn take_params(&mut self, g: usize) -> Option<D::Buffer>;
+    /// The installed parameter buffer of group `g`, to refill it in place.
+    fn params_mut(&mut self, g: usize) -> Option<&mut D::Buffer>;
+    /// Hands the model group `g`'s fp32 gradient buffer (zeroed or holding the sums so far).
+    fn install_grads(&mut self, g: usize, buf: D::Buffer);
+    /// Takes group `g`'s gradient buffer back.
+    fn take_grads(&mut self, g: usize) -> Option<D::Buffer>;
+}

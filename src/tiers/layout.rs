@@ -1,0 +1,183 @@
+//! Where each shard of state sits in the store, and how optimizer state is cut into units:
+//! the names of the store's shards, and the unit list both the engine and `zinf estimate`
+//! use (so the estimate counts the same units, the same padding and the same bytes).
+//!
+//! Model-agnostic: a group is a range of the flat parameter array, nothing more.
+
+use crate::host::ParamDtype;
+use std::ops::Range;
+use zinf_swap::ShardSpec;
+
+/// Names of the optimizer state tensors of a unit, in order (master, m, v); DeepSpeed's
+/// `fp32` master and Adam's `exp_avg` / `exp_avg_sq` (torch.optim.Adam state names).
+pub const OPT_STATES: [&str; 3] = ["fp32", "exp_avg", "exp_avg_sq"];
+
+/// One optimizer unit: a slice of one parameter group of at most `sub_group_size` elements
+/// (DeepSpeed's sub-group). Units are what the optimizer reads, updates and writes in one go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    /// Index of the group in layout order.
+    pub group: usize,
+    /// Element range in the flat parameter array.
+    pub range: Range<usize>,
+}
+
+/// Everything the tiers need to know of a model: its groups, this rank's optimizer units and
+/// the parameters' storage dtype.
+#[derive(Clone, Debug)]
+pub struct TierLayout {
+    /// Flat element range of every group, layout order; they tile `0..total`.
+    pub groups: Vec<Range<usize>>,
+    /// Optimizer units of the partition this rank owns, in layout order.
+    pub units: Vec<Unit>,
+    /// Units of each group (indices into `units`).
+    pub group_units: Vec<Range<usize>>,
+    /// Storage dtype of parameters (fp16/bf16, or fp32 when neither is on).
+    pub dtype: ParamDtype,
+    /// Elements of the flat parameter array.
+    pub total: usize,
+}
+
+impl TierLayout {
+    /// Cuts the `owned` part of every group (this rank's partition) into units of at most
+    /// `sub_group_size` elements.
+    pub fn new(
+        groups: Vec<Range<usize>>,
+        owned: impl Fn(Range<usize>) -> Range<usize>,
+        sub_group_size: u64,
+        dtype: ParamDtype,
+    ) -> Self {
+        let step = sub_group_size.max(1) as usize;
+        let mut units = Vec::new();
+        let mut group_units = Vec::with_capacity(groups.len());
+        for (gi, g) in groups.iter().enumerate() {
+            let first = units.len();
+            let r = owned(g.clone());
+            let mut s = r.start;
+            while s < r.end {
+                let e = (s + step).min(r.end);
+                units.push(Unit {
+                    group: gi,
+                    range: s..e,
+                });
+                s = e;
+            }
+            group_units.push(first..units.len());
+        }
+        let total = groups.last().map_or(0, |g| g.end);
+        TierLayout {
+            groups,
+            units,
+            group_units,
+            dtype,
+            total,
+        }
+    }
+
+    /// Elements of group `gi`.
+    pub fn numel(&self, gi: usize) -> usize {
+        self.groups[gi].len()
+    }
+
+    /// Elements of the largest group (the staging buffer's size).
+    pub fn max_group_len(&self) -> usize {
+        self.groups.iter().map(|g| g.len()).max().unwrap_or(0)
+    }
+
+    /// Elements of the largest unit.
+    pub fn max_unit_len(&self) -> usize {
+        self.units.iter().map(|u| u.range.len()).max().unwrap_or(0)
+    }
+
+    /// The unit after `u` in update order (a group's units ascending, groups descending:
+    /// backward's order, so the embeddings, which the next step fetches first, come last).
+    pub fn next_unit(&self, u: usize) -> Option<usize> {
+        let gi = self.units[u].group;
+        if u + 1 < self.group_units[gi].end {
+            return Some(u + 1);
+        }
+        (gi > 0).then(|| self.group_units[gi - 1].start)
+    }
+
+    /// The shards of the parameters of every group.
+    pub fn param_specs(&self) -> Vec<ShardSpec> {
+        let b = self.dtype.bytes() as u64;
+        let tag = dtype_tag(self.dtype);
+        (0..self.groups.len())
+            .map(|gi| ShardSpec::new(param_shard(gi), self.numel(gi) as u64 * b, tag))
+            .collect()
+    }
+
+    /// The shards of the optimizer state of every unit (three fp32 tensors each).
+    pub fn opt_specs(&self) -> Vec<ShardSpec> {
+        self.opt_specs_named(opt_shard)
+    }
+
+    /// The optimizer state shards of every unit under the names `name(unit, tensor)` (a save
+    /// of host-resident state uses its own names in the same store).
+    pub fn opt_specs_named(&self, name: impl Fn(usize, usize) -> String) -> Vec<ShardSpec> {
+        let mut v = Vec::with_capacity(self.units.len() * 3);
+        for (u, unit) in self.units.iter().enumerate() {
+            for t in 0..3 {
+                v.push(ShardSpec::new(
+                    name(u, t),
+                    unit.range.len() as u64 * 4,
+                    "f32",
+                ));
+            }
+        }
+        v
+    }
+}
+
+/// Store name of group `gi`'s 16-bit (or fp32) parameters.
+pub fn param_shard(gi: usize) -> String {
+    format!("param.g{gi}")
+}
+
+/// Store name of optimizer state `t` (index into [`OPT_STATES`]) of unit `u`.
+pub fn opt_shard(u: usize, t: usize) -> String {
+    format!("opt.u{u}.{}", OPT_STATES[t])
+}
+
+/// The dtype tag the store's manifest records for parameters.
+pub fn dtype_tag(d: ParamDtype) -> &'static str {
+    match d {
+        ParamDtype::F32 => "f32",
+        ParamDtype::F16 => "f16",
+        ParamDtype::Bf16 => "bf16",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_tile_each_owned_range_and_follow_backward_order() {
+        let l = TierLayout::new(vec![0..10, 10..13, 13..30], |r| r, 4, ParamDtype::Bf16);
+        let ranges: Vec<_> = l.units.iter().map(|u| u.range.clone()).collect();
+        assert_eq!(
+            ranges,
+            vec![
+                0..4,
+                4..8,
+                8..10,
+                10..13,
+                13..17,
+                17..21,
+                21..25,
+                25..29,
+                29..30
+            ]
+        );
+        assert_eq!(l.group_units, vec![0..3, 3..4, 4..9]);
+        // Update order: group 2's units, then group 1, then group 0.
+        let mut order = vec![4];
+        while let Some(n) = l.next_unit(*order.last().unwrap()) {
+            order.push(n);
+        }
+        assert_eq!(order, vec![4, 5, 6, 7, 8, 3, 0, 1, 2]);
+        assert_eq!(l.param_specs()[2].len_bytes, 17 * 2);
+    }
+}
