@@ -13,3 +13,4 @@ pub mod engine;
 pub mod estimate;
 pub mod model;
 pub mod optim;
+pub mod threads;
