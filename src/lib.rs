@@ -15,5 +15,6 @@ pub mod host;
 pub mod model;
 pub mod optim;
 pub mod session;
+pub mod threads;
 pub mod tiers;
 pub mod timeline;

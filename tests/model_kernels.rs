@@ -1,7 +1,12 @@
-//! CPU kernels at sizes where `gemm` and the scoped threads really split the work: results with
-//! 1 and 2 threads are bit-identical, and the products agree with a naive f64 loop.
+//! CPU kernels at sizes where `gemm` and the compute pool really split the work: results with
+//! 1, 2 and 3 threads, and on a pool shared with Adam, are bit-identical, and the products agree
+//! with a naive f64 loop.
+
+use std::sync::Arc;
 
 use zinf::device::{AttnShape, CpuBuffer, CpuDevice, Device, Linear, Norm};
+use zinf::optim::{Adam, AdamConfig, Grad, ParamOut, StepScalars};
+use zinf::threads::ThreadPool;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -23,11 +28,15 @@ fn buf(dev: &CpuDevice, v: &[f32]) -> CpuBuffer {
 
 /// Forward and backward of a linear layer and LayerNorm, and attention, on `threads` threads.
 fn run_layers(threads: usize) -> Vec<Vec<f32>> {
-    let dev = CpuDevice::new(threads, 1 << 30);
+    run_layers_on(&CpuDevice::new(threads, 1 << 30))
+}
+
+/// `run_layers` on a given device, plus GELU and softmax cross-entropy forward and backward.
+fn run_layers_on(dev: &CpuDevice) -> Vec<Vec<f32>> {
     let (n, c, oc) = (300, 96, 200);
-    let x = buf(&dev, &values(n * c, 1));
-    let p = buf(&dev, &values(c * oc + oc, 2));
-    let g = buf(&dev, &values(n * oc, 3));
+    let x = buf(dev, &values(n * c, 1));
+    let p = buf(dev, &values(c * oc + oc, 2));
+    let g = buf(dev, &values(n * oc, 3));
     let lin = Linear {
         w_off: 0,
         b_off: Some(c * oc),
@@ -67,35 +76,88 @@ fn run_layers(threads: usize) -> Vec<Vec<f32>> {
         c: 64,
         nh: 4,
     };
-    let qkv = buf(&dev, &values(s.b * s.t * 3 * s.c, 4));
+    let qkv = buf(dev, &values(s.b * s.t * 3 * s.c, 4));
     let (mut y, mut att) = (
         dev.alloc("y", s.b * s.t * s.c).unwrap(),
         dev.alloc("att", s.b * s.nh * s.t * s.t).unwrap(),
     );
     dev.attention_forward(&mut y, &mut att, &qkv, s).unwrap();
-    let dy = buf(&dev, &values(s.b * s.t * s.c, 5));
+    let dy = buf(dev, &values(s.b * s.t * s.c, 5));
     let (mut dqkv, mut scratch) = (
         dev.alloc("dqkv", qkv.as_slice().len()).unwrap(),
         dev.alloc("s", att.as_slice().len()).unwrap(),
     );
     dev.attention_backward(&mut dqkv, &mut scratch, &dy, &qkv, &att, s)
         .unwrap();
-    [out, dx, dp, ln, dln, dlp, y, dqkv]
-        .iter()
-        .map(|b| b.as_slice().to_vec())
-        .collect()
+    // GELU over n * oc = 60_000 elements (past the parallel threshold), softmax over 300 rows.
+    let mut gl = dev.alloc("gelu", n * oc).unwrap();
+    dev.gelu_forward(&mut gl, &out).unwrap();
+    let mut dgl = dev.alloc("dgelu", n * oc).unwrap();
+    dev.gelu_backward(&mut dgl, &out, &g).unwrap();
+    let targets: Vec<u32> = (0..n as u32).map(|i| i * 7 % oc as u32).collect();
+    let (mut probs, mut losses) = (buf(dev, out.as_slice()), dev.alloc("loss", n).unwrap());
+    dev.softmax_crossentropy_forward(&mut probs, &mut losses, &targets, oc)
+        .unwrap();
+    let mut dlogits = dev.alloc("dlogits", n * oc).unwrap();
+    dev.softmax_crossentropy_backward(&mut dlogits, &probs, &targets, oc, 0.25)
+        .unwrap();
+    [
+        out, dx, dp, ln, dln, dlp, y, dqkv, gl, dgl, probs, losses, dlogits,
+    ]
+    .iter()
+    .map(|b| b.as_slice().to_vec())
+    .collect()
+}
+
+fn assert_same(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (a, b)) in a.iter().zip(b).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "output {i} differs: {what}"
+        );
+    }
+}
+
+/// One Adam step over `n` parameters on `adam`; returns the new master weights.
+fn adam_step(adam: &mut Adam, n: usize) -> Vec<f32> {
+    let (mut p, mut m, mut v, g) = (values(n, 6), vec![0.0; n], vec![0.0; n], values(n, 7));
+    let s = StepScalars {
+        lr: 1e-3,
+        step: 1,
+        grad_scale: 1.0,
+    };
+    adam.step(&mut p, &mut m, &mut v, Grad::F32(&g), ParamOut::None, s)
+        .unwrap();
+    p
 }
 
 #[test]
-fn kernels_are_bit_identical_with_one_and_two_threads() {
-    let one = run_layers(1);
-    let two = run_layers(2);
-    for (i, (a, b)) in one.iter().zip(&two).enumerate() {
-        assert!(
-            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "output {i} differs between 1 and 2 threads"
-        );
+fn the_device_and_adam_share_one_pool_with_the_same_results() {
+    let pool = Arc::new(ThreadPool::new(3).unwrap());
+    let dev = CpuDevice::with_pool(Arc::clone(&pool), 1 << 30);
+    let mut adam = Adam::with_pool(AdamConfig::default(), Arc::clone(&pool));
+    assert_eq!((dev.threads(), adam.threads()), (3, 3));
+    assert!(Arc::ptr_eq(dev.pool(), adam.pool()));
+    let alone = run_layers(1);
+    let n = 300_000;
+    let reference = adam_step(&mut Adam::new(AdamConfig::default(), 1).unwrap(), n);
+    // Kernels and optimizer steps interleaved on the same pool, as in a training step.
+    for _ in 0..2 {
+        assert_same(&run_layers_on(&dev), &alone, "shared pool vs 1 thread");
+        let p = adam_step(&mut adam, n);
+        assert!(p
+            .iter()
+            .zip(&reference)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
     }
+}
+
+#[test]
+fn kernels_are_bit_identical_with_one_two_and_three_threads() {
+    let one = run_layers(1);
+    assert_same(&one, &run_layers(2), "1 vs 2 threads");
+    assert_same(&one, &run_layers(3), "1 vs 3 threads");
 }
 
 #[test]

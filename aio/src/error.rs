@@ -2,7 +2,8 @@
 //!
 //! Every variant carries what a user needs to find the fault: the operation, the file, the
 //! byte range and the OS error. Nothing in this crate builds an `AioError` from an errno
-//! except [`AioError::os`].
+//! except [`AioError::os`], and nothing in the workspace classifies an errno except
+//! [`ErrorKind::from_errno`] (through [`AioError::kind`] or [`ErrorKind::of_io`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -103,6 +104,51 @@ pub enum AioError {
     Config(String),
 }
 
+/// The class of a failure, for callers that react to each differently (report a full disk,
+/// give up on a failing device, treat a truncated file as corrupt). `zinf-swap` takes its fault
+/// kinds from here, so errno numbers are interpreted in this one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// EIO: the device failed the request.
+    Io,
+    /// ENOSPC or EDQUOT: the file system (or the user's quota) is full.
+    NoSpace,
+    /// Fewer bytes moved than asked for and retrying did not help: end of file on a read, a
+    /// write the kernel would not advance.
+    Short,
+    /// Any other OS error, by (positive) errno.
+    Os(i32),
+    /// A failure without an errno: configuration, alignment, a cancelled or unknown request.
+    Other,
+}
+
+impl ErrorKind {
+    /// The one errno → kind mapping (positive or negative errno, as io_uring reports it).
+    pub fn from_errno(errno: i32) -> Self {
+        match errno.abs() {
+            libc::EIO => ErrorKind::Io,
+            libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
+            n => ErrorKind::Os(n),
+        }
+    }
+
+    /// The kind of a `std::io::Error`: by its errno when it has one; else end of file and zero
+    /// writes are `Short`, "not found" is ENOENT's kind (as a failed `open` reports it) and
+    /// anything else is `Other`.
+    pub fn of_io(e: &std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(errno) => Self::from_errno(errno),
+            None => match e.kind() {
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::WriteZero => {
+                    ErrorKind::Short
+                }
+                std::io::ErrorKind::NotFound => Self::from_errno(libc::ENOENT),
+                _ => ErrorKind::Other,
+            },
+        }
+    }
+}
+
 impl AioError {
     /// The single errno → error mapping of the crate. Positive or negative errno are accepted
     /// (io_uring completions carry `-errno`).
@@ -157,9 +203,18 @@ impl AioError {
         }
     }
 
+    /// What kind of failure this is (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AioError::Os { errno, .. } => ErrorKind::from_errno(*errno),
+            AioError::UnexpectedEof { .. } | AioError::WriteZero { .. } => ErrorKind::Short,
+            _ => ErrorKind::Other,
+        }
+    }
+
     /// True when the device or filesystem is full (ENOSPC or EDQUOT).
     pub fn is_no_space(&self) -> bool {
-        matches!(self.errno(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        self.kind() == ErrorKind::NoSpace
     }
 }
 
@@ -171,4 +226,41 @@ pub(crate) fn is_retryable(errno: i32) -> bool {
 
 fn errno_text(errno: i32) -> String {
     std::io::Error::from_raw_os_error(errno).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_and_short_transfers_are_classified_in_one_place() {
+        let os = |errno| AioError::os(Op::Write, "/x", 0, 4096, errno);
+        assert_eq!(os(libc::EIO).kind(), ErrorKind::Io);
+        assert_eq!(
+            os(-libc::EIO).kind(),
+            ErrorKind::Io,
+            "io_uring's negative errno"
+        );
+        assert_eq!(os(libc::ENOSPC).kind(), ErrorKind::NoSpace);
+        assert_eq!(os(libc::EDQUOT).kind(), ErrorKind::NoSpace);
+        assert!(os(libc::ENOSPC).is_no_space() && !os(libc::EIO).is_no_space());
+        assert_eq!(os(libc::ENOENT).kind(), ErrorKind::Os(libc::ENOENT));
+        let eof = AioError::UnexpectedEof {
+            path: "/x".into(),
+            offset: 0,
+            len: 8192,
+            done: 4096,
+        };
+        assert_eq!(eof.kind(), ErrorKind::Short);
+        assert_eq!(AioError::UnknownFile(3).kind(), ErrorKind::Other);
+        let io = |k| ErrorKind::of_io(&std::io::Error::from(k));
+        assert_eq!(io(std::io::ErrorKind::UnexpectedEof), ErrorKind::Short);
+        assert_eq!(io(std::io::ErrorKind::InvalidData), ErrorKind::Other);
+        assert_eq!(
+            io(std::io::ErrorKind::NotFound),
+            ErrorKind::Os(libc::ENOENT)
+        );
+        let raw = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(ErrorKind::of_io(&raw), ErrorKind::NoSpace);
+    }
 }

@@ -22,7 +22,7 @@ mod uring;
 
 pub use buf::{lock_in_ram, AlignedBuf, HugePages, HUGE_PAGE_BYTES, PAGE_BYTES};
 pub use engine::{wait_any, AioEngine, FileId, OpenMode, Request};
-pub use error::{AioError, Op};
+pub use error::{AioError, ErrorKind, Op};
 pub use pool::{BufferPool, PoolStats};
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -172,6 +172,12 @@ pub trait Device: Send + Sync {
     fn name(&self) -> String;
     /// The memory account of this device.
     fn budget(&self) -> &MemoryBudget;
+    /// The host compute pool this device's kernels run on, for the CPU optimizer to share
+    /// (one pool of threads per run on the CPU backend); `None` when the device computes
+    /// elsewhere (a GPU), and the optimizer then keeps its own.
+    fn host_pool(&self) -> Option<std::sync::Arc<crate::threads::ThreadPool>> {
+        None
+    }
     /// A zero-filled buffer of `len` fp32 elements charged to the budget as `what`.
     fn alloc(&self, what: &str, len: usize) -> Result<Self::Buffer, DeviceError>;
     /// Copies `src` into `dst[offset..]`, widening half precision to fp32.

@@ -221,7 +221,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         } else {
             Vec::new()
         };
-        let (adam, scaler, sched) = s.optimizer()?;
+        let (adam, scaler, sched) = s.optimizer(dev.host_pool())?;
         let pointer = match &start {
             Start::Resume(dir) => Some(checkpoint::read_pointer(dir)?),
             Start::Fresh(_) => None,

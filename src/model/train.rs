@@ -9,7 +9,7 @@
 
 use super::{init_params, Gpt, GptConfig, HostParams, ModelError, ParamDtype};
 use crate::data::{val_batches, Batcher, Dataset};
-use crate::device::CpuDevice;
+use crate::device::{CpuDevice, Device};
 use crate::optim::{
     combined_grad_scale, Adam, AdamConfig, Grad, LossScaler, LossScalerConfig, LrScheduler,
     OptimError, ParamOut, SchedulerConfig, StepOutcome, StepScalars,
@@ -37,8 +37,16 @@ pub struct TrainSettings {
 
 impl TrainSettings {
     /// The CPU Adam, the loss scaler and the LR scheduler these settings describe, fresh.
-    pub fn optimizer(&self) -> Result<(Adam, LossScaler, Option<LrScheduler>), OptimError> {
-        let adam = Adam::new(self.adam, self.threads)?;
+    /// Adam runs on `pool` when given (the CPU device's compute pool: one set of threads per
+    /// run), else on a pool of its own of `threads` threads.
+    pub fn optimizer(
+        &self,
+        pool: Option<std::sync::Arc<crate::threads::ThreadPool>>,
+    ) -> Result<(Adam, LossScaler, Option<LrScheduler>), OptimError> {
+        let adam = match pool {
+            Some(p) => Adam::with_pool(self.adam, p),
+            None => Adam::new(self.adam, self.threads)?,
+        };
         let scaler = LossScaler::new(&self.loss_scaler, self.fp16)?;
         let sched = self
             .scheduler
@@ -120,7 +128,7 @@ impl Trainer {
         // The fp32 master starts from the stored (rounded) values, as DeepSpeed's does.
         let master = params.to_f32();
         let n = master.len();
-        let (adam, scaler, sched) = s.optimizer()?;
+        let (adam, scaler, sched) = s.optimizer(dev.host_pool())?;
         let batcher = Batcher::new(s.seed, s.micro_batch, s.seq_len);
         Ok(Trainer {
             settings,

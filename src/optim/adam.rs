@@ -1,10 +1,11 @@
 //! The Adam / AdamW driver: DeepSpeed's `DeepSpeedCPUAdam` semantics over one parameter group's
-//! fp32 master weights and moments, split over a persistent thread pool in contiguous,
-//! cache-line-aligned chunks (the same split every step, so pages first touched through
+//! fp32 master weights and moments, split over the run's compute pool (`crate::threads`) in
+//! contiguous, cache-line-aligned chunks (the same split every step, so pages first touched through
 //! [`Adam::for_each_partition`] stay local to the thread that updates them). It does not own the
 //! state, know about tensors, or decide whether a step is skipped; the engine does.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
@@ -12,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::kernels::{
     self, GradElem, Kernel, NoOut, OutElem, StepConsts, DECAY_ADAMW, DECAY_L2, DECAY_NONE,
 };
-use super::pool::{partition, ThreadPool};
 use super::stats::{grad_stats_with, GradStats};
 use super::OptimError;
+use crate::threads::{partition, ThreadPool};
 
 /// Below this many elements a step runs on the calling thread only: waking the pool costs more
 /// than it saves. Results do not depend on it (the update is element-wise).
@@ -220,25 +221,32 @@ unsafe impl<G: Sync, O: Send> Sync for Parts<G, O> {}
 pub struct Adam {
     config: AdamConfig,
     kernel: Kernel,
-    pool: ThreadPool,
+    pool: Arc<ThreadPool>,
 }
 
 impl Adam {
     /// An optimizer with the fastest kernel of this CPU and `threads` threads (0: one per
-    /// available CPU).
+    /// available CPU), on a compute pool of its own. A training run shares one pool between
+    /// the device and the optimizer instead: see [`Adam::with_pool`].
     pub fn new(config: AdamConfig, threads: usize) -> Result<Self, OptimError> {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             threads
         };
+        Ok(Self::with_pool(config, Arc::new(ThreadPool::new(threads)?)))
+    }
+
+    /// An optimizer with the fastest kernel of this CPU running on `pool` (the run's one compute
+    /// pool, also given to `CpuDevice::with_pool`); it uses all of the pool's threads.
+    pub fn with_pool(config: AdamConfig, pool: Arc<ThreadPool>) -> Self {
         let kernel = Kernel::detect();
-        tracing::debug!(kernel = kernel.name(), threads, "cpu adam");
-        Ok(Self {
+        tracing::debug!(kernel = kernel.name(), threads = pool.threads(), "cpu adam");
+        Self {
             config,
             kernel,
-            pool: ThreadPool::new(threads)?,
-        })
+            pool,
+        }
     }
 
     /// Forces a kernel (tests and benchmarks); an error if this CPU cannot run it.
@@ -250,6 +258,7 @@ impl Adam {
         Ok(self)
     }
 
+    /// The hyper-parameters.
     pub fn config(&self) -> &AdamConfig {
         &self.config
     }
@@ -259,12 +268,19 @@ impl Adam {
         self.config.betas = betas;
     }
 
+    /// The kernel every step runs.
     pub fn kernel(&self) -> Kernel {
         self.kernel
     }
 
+    /// Threads a step runs on (those of its pool).
     pub fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    /// The compute pool the steps run on.
+    pub fn pool(&self) -> &Arc<ThreadPool> {
+        &self.pool
     }
 
     /// Calls `f` once per thread, on that thread, with the element range of `0..len` it owns in

@@ -27,8 +27,8 @@ pub enum OptimError {
     /// A kernel was forced that this CPU (or this build) cannot run.
     #[error("kernel {0} is not available on this CPU")]
     KernelUnavailable(&'static str),
-    /// The thread pool could not start its workers.
-    #[error("could not start optimizer thread {index}: {message}")]
+    /// The compute pool could not start its workers.
+    #[error("could not start compute thread {index}: {message}")]
     ThreadSpawn { index: usize, message: String },
     /// DeepSpeed's `DynamicLossScaler` raises here: the gradients overflowed while the loss
     /// scale was already at `min_loss_scale` and no hysteresis was left.
@@ -43,4 +43,13 @@ pub enum OptimError {
         value: f64,
         why: &'static str,
     },
+}
+
+impl From<crate::threads::SpawnError> for OptimError {
+    fn from(e: crate::threads::SpawnError) -> Self {
+        OptimError::ThreadSpawn {
+            index: e.index,
+            message: e.message,
+        }
+    }
 }

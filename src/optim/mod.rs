@@ -5,20 +5,21 @@
 //!
 //! This module knows nothing of models, devices or files: it works on slices that the engine
 //! hands it. The SIMD kernels (`kernels/`) are chosen at run time and are bit-identical to the
-//! scalar reference (`kernels/scalar.rs`); the driver (`adam.rs`) splits a step over a persistent
-//! thread pool (`pool.rs`) without allocating.
+//! scalar reference (`kernels/scalar.rs`); the driver (`adam.rs`) splits a step over the run's
+//! persistent CPU compute pool (`crate::threads`, shared with the CPU device) without allocating.
 
 mod adam;
 mod error;
 pub mod kernels;
 mod loss_scaler;
 mod lr_schedule;
-mod pool;
 mod stats;
 
 #[cfg(test)]
 mod tests;
 
+/// The compute pool moved to [`crate::threads`]; this path stays for existing callers.
+pub use crate::threads::ThreadPool;
 pub use adam::{Adam, AdamConfig, Grad, ParamOut, StepScalars};
 pub use error::OptimError;
 pub use kernels::Kernel;
@@ -27,5 +28,4 @@ pub use lr_schedule::{
     LRRangeTestConfig, LrScheduler, LrSchedulerState, OneCycleConfig, SchedulerConfig,
     WarmupCosineLRConfig, WarmupDecayLRConfig, WarmupLRConfig, WarmupType,
 };
-pub use pool::ThreadPool;
 pub use stats::{clip_coef, combined_grad_scale, global_norm, grad_stats, GradStats};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::adam::Grad;
 use super::kernels::{sum_sq_chunk, Kernel};
-use super::pool::ThreadPool;
+use crate::threads::ThreadPool;
 
 /// Number of fixed slices the concatenated gradients are summed in (and the most threads the
 /// statistics use).

@@ -51,11 +51,7 @@ pub struct AioBackend {
 }
 
 fn fault(e: &AioError) -> IoFault {
-    let kind = match e {
-        AioError::UnexpectedEof { .. } | AioError::WriteZero { .. } => FaultKind::Short,
-        _ => e.errno().map_or(FaultKind::Other, FaultKind::from_errno),
-    };
-    IoFault::new(kind, e.to_string())
+    IoFault::from_aio(e)
 }
 
 impl AioBackend {

@@ -1,4 +1,5 @@
-//! The block-I/O trait the store is generic over, and the fault type its implementations report.
+//! The block-I/O trait the store is generic over, and the fault type its implementations report
+//! (classified by zinf-aio's `ErrorKind`: swap never reads an errno number itself).
 //!
 //! The shape follows an io_uring engine: a request takes ownership of a pool buffer when it is
 //! submitted and hands it back only with its completion, so a backend can keep many requests in
@@ -18,7 +19,7 @@ pub struct FileNo(pub usize);
 pub enum FaultKind {
     /// EIO: the device failed the request.
     Eio,
-    /// ENOSPC: the file system is full.
+    /// ENOSPC or EDQUOT: the file system (or the quota) is full.
     NoSpace,
     /// Fewer bytes moved than asked for, and resubmitting did not help (end of file).
     Short,
@@ -30,15 +31,15 @@ pub enum FaultKind {
     Other,
 }
 
-impl FaultKind {
-    /// The one place an errno becomes a kind (positive or negative, as io_uring reports it).
-    pub fn from_errno(errno: i32) -> Self {
-        const EIO: i32 = 5;
-        const ENOSPC: i32 = 28;
-        match errno.abs() {
-            EIO => FaultKind::Eio,
-            ENOSPC => FaultKind::NoSpace,
-            n => FaultKind::Os(n),
+impl From<zinf_aio::ErrorKind> for FaultKind {
+    /// Swap does not read errno numbers itself: zinf-aio classifies them (`ErrorKind`).
+    fn from(k: zinf_aio::ErrorKind) -> Self {
+        match k {
+            zinf_aio::ErrorKind::Io => FaultKind::Eio,
+            zinf_aio::ErrorKind::NoSpace => FaultKind::NoSpace,
+            zinf_aio::ErrorKind::Short => FaultKind::Short,
+            zinf_aio::ErrorKind::Os(errno) => FaultKind::Os(errno),
+            zinf_aio::ErrorKind::Other => FaultKind::Other,
         }
     }
 }
@@ -47,11 +48,14 @@ impl FaultKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{kind:?}: {message}")]
 pub struct IoFault {
+    /// What kind of failure it was.
     pub kind: FaultKind,
+    /// What failed, for the user.
     pub message: String,
 }
 
 impl IoFault {
+    /// A fault of `kind` with a message for the user.
     pub fn new(kind: FaultKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -59,14 +63,14 @@ impl IoFault {
         }
     }
 
-    /// Maps an OS error to a fault.
+    /// Maps an OS error to a fault, classified by zinf-aio.
     pub fn from_io(e: &std::io::Error) -> Self {
-        let kind = match e.raw_os_error() {
-            Some(n) => FaultKind::from_errno(n),
-            None if e.kind() == std::io::ErrorKind::UnexpectedEof => FaultKind::Short,
-            None => FaultKind::Other,
-        };
-        Self::new(kind, e.to_string())
+        Self::new(zinf_aio::ErrorKind::of_io(e).into(), e.to_string())
+    }
+
+    /// Maps a zinf-aio error to a fault, classified by zinf-aio.
+    pub fn from_aio(e: &zinf_aio::AioError) -> Self {
+        Self::new(e.kind().into(), e.to_string())
     }
 }
 

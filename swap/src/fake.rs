@@ -269,7 +269,9 @@ impl BlockIo for FakeIo {
             return Ok(FileNo(i));
         }
         if !create {
-            return Err(IoFault::new(FaultKind::Os(2), "no such fake file"));
+            // Classified by zinf-aio like a real failed open (ENOENT).
+            let kind = zinf_aio::ErrorKind::of_io(&std::io::ErrorKind::NotFound.into());
+            return Err(IoFault::new(kind.into(), "no such fake file"));
         }
         let zeros = vec![0u8; len_bytes as usize];
         let f = FakeFile {

@@ -1,28 +1,39 @@
 //! CPU causal self-attention, forward and backward, over one batch item at a time.
 //!
 //! Per head the products are `gemm` calls on strided views of the packed `qkv (T,3C)` rows,
-//! so no head is ever copied out. Batch items run in parallel; each writes only its own rows,
-//! which keeps the result independent of the thread count.
+//! so no head is ever copied out. Batch items are split over the run's compute pool; each writes
+//! only its own rows, which keeps the result independent of the thread count.
 
-use super::kernels::{gemm_acc, run_parallel, softmax_row, Mat};
+use super::kernels::{gemm_acc, softmax_row, Mat};
 use crate::device::AttnShape;
+use crate::threads::{SharedMut, ThreadPool};
 
-/// qkv (B,T,3C) -> out (B,T,C), att (B,NH,T,T) = causal softmax(q k^T / sqrt(hs)).
+/// qkv (B,T,3C) -> out (B,T,C), att (B,NH,T,T) = causal softmax(q k^T / sqrt(hs)); batch items
+/// split over `pool`.
 pub fn attention_forward(
     out: &mut [f32],
     att: &mut [f32],
     qkv: &[f32],
     s: AttnShape,
-    threads: usize,
+    pool: &ThreadPool,
 ) {
     let (t, c, nh) = (s.t, s.c, s.nh);
-    let items: Vec<_> = out
-        .chunks_exact_mut(t * c)
-        .zip(att.chunks_exact_mut(nh * t * t))
-        .zip(qkv.chunks_exact(t * 3 * c))
-        .collect();
-    run_parallel(threads, items, |((out_b, att_b), qkv_b)| {
-        attention_forward_one(out_b, att_b, qkv_b, s);
+    assert!(out.len() == s.b * t * c && att.len() == s.b * nh * t * t);
+    assert_eq!(qkv.len(), s.b * t * 3 * c);
+    let (out, att) = (SharedMut::new(out), SharedMut::new(att));
+    pool.for_ranges(s.b, 1, 2, &|r| {
+        for b in r {
+            // SAFETY: `for_ranges` gives each job a disjoint range of batch items, and each
+            // item's rows of `out` and `att` are disjoint from every other item's.
+            let (out_b, att_b) = unsafe {
+                (
+                    out.range(b * t * c..(b + 1) * t * c),
+                    att.range(b * nh * t * t..(b + 1) * nh * t * t),
+                )
+            };
+            let qkv_b = &qkv[b * t * 3 * c..(b + 1) * t * 3 * c];
+            attention_forward_one(out_b, att_b, qkv_b, s);
+        }
     });
 }
 
@@ -67,7 +78,7 @@ fn attention_forward_one(out_b: &mut [f32], att_b: &mut [f32], qkv_b: &[f32], s:
     }
 }
 
-/// dout (B,T,C) -> dqkv (B,T,3C) (+=); scratch holds (B,NH,T,T).
+/// dout (B,T,C) -> dqkv (B,T,3C) (+=); scratch holds (B,NH,T,T); batch items split over `pool`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
@@ -76,25 +87,31 @@ pub fn attention_backward(
     qkv: &[f32],
     att: &[f32],
     s: AttnShape,
-    threads: usize,
+    pool: &ThreadPool,
 ) {
     let (t, c, nh) = (s.t, s.c, s.nh);
-    let items: Vec<_> = dqkv
-        .chunks_exact_mut(t * 3 * c)
-        .zip(scratch.chunks_exact_mut(nh * t * t))
-        .zip(dout.chunks_exact(t * c))
-        .zip(
-            qkv.chunks_exact(t * 3 * c)
-                .zip(att.chunks_exact(nh * t * t)),
-        )
-        .collect();
-    run_parallel(
-        threads,
-        items,
-        |(((dqkv_b, scr_b), dout_b), (qkv_b, att_b))| {
-            attention_backward_one(dqkv_b, scr_b, dout_b, qkv_b, att_b, s);
-        },
-    );
+    assert!(dqkv.len() == s.b * t * 3 * c && qkv.len() == dqkv.len());
+    assert!(scratch.len() == s.b * nh * t * t && att.len() == scratch.len());
+    assert_eq!(dout.len(), s.b * t * c);
+    let (dqkv, scratch) = (SharedMut::new(dqkv), SharedMut::new(scratch));
+    pool.for_ranges(s.b, 1, 2, &|r| {
+        for b in r {
+            let (qkv_rows, att_rows) = (
+                b * t * 3 * c..(b + 1) * t * 3 * c,
+                b * nh * t * t..(b + 1) * nh * t * t,
+            );
+            // SAFETY: `for_ranges` gives each job a disjoint range of batch items, and each
+            // item's rows of `dqkv` and `scratch` are disjoint from every other item's.
+            let (dqkv_b, scr_b) = unsafe {
+                (
+                    dqkv.range(qkv_rows.clone()),
+                    scratch.range(att_rows.clone()),
+                )
+            };
+            let dout_b = &dout[b * t * c..(b + 1) * t * c];
+            attention_backward_one(dqkv_b, scr_b, dout_b, &qkv[qkv_rows], &att[att_rows], s);
+        }
+    });
 }
 
 fn attention_backward_one(

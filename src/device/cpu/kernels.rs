@@ -1,35 +1,28 @@
 //! CPU layer kernels: plain functions over fp32 slices, llm.c style, shapes in comments.
 //!
-//! Matrix products go through the `gemm` crate; everything else is a simple loop,
-//! parallelised over rows or batch items with scoped threads. Every reduction that crosses
-//! rows (bias and LayerNorm parameter gradients) runs in one fixed order, so results are
-//! bit-identical whatever the thread count. Backward kernels add (`+=`) into gradients.
+//! Matrix products go through the `gemm` crate; everything else is a simple loop, split over
+//! rows or elements on the run's persistent compute pool (`crate::threads`): a call spawns no
+//! thread and allocates nothing. A row's (or an element's) arithmetic never depends on which
+//! thread runs it, and every reduction that crosses rows (bias and LayerNorm parameter
+//! gradients) runs on the calling thread in one fixed order, so results are bit-identical
+//! whatever the thread count. Backward kernels add (`+=`) into gradients.
 
 use crate::device::Linear;
+use crate::threads::{SharedMut, ThreadPool};
 use gemm::Parallelism;
 
 /// LayerNorm epsilon, as in Hugging Face's GPT-2 (`layer_norm_epsilon = 1e-5`).
 pub const LN_EPS: f32 = 1e-5;
 
-/// Runs `f` on every work item, spread over up to `threads` scoped threads in contiguous runs.
-pub fn run_parallel<W: Send>(threads: usize, items: Vec<W>, f: impl Fn(W) + Sync) {
-    if threads <= 1 || items.len() <= 1 {
-        items.into_iter().for_each(f);
-        return;
-    }
-    let per = items.len().div_ceil(threads);
-    let mut groups: Vec<Vec<W>> = Vec::new();
-    let mut it = items.into_iter().peekable();
-    while it.peek().is_some() {
-        groups.push(it.by_ref().take(per).collect());
-    }
-    let f = &f;
-    std::thread::scope(|s| {
-        for g in groups {
-            s.spawn(move || g.into_iter().for_each(f));
-        }
-    });
-}
+/// Row-wise kernels (LayerNorm) go parallel from this many rows; fewer run on the caller, where
+/// waking the pool would cost more than the work.
+const PAR_MIN_ROWS: usize = 65;
+
+/// Element-wise kernels (GELU) go parallel from this many elements.
+const PAR_MIN_ELEMS: usize = (1 << 14) + 1;
+
+/// Element-wise ranges start on multiples of this many f32 (a 64-byte cache line).
+const LINE_ELEMS: usize = 16;
 
 /// A strided matrix view: element (i, j) lives at `data[off + i*rs + j*cs]`.
 #[derive(Clone, Copy)]
@@ -82,6 +75,11 @@ pub fn gemm_acc(
         last_index(rhs.off, k, n, rhs.rs, rhs.cs) < rhs.data.len(),
         "gemm rhs out of range"
     );
+    // gemm parallelises only over rayon's global pool (`Parallelism` has no other executor), and
+    // its threads are persistent too, so products keep it rather than run on our compute pool:
+    // splitting a product ourselves would mean writing our own blocking, i.e. our own matmul.
+    // Products, the other kernels and Adam run one after another on the caller's thread, so
+    // the two pools take turns on the cores (rayon's idle workers sleep after a short spin).
     let par = if threads > 1 {
         Parallelism::Rayon(threads)
     } else {
@@ -152,7 +150,7 @@ pub fn encoder_backward(
     }
 }
 
-/// inp (N,C) -> out (N,C), mean (N), rstd (N).
+/// inp (N,C) -> out (N,C), mean (N), rstd (N); rows split over `pool`.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(
     out: &mut [f32],
@@ -162,30 +160,58 @@ pub fn layernorm_forward(
     w: &[f32],
     b: &[f32],
     c: usize,
-    threads: usize,
+    pool: &ThreadPool,
 ) {
-    let rows_per = 64;
-    let items: Vec<_> = out
-        .chunks_mut(rows_per * c)
-        .zip(mean.chunks_mut(rows_per))
-        .zip(rstd.chunks_mut(rows_per))
-        .zip(inp.chunks(rows_per * c))
-        .collect();
-    run_parallel(threads, items, |(((o, m), r), x)| {
-        for (((orow, mi), ri), xrow) in o.chunks_exact_mut(c).zip(m).zip(r).zip(x.chunks_exact(c)) {
-            let mu = xrow.iter().sum::<f32>() / c as f32;
-            let var = xrow.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-            let s = 1.0 / (var + LN_EPS).sqrt();
-            for (((o, &xv), wv), bv) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
-                *o = (xv - mu) * s * wv + bv;
-            }
-            *mi = mu;
-            *ri = s;
-        }
+    let n = mean.len();
+    assert!(out.len() == n * c && inp.len() == n * c && rstd.len() == n);
+    let (out, mean, rstd) = (
+        SharedMut::new(out),
+        SharedMut::new(mean),
+        SharedMut::new(rstd),
+    );
+    pool.for_ranges(n, 1, PAR_MIN_ROWS, &|r| {
+        let elems = r.start * c..r.end * c;
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let (o, m, s) = unsafe {
+            (
+                out.range(elems.clone()),
+                mean.range(r.clone()),
+                rstd.range(r),
+            )
+        };
+        layernorm_forward_rows(o, m, s, &inp[elems], w, b, c);
     });
 }
 
-/// dout (N,C) -> dinp (N,C) (+=, parallel over rows), then dw, db (+=, one fixed order).
+/// `layernorm_forward` over a run of whole rows, on this thread.
+fn layernorm_forward_rows(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    c: usize,
+) {
+    for (((orow, mi), ri), xrow) in out
+        .chunks_exact_mut(c)
+        .zip(mean)
+        .zip(rstd)
+        .zip(inp.chunks_exact(c))
+    {
+        let mu = xrow.iter().sum::<f32>() / c as f32;
+        let var = xrow.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+        let s = 1.0 / (var + LN_EPS).sqrt();
+        for (((o, &xv), wv), bv) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
+            *o = (xv - mu) * s * wv + bv;
+        }
+        *mi = mu;
+        *ri = s;
+    }
+}
+
+/// dout (N,C) -> dinp (N,C) (+=, rows split over `pool`), then dw, db (+=, one fixed order on
+/// the calling thread).
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dinp: &mut [f32],
@@ -197,37 +223,17 @@ pub fn layernorm_backward(
     mean: &[f32],
     rstd: &[f32],
     c: usize,
-    threads: usize,
+    pool: &ThreadPool,
 ) {
-    let rows_per = 64;
-    let items: Vec<_> = dinp
-        .chunks_mut(rows_per * c)
-        .zip(dout.chunks(rows_per * c))
-        .zip(inp.chunks(rows_per * c))
-        .zip(mean.chunks(rows_per).zip(rstd.chunks(rows_per)))
-        .collect();
-    run_parallel(threads, items, |(((di, go), x), (m, r))| {
-        for ((((direw, grow), xrow), &mu), &s) in di
-            .chunks_exact_mut(c)
-            .zip(go.chunks_exact(c))
-            .zip(x.chunks_exact(c))
-            .zip(m)
-            .zip(r)
-        {
-            let (mut dnorm_mean, mut dnorm_norm_mean) = (0.0f32, 0.0f32);
-            for i in 0..c {
-                let dnorm = w[i] * grow[i];
-                dnorm_mean += dnorm;
-                dnorm_norm_mean += dnorm * (xrow[i] - mu) * s;
-            }
-            dnorm_mean /= c as f32;
-            dnorm_norm_mean /= c as f32;
-            for i in 0..c {
-                let norm = (xrow[i] - mu) * s;
-                let dnorm = w[i] * grow[i];
-                direw[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
-            }
-        }
+    let n = mean.len();
+    assert!(dinp.len() == n * c && dout.len() == n * c && inp.len() == n * c && rstd.len() == n);
+    let shared = SharedMut::new(dinp);
+    pool.for_ranges(n, 1, PAR_MIN_ROWS, &|r| {
+        let elems = r.start * c..r.end * c;
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let di = unsafe { shared.range(elems.clone()) };
+        let (go, x) = (&dout[elems.clone()], &inp[elems]);
+        layernorm_backward_rows(di, go, x, w, &mean[r.clone()], &rstd[r], c);
     });
     for (((grow, xrow), &mu), &s) in dout
         .chunks_exact(c)
@@ -238,6 +244,39 @@ pub fn layernorm_backward(
         for i in 0..c {
             dw[i] += (xrow[i] - mu) * s * grow[i];
             db[i] += grow[i];
+        }
+    }
+}
+
+/// The input gradient of `layernorm_backward` over a run of whole rows, on this thread.
+fn layernorm_backward_rows(
+    dinp: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    for ((((direw, grow), xrow), &mu), &s) in dinp
+        .chunks_exact_mut(c)
+        .zip(dout.chunks_exact(c))
+        .zip(inp.chunks_exact(c))
+        .zip(mean)
+        .zip(rstd)
+    {
+        let (mut dnorm_mean, mut dnorm_norm_mean) = (0.0f32, 0.0f32);
+        for i in 0..c {
+            let dnorm = w[i] * grow[i];
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += dnorm * (xrow[i] - mu) * s;
+        }
+        dnorm_mean /= c as f32;
+        dnorm_norm_mean /= c as f32;
+        for i in 0..c {
+            let norm = (xrow[i] - mu) * s;
+            let dnorm = w[i] * grow[i];
+            direw[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
 }
@@ -262,26 +301,28 @@ pub fn bias_forward(out: &mut [f32], b: &[f32], oc: usize) {
 
 const GELU_SCALE: f32 = 0.797_884_6; // sqrt(2/pi)
 
-/// Element-wise tanh-approximated GELU (Hugging Face's `gelu_new`).
-pub fn gelu_forward(out: &mut [f32], inp: &[f32], threads: usize) {
-    let items: Vec<_> = out.chunks_mut(1 << 14).zip(inp.chunks(1 << 14)).collect();
-    run_parallel(threads, items, |(o, x)| {
-        for (o, &x) in o.iter_mut().zip(x) {
+/// Element-wise tanh-approximated GELU (Hugging Face's `gelu_new`), split over `pool`.
+pub fn gelu_forward(out: &mut [f32], inp: &[f32], pool: &ThreadPool) {
+    assert_eq!(out.len(), inp.len(), "gelu_forward: length mismatch");
+    let shared = SharedMut::new(out);
+    pool.for_ranges(inp.len(), LINE_ELEMS, PAR_MIN_ELEMS, &|r| {
+        // SAFETY: `for_ranges` gives each job a disjoint range of elements.
+        let o = unsafe { shared.range(r.clone()) };
+        for (o, &x) in o.iter_mut().zip(&inp[r]) {
             let cube = 0.044715 * x * x * x;
             *o = 0.5 * x * (1.0 + (GELU_SCALE * (x + cube)).tanh());
         }
     });
 }
 
-/// dinp += gelu'(inp) * dout.
-pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], threads: usize) {
-    let items: Vec<_> = dinp
-        .chunks_mut(1 << 14)
-        .zip(inp.chunks(1 << 14))
-        .zip(dout.chunks(1 << 14))
-        .collect();
-    run_parallel(threads, items, |((d, x), g)| {
-        for ((d, &x), g) in d.iter_mut().zip(x).zip(g) {
+/// dinp += gelu'(inp) * dout, split over `pool`.
+pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], pool: &ThreadPool) {
+    assert!(dinp.len() == inp.len() && dout.len() == inp.len());
+    let shared = SharedMut::new(dinp);
+    pool.for_ranges(inp.len(), LINE_ELEMS, PAR_MIN_ELEMS, &|r| {
+        // SAFETY: `for_ranges` gives each job a disjoint range of elements.
+        let d = unsafe { shared.range(r.clone()) };
+        for ((d, &x), g) in d.iter_mut().zip(&inp[r.clone()]).zip(&dout[r]) {
             let cube = 0.044715 * x * x * x;
             let arg = GELU_SCALE * (x + cube);
             let th = arg.tanh();
@@ -293,22 +334,24 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], threads: usize
     });
 }
 
-/// logits (N,V) -> probs (N,V) in place, losses (N) = -ln probs[target].
+/// logits (N,V) -> probs (N,V) in place, losses (N) = -ln probs[target]; rows split over `pool`.
 pub fn softmax_crossentropy_forward(
     probs: &mut [f32],
     losses: &mut [f32],
     targets: &[u32],
     v: usize,
-    threads: usize,
+    pool: &ThreadPool,
 ) {
-    let items: Vec<_> = probs
-        .chunks_exact_mut(v)
-        .zip(losses.iter_mut())
-        .zip(targets)
-        .collect();
-    run_parallel(threads, items, |((row, loss), &tgt)| {
-        softmax_row(row);
-        *loss = -row[tgt as usize].ln();
+    let n = targets.len();
+    assert!(probs.len() == n * v && losses.len() == n);
+    let (probs, losses) = (SharedMut::new(probs), SharedMut::new(losses));
+    pool.for_ranges(n, 1, 2, &|r| {
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let (p, l) = unsafe { (probs.range(r.start * v..r.end * v), losses.range(r.clone())) };
+        for ((row, loss), &tgt) in p.chunks_exact_mut(v).zip(l).zip(&targets[r]) {
+            softmax_row(row);
+            *loss = -row[tgt as usize].ln();
+        }
     });
 }
 
@@ -324,24 +367,28 @@ pub fn softmax_row(row: &mut [f32]) {
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// dlogits (N,V) += (probs - onehot(target)) * dloss.
+/// dlogits (N,V) += (probs - onehot(target)) * dloss; rows split over `pool`.
 pub fn softmax_crossentropy_backward(
     dlogits: &mut [f32],
     probs: &[f32],
     targets: &[u32],
     v: usize,
     dloss: f32,
-    threads: usize,
+    pool: &ThreadPool,
 ) {
-    let items: Vec<_> = dlogits
-        .chunks_exact_mut(v)
-        .zip(probs.chunks_exact(v))
-        .zip(targets)
-        .collect();
-    run_parallel(threads, items, |((d, p), &tgt)| {
-        for (i, (d, &p)) in d.iter_mut().zip(p).enumerate() {
-            let ind = if i == tgt as usize { 1.0 } else { 0.0 };
-            *d += (p - ind) * dloss;
+    let n = targets.len();
+    assert!(dlogits.len() == n * v && probs.len() == n * v);
+    let shared = SharedMut::new(dlogits);
+    pool.for_ranges(n, 1, 2, &|r| {
+        let elems = r.start * v..r.end * v;
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let d = unsafe { shared.range(elems.clone()) };
+        let rows = d.chunks_exact_mut(v).zip(probs[elems].chunks_exact(v));
+        for ((d, p), &tgt) in rows.zip(&targets[r]) {
+            for (i, (d, &p)) in d.iter_mut().zip(p).enumerate() {
+                let ind = if i == tgt as usize { 1.0 } else { 0.0 };
+                *d += (p - ind) * dloss;
+            }
         }
     });
 }

@@ -1,5 +1,6 @@
 //! The CPU device backend: fp32 buffers in host RAM charged to a device memory budget,
-//! multi-threaded layer kernels (`gemm` for products), synchronous work with completed events.
+//! multi-threaded layer kernels (`gemm` for products, the run's compute pool for the rest),
+//! synchronous work with completed events.
 //!
 //! It is a real backend, not a test double: the trainer and the engine run on it. Shape
 //! mismatches between buffers are programmer errors and assert; bad token ids and
@@ -8,7 +9,10 @@
 pub mod attention;
 pub mod kernels;
 
+use std::sync::Arc;
+
 use super::{AttnShape, Device, DeviceBuffer, DeviceError, HostSlice, Linear, MemoryBudget, Norm};
+use crate::threads::ThreadPool;
 
 /// An fp32 buffer in host memory; its bytes go back to the budget when it is dropped.
 #[derive(Debug)]
@@ -45,25 +49,45 @@ impl DeviceBuffer for CpuBuffer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuEvent;
 
-/// The CPU device: `threads` worker threads and a memory budget.
+/// The CPU device: a compute pool (shared with the optimizer in a training run) and a memory
+/// budget.
 #[derive(Debug)]
 pub struct CpuDevice {
-    threads: usize,
+    pool: Arc<ThreadPool>,
     budget: MemoryBudget,
 }
 
 impl CpuDevice {
-    /// A CPU device running kernels on `threads` threads (at least one) under `budget_bytes`.
+    /// A CPU device running kernels on a compute pool of its own with `threads` threads (at
+    /// least one) under `budget_bytes`. A training run creates one pool and passes it to both
+    /// the device and the optimizer instead: see [`CpuDevice::with_pool`].
+    ///
+    /// # Panics
+    /// When the OS cannot start the pool's threads (as `std::thread::spawn` does).
     pub fn new(threads: usize, budget_bytes: u64) -> Self {
+        match ThreadPool::new(threads) {
+            Ok(pool) => Self::with_pool(Arc::new(pool), budget_bytes),
+            Err(e) => panic!("CpuDevice::new: {e}"),
+        }
+    }
+
+    /// A CPU device running its kernels on `pool` (the run's one compute pool, also given to
+    /// `Adam::with_pool`) under `budget_bytes`; products use as many threads as the pool has.
+    pub fn with_pool(pool: Arc<ThreadPool>, budget_bytes: u64) -> Self {
         CpuDevice {
-            threads: threads.max(1),
+            pool,
             budget: MemoryBudget::new(budget_bytes),
         }
     }
 
-    /// Worker threads used by the kernels.
+    /// Threads the kernels run on (those of the pool).
     pub fn threads(&self) -> usize {
-        self.threads
+        self.pool.threads()
+    }
+
+    /// The compute pool the kernels run on.
+    pub fn pool(&self) -> &Arc<ThreadPool> {
+        &self.pool
     }
 }
 
@@ -100,7 +124,11 @@ impl Device for CpuDevice {
     type Event = CpuEvent;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", self.threads)
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn host_pool(&self) -> Option<Arc<ThreadPool>> {
+        Some(self.pool.clone())
     }
 
     fn budget(&self) -> &MemoryBudget {
@@ -261,7 +289,7 @@ impl Device for CpuDevice {
             w,
             b,
             c,
-            self.threads,
+            &self.pool,
         );
         Ok(())
     }
@@ -296,7 +324,7 @@ impl Device for CpuDevice {
             &mean.data,
             &rstd.data,
             c,
-            self.threads,
+            &self.pool,
         );
         Ok(())
     }
@@ -314,7 +342,7 @@ impl Device for CpuDevice {
             inp.len() / lin.c * lin.oc,
             "matmul_forward: out is not (N,OC)"
         );
-        kernels::matmul_forward(&mut out.data, &inp.data, &params.data, lin, self.threads);
+        kernels::matmul_forward(&mut out.data, &inp.data, &params.data, lin, self.threads());
         Ok(())
     }
 
@@ -340,7 +368,7 @@ impl Device for CpuDevice {
             &inp.data,
             &params.data,
             lin,
-            self.threads,
+            self.threads(),
         );
         Ok(())
     }
@@ -367,7 +395,7 @@ impl Device for CpuDevice {
             s.b * s.nh * s.t * s.t,
             "attention_forward: att is not (B,NH,T,T)"
         );
-        attention::attention_forward(&mut out.data, &mut att.data, &qkv.data, s, self.threads);
+        attention::attention_forward(&mut out.data, &mut att.data, &qkv.data, s, &self.pool);
         Ok(())
     }
 
@@ -390,14 +418,14 @@ impl Device for CpuDevice {
             &qkv.data,
             &att.data,
             s,
-            self.threads,
+            &self.pool,
         );
         Ok(())
     }
 
     fn gelu_forward(&self, out: &mut CpuBuffer, inp: &CpuBuffer) -> Result<(), DeviceError> {
         assert_eq!(out.len(), inp.len(), "gelu_forward: length mismatch");
-        kernels::gelu_forward(&mut out.data, &inp.data, self.threads);
+        kernels::gelu_forward(&mut out.data, &inp.data, &self.pool);
         Ok(())
     }
 
@@ -411,7 +439,7 @@ impl Device for CpuDevice {
             dinp.len() == inp.len() && dout.len() == inp.len(),
             "gelu_backward: length mismatch"
         );
-        kernels::gelu_backward(&mut dinp.data, &inp.data, &dout.data, self.threads);
+        kernels::gelu_backward(&mut dinp.data, &inp.data, &dout.data, &self.pool);
         Ok(())
     }
 
@@ -429,7 +457,7 @@ impl Device for CpuDevice {
             &mut losses.data,
             targets,
             vocab_size,
-            self.threads,
+            &self.pool,
         );
         Ok(())
     }
@@ -450,7 +478,7 @@ impl Device for CpuDevice {
             targets,
             vocab_size,
             dloss,
-            self.threads,
+            &self.pool,
         );
         Ok(())
     }
