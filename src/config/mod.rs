@@ -23,7 +23,10 @@ pub use sections::{
     ActivationCheckpointing, AdamParams, Bf16Config, Fp16Config, MonitorConfig, OptimizerConfig,
     SchedulerConfig, SchedulerType,
 };
-pub use zero::{AioSection, OffloadDevice, OffloadOptimizer, OffloadParam, ZeroConfig};
+pub use zero::{
+    AioSection, OffloadDevice, OffloadOptimizer, OffloadParam, ZeroConfig, AIO_MAX_QUEUE_DEPTH,
+    AIO_MAX_THREADS,
+};
 pub use zinf::{host_memory_bytes, DataConfig, ZinfConfig, MAX_THREADS};
 
 use reader::Section;

@@ -15,6 +15,17 @@ pub enum OffloadDevice {
     Nvme,
 }
 
+/// DeepSpeed's spelling (`none`, `cpu`, `nvme`), the one users write and read.
+impl std::fmt::Display for OffloadDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OffloadDevice::None => "none",
+            OffloadDevice::Cpu => "cpu",
+            OffloadDevice::Nvme => "nvme",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OffloadParam {
     pub device: OffloadDevice,
