@@ -184,3 +184,51 @@ pub fn init_logging(verbose: u8) {
         .with_target(false)
         .try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attributes `TrainArgs` is to carry (`--threads`, `--steps`, `--save-every`), on a
+    /// stand-in struct so they are known to compile and refuse what they should.
+    #[derive(clap::Parser, Debug)]
+    struct TrainFlags {
+        #[arg(long, value_parser = crate::cli::parse_threads)]
+        threads: Option<usize>,
+        #[arg(long, value_parser = crate::cli::count_in(1, 1 << 53))]
+        steps: Option<u64>,
+        #[arg(long, default_value_t = 0, value_parser = crate::cli::parse_count)]
+        save_every: u64,
+    }
+
+    #[test]
+    fn train_flag_parsers_refuse_zero_threads_and_accept_config_style_counts() {
+        let ok = TrainFlags::try_parse_from(["t", "--threads", "4", "--steps", "1e3"])
+            .expect("valid flags");
+        assert_eq!(
+            (ok.threads, ok.steps, ok.save_every),
+            (Some(4), Some(1000), 0)
+        );
+        for bad in [
+            &["t", "--threads", "0"][..],
+            &["t", "--threads", "5000"],
+            &["t", "--steps", "0"],
+            &["t", "--save-every", "-1"],
+        ] {
+            let e = TrainFlags::try_parse_from(bad).expect_err("refused");
+            assert_eq!(e.exit_code(), i32::from(EXIT_BAD_INPUT), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_map_to_one_exit_code_per_kind() {
+        let cfg = crate::config::Config::parse("{", "x").expect_err("syntax");
+        let e = anyhow::Error::from(cfg).context("loading the config");
+        assert_eq!(exit_code(&e), EXIT_BAD_INPUT);
+        assert_eq!(
+            exit_code(&anyhow::Error::from(Interrupted)),
+            EXIT_INTERRUPTED
+        );
+        assert_eq!(exit_code(&anyhow::anyhow!("disk full")), EXIT_FAILED);
+    }
+}
