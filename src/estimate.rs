@@ -64,7 +64,7 @@ pub struct Tier {
 impl Tier {
     fn add(&mut self, what: impl Into<String>, bytes: u64) {
         if bytes > 0 {
-            self.bytes += bytes;
+            self.bytes = self.bytes.saturating_add(bytes);
             self.items.push(Item {
                 what: what.into(),
                 bytes,
@@ -120,16 +120,18 @@ pub struct Estimate {
 /// Bytes of fp32 activations kept for backward for one micro-batch (llm.c's accounting:
 /// per block 18·B·T·C + 2·B·NH·T² + 4·B·T floats, plus embeddings and logits/probabilities).
 pub fn activation_bytes(config: &Config) -> u64 {
+    // u128: a config may ask for a batch and context whose activations overflow u64; the
+    // estimate then says u64::MAX bytes (and the budget warning), never wraps or panics.
     let m = &config.zinf.model;
     let (b, t) = (
-        config.train_micro_batch_size_per_gpu,
-        config.zinf.data.seq_len,
+        u128::from(config.train_micro_batch_size_per_gpu),
+        u128::from(config.zinf.data.seq_len),
     );
     let (c, nh, v, l) = (
-        m.n_embd as u64,
-        m.n_head as u64,
-        m.vocab_size as u64,
-        m.n_layer as u64,
+        m.n_embd as u128,
+        m.n_head as u128,
+        m.vocab_size as u128,
+        m.n_layer as u128,
     );
     let per_block = 18 * b * t * c + 2 * b * nh * t * t + 4 * b * t;
     let blocks_kept = if config.activation_checkpointing.enabled {
@@ -139,7 +141,17 @@ pub fn activation_bytes(config: &Config) -> u64 {
         l * per_block
     };
     let outer = 2 * b * t * c + 2 * b * t * v;
-    4 * (blocks_kept + outer)
+    u64::try_from(4 * (blocks_kept + outer)).unwrap_or(u64::MAX)
+}
+
+/// The product of byte counts and multipliers, saturating at `u64::MAX` instead of wrapping.
+fn mul(factors: &[u64]) -> u64 {
+    factors.iter().fold(1u64, |acc, f| acc.saturating_mul(*f))
+}
+
+/// `*total += bytes`, saturating.
+fn acc(total: &mut u64, bytes: u64) {
+    *total = total.saturating_add(bytes);
 }
 
 /// Computes the estimate. `free_bytes` answers the free space under a path (statvfs in the CLI,
@@ -181,20 +193,22 @@ pub fn estimate(
     let working = if param_dev == OffloadDevice::None {
         p
     } else {
-        (z.prefetch_bucket_size + model.largest_group)
+        z.prefetch_bucket_size
+            .saturating_add(model.largest_group)
             .min(p)
             .max(model.largest_group)
     };
     match param_dev {
-        OffloadDevice::None => {
-            device.add(format!("{}-bit parameters (all resident)", 8 * d), d * p)
-        }
+        OffloadDevice::None => device.add(
+            format!("{}-bit parameters (all resident)", 8 * d),
+            mul(&[d, p]),
+        ),
         _ => device.add(
             format!(
                 "{}-bit parameters: live working set and persistent ones",
                 8 * d
             ),
-            d * (working + model.persistent).min(p),
+            mul(&[d, working.saturating_add(model.persistent).min(p)]),
         ),
     }
     device.add(
@@ -211,39 +225,48 @@ pub fn estimate(
         OffloadDevice::Cpu => {
             host_params.add(
                 format!("{}-bit parameters (offload_param cpu)", 8 * d),
-                d * p,
+                mul(&[d, p]),
             );
-            traffic.host_to_device_bytes += 2 * gas * d * (p - model.persistent.min(p));
+            acc(
+                &mut traffic.host_to_device_bytes,
+                mul(&[2, gas, d, p - model.persistent.min(p)]),
+            );
         }
         OffloadDevice::Nvme => {
-            let buffers = z.offload_param.buffer_count * z.offload_param.buffer_size * d;
+            let buffers = mul(&[z.offload_param.buffer_count, z.offload_param.buffer_size, d]);
             host_params.add(
                 "parameter swap buffers (buffer_count × buffer_size)",
                 buffers,
             );
             let cached = z.offload_param.max_in_cpu.min(p);
-            host_params.add("parameters cached in host memory (max_in_cpu)", cached * d);
+            host_params.add(
+                "parameters cached in host memory (max_in_cpu)",
+                mul(&[cached, d]),
+            );
             nvme.add(
                 format!("{}-bit parameters{versions_note}", 8 * d),
-                versions * d * p,
+                mul(&[versions, d, p]),
             );
-            traffic.nvme_read_bytes += 2 * gas * d * (p - cached);
-            traffic.nvme_write_bytes += d * p;
-            traffic.host_to_device_bytes += 2 * gas * d * (p - model.persistent.min(p));
+            acc(&mut traffic.nvme_read_bytes, mul(&[2, gas, d, p - cached]));
+            acc(&mut traffic.nvme_write_bytes, mul(&[d, p]));
+            acc(
+                &mut traffic.host_to_device_bytes,
+                mul(&[2, gas, d, p - model.persistent.min(p)]),
+            );
         }
     }
 
     // Gradients and optimizer state (fp32 master, m, v: 12 bytes per parameter).
-    let opt_bytes = 12 * p;
+    let opt_bytes = mul(&[12, p]);
     match opt_dev {
         OffloadDevice::None => {
-            device.add("fp32 gradients", 4 * p);
+            device.add("fp32 gradients", mul(&[4, p]));
             device.add("fp32 master weights, Adam m and v", opt_bytes);
         }
         _ => {
             device.add(
                 "fp32 gradients of one block in flight",
-                4 * model.largest_group,
+                mul(&[4, model.largest_group]),
             );
             let host = if z.offload_optimizer.pin_memory {
                 &mut pinned
@@ -255,17 +278,20 @@ pub fn estimate(
             // gradients stream into its update (one group of scratch).
             let whole = config.gradient_clipping > 0.0 || config.fp16.enabled || gas > 1;
             if whole {
-                host.add("fp32 gradients, accumulated across micro-batches", 4 * p);
+                host.add(
+                    "fp32 gradients, accumulated across micro-batches",
+                    mul(&[4, p]),
+                );
             } else {
                 host.add(
                     "fp32 gradients of one group on their way to the update",
-                    4 * model.largest_group,
+                    mul(&[4, model.largest_group]),
                 );
             }
-            traffic.device_to_host_bytes += gas * 4 * p;
+            acc(&mut traffic.device_to_host_bytes, mul(&[gas, 4, p]));
             if param_dev == OffloadDevice::None {
                 // The updated 16-bit parameters go back to their resident device copy.
-                traffic.host_to_device_bytes += d * p;
+                acc(&mut traffic.host_to_device_bytes, mul(&[d, p]));
             }
         }
     }
@@ -293,14 +319,14 @@ pub fn estimate(
             };
             host.add(
                 format!("optimizer swap buffers: {stages} sub-groups × 12 B × sub_group_size"),
-                stages * 12 * sub_group,
+                mul(&[stages, 12, sub_group]),
             );
             nvme.add(
                 format!("fp32 master weights, Adam m and v{versions_note}"),
-                versions * opt_bytes,
+                mul(&[versions, opt_bytes]),
             );
-            traffic.nvme_read_bytes += opt_bytes;
-            traffic.nvme_write_bytes += opt_bytes;
+            acc(&mut traffic.nvme_read_bytes, opt_bytes);
+            acc(&mut traffic.nvme_write_bytes, opt_bytes);
         }
     }
     device.add(
@@ -326,7 +352,9 @@ pub fn estimate(
         &mut warnings,
     );
     let nvme_space = nvme_space(config, p, d, free_bytes, &mut warnings);
-    let nvme_bytes = traffic.nvme_read_bytes + traffic.nvme_write_bytes;
+    let nvme_bytes = traffic
+        .nvme_read_bytes
+        .saturating_add(traffic.nvme_write_bytes);
     Estimate {
         model,
         param_dtype: config.param_dtype_name(),
@@ -367,18 +395,18 @@ fn check_limits(
                  or offload to nvme",
                 pinned.bytes
             ));
-        } else if pinned.bytes + pageable.bytes > ram {
+        } else if pinned.bytes.saturating_add(pageable.bytes) > ram {
             warnings.push(format!(
                 "host memory {} B exceeds this machine's RAM {ram} B: offload to nvme",
-                pinned.bytes + pageable.bytes
+                pinned.bytes.saturating_add(pageable.bytes)
             ));
         }
     }
     if let Some(budget) = config.zinf.host_memory_budget {
-        if pinned.bytes + pageable.bytes > budget {
+        if pinned.bytes.saturating_add(pageable.bytes) > budget {
             warnings.push(format!(
                 "host memory {} B exceeds zinf.host_memory_budget {budget} B",
-                pinned.bytes + pageable.bytes
+                pinned.bytes.saturating_add(pageable.bytes)
             ));
         }
     }
@@ -412,15 +440,15 @@ fn nvme_space(
     let mut need = |path: &Option<String>, bytes: u64| {
         let path = path.clone().unwrap_or_default();
         match needs.iter_mut().find(|(p, _)| *p == path) {
-            Some((_, b)) => *b += bytes,
+            Some((_, b)) => acc(b, bytes),
             None => needs.push((path, bytes)),
         }
     };
     if z.stage == 3 && z.offload_param.device == OffloadDevice::Nvme {
-        need(&z.offload_param.nvme_path, versions * d * p);
+        need(&z.offload_param.nvme_path, mul(&[versions, d, p]));
     }
     if z.offload_optimizer.device == OffloadDevice::Nvme {
-        need(&z.offload_optimizer.nvme_path, versions * 12 * p);
+        need(&z.offload_optimizer.nvme_path, mul(&[versions, 12, p]));
     }
     needs
         .into_iter()
@@ -446,7 +474,7 @@ fn nvme_space(
 /// `additional_buffer_factor` of 1.5, for the options its `_all_live` variant prints.
 pub fn deepspeed_all_live(total_params: u64, largest_layer_params: u64) -> Vec<DeepSpeedRow> {
     let p = total_params as f64;
-    let largest = 4 * largest_layer_params;
+    let largest = largest_layer_params.saturating_mul(4);
     let factor = 1.5;
     let mut rows = Vec::new();
     for (offload_param, offload_optimizer) in [("cpu", "cpu"), ("none", "cpu"), ("none", "none")] {
@@ -458,7 +486,7 @@ pub fn deepspeed_all_live(total_params: u64, largest_layer_params: u64) -> Vec<D
                 }
                 ("none", "cpu") => {
                     let per = if zero_init { 16.0 } else { 16f64.max(4.0) };
-                    (p * per * factor, largest + (2.0 * p) as u64)
+                    (p * per * factor, largest.saturating_add((2.0 * p) as u64))
                 }
                 _ => {
                     let cpu = if zero_init {
@@ -466,7 +494,7 @@ pub fn deepspeed_all_live(total_params: u64, largest_layer_params: u64) -> Vec<D
                     } else {
                         p * 4.0 * factor
                     };
-                    (cpu, largest + (18.0 * p) as u64)
+                    (cpu, largest.saturating_add((18.0 * p) as u64))
                 }
             };
             rows.push(DeepSpeedRow {
@@ -499,5 +527,5 @@ pub fn statvfs_free_bytes(path: &str) -> Option<u64> {
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized, writable
     // statvfs struct that lives across the call.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

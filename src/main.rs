@@ -1,5 +1,7 @@
 //! The `zinf` command line: parses arguments and hands each subcommand to `zinf::cli`.
 //! Nothing else lives here, so every command is reachable from tests through the library.
+//! Exit status: 0 done, 2 bad input (clap's own for flags), 1 a failure while running, 130
+//! interrupted (`zinf::cli::exit_code`).
 
 use clap::Parser;
 
@@ -10,7 +12,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(zinf::cli::exit_code(&e))
         }
     }
 }

@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
 use half::{bf16, f16};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -15,11 +14,12 @@ use crate::optim::{Adam, AdamConfig, Grad, Kernel, ParamOut, StepScalars};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchAdamArgs {
-    /// Parameters in the group (fp32 master, m, v and gradient each take 4 B per parameter).
-    #[arg(long, default_value_t = 200_000_000)]
+    /// Parameters in the group (fp32 master, m, v and gradient each take 4 B per parameter);
+    /// `2e8` style accepted, as `bench swap --params`.
+    #[arg(long, default_value = "2e8", value_parser = super::count_usize(1, MAX_PARAMS))]
     pub params: usize,
     /// Optimizer threads (0: one per available CPU).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::count_usize(0, 4096))]
     pub threads: usize,
     /// Parameter copy-out dtype written in the same pass: fp16, bf16 or none.
     #[arg(long, default_value = "bf16")]
@@ -28,7 +28,7 @@ pub struct BenchAdamArgs {
     #[arg(long, default_value = "fp32")]
     pub grad_dtype: String,
     /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 11)]
+    #[arg(long, default_value_t = 11, value_parser = super::count_usize(1, 1_000_000))]
     pub steps: usize,
     /// Untimed steps before timing.
     #[arg(long, default_value_t = 2)]
@@ -47,6 +47,9 @@ pub struct BenchAdamArgs {
     pub json: bool,
 }
 
+/// Most parameters `bench adam` and `bench swap` take (2^40).
+pub const MAX_PARAMS: u64 = 1 << 40;
+
 /// The buffers of one benchmark group.
 struct State {
     p: Vec<f32>,
@@ -61,14 +64,15 @@ struct State {
 
 pub fn run(args: &BenchAdamArgs) -> anyhow::Result<ExitCode> {
     let (grad_bytes, out_bytes) = dtype_bytes(args)?;
-    if args.steps == 0 || args.params == 0 {
-        bail!("--steps and --params must be at least 1");
-    }
     let adam = Adam::new(AdamConfig::default(), args.threads)?;
     let adam = match args.kernel.as_str() {
         "auto" => adam,
         name => {
-            let k = Kernel::from_name(name).with_context(|| format!("unknown kernel {name}"))?;
+            let k = Kernel::from_name(name).ok_or_else(|| {
+                super::BadInput(format!(
+                    "--kernel {name}: not one of auto, scalar, avx2, avx512"
+                ))
+            })?;
             adam.with_kernel(k)?
         }
     };
@@ -118,12 +122,18 @@ fn dtype_bytes(args: &BenchAdamArgs) -> anyhow::Result<(usize, usize)> {
     let g = match args.grad_dtype.as_str() {
         "fp32" => 4,
         "fp16" | "bf16" => 2,
-        other => bail!("--grad-dtype must be fp32, fp16 or bf16, got {other}"),
+        other => {
+            let m = format!("--grad-dtype must be fp32, fp16 or bf16, got {other}");
+            return Err(super::BadInput(m).into());
+        }
     };
     let o = match args.dtype.as_str() {
         "none" => 0,
         "fp16" | "bf16" => 2,
-        other => bail!("--dtype must be fp16, bf16 or none, got {other}"),
+        other => {
+            let m = format!("--dtype must be fp16, bf16 or none, got {other}");
+            return Err(super::BadInput(m).into());
+        }
     };
     Ok((g, o))
 }

@@ -24,25 +24,25 @@ use zinf_swap::{
 #[derive(clap::Args, Debug)]
 pub struct BenchSwapArgs {
     /// Parameters (elements) of optimizer state; `1e8` style accepted.
-    #[arg(long, default_value = "5e7", value_parser = parse_count)]
+    #[arg(long, default_value = "5e7", value_parser = super::count_in(1, super::bench_adam::MAX_PARAMS))]
     pub params: u64,
     /// Folder for the extent files; repeat to stripe over several drives.
     #[arg(long, required = true)]
     pub dir: Vec<PathBuf>,
     /// Elements per sub-group (DeepSpeed `sub_group_size`).
-    #[arg(long, default_value = "4e6", value_parser = parse_count)]
+    #[arg(long, default_value = "4e6", value_parser = super::count_in(1, super::bench_adam::MAX_PARAMS))]
     pub sub_group_size: u64,
-    /// aio `block_size` in bytes.
-    #[arg(long, default_value = "1048576", value_parser = parse_count)]
+    /// aio `block_size` in bytes: 4096 to 1 GiB.
+    #[arg(long, default_value = "1048576", value_parser = super::count_in(4096, 1 << 30))]
     pub block_size: u64,
-    /// aio `queue_depth`.
-    #[arg(long, default_value_t = 32)]
+    /// aio `queue_depth`: 1 to 4096.
+    #[arg(long, default_value_t = 32, value_parser = super::count_usize(1, crate::config::AIO_MAX_QUEUE_DEPTH))]
     pub queue_depth: usize,
-    /// aio `intra_op_parallelism` (I/O threads).
-    #[arg(long, default_value_t = 1)]
+    /// aio `intra_op_parallelism` (I/O threads): 1 to 256.
+    #[arg(long, default_value_t = 1, value_parser = super::count_usize(1, crate::config::AIO_MAX_THREADS))]
     pub threads: usize,
     /// Pool budget in bytes (default: what the pipeline needs).
-    #[arg(long, value_parser = parse_count)]
+    #[arg(long, value_parser = super::parse_count)]
     pub pool_bytes: Option<u64>,
     /// Lock the pool in RAM (`pin_memory`).
     #[arg(long)]
@@ -57,10 +57,10 @@ pub struct BenchSwapArgs {
     #[arg(long, default_value_t = 1)]
     pub write_behind: usize,
     /// Repetitions of each measurement (interleaved); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::count_usize(1, 1000))]
     pub reps: usize,
     /// Threads of the CPU Adam (0: one per CPU).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::count_usize(0, 4096))]
     pub adam_threads: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -68,14 +68,6 @@ pub struct BenchSwapArgs {
     /// Keep the store's files after the run.
     #[arg(long)]
     pub keep: bool,
-}
-
-fn parse_count(s: &str) -> Result<u64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    if !(v >= 0.0 && v.fract() == 0.0 && v < 1.8e19) {
-        return Err(format!("{s:?} is not a whole, non-negative count"));
-    }
-    Ok(v as u64)
 }
 
 /// One AdamW step on one sub-group: bf16 gradient in, bf16 parameter copy out.

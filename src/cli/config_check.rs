@@ -1,7 +1,8 @@
 //! `zinf config check FILE [--json]`: validate a DeepSpeed config and print it resolved (every
 //! default filled in, every `"auto"` resolved), or every problem found with its JSON path.
+//! Exit status 0 when valid, 2 when not (or the file cannot be read).
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,7 +34,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                     c.zero_optimization.stage
                 );
                 println!(
-                    "  offload_param: {:?}, offload_optimizer: {:?}",
+                    "  offload_param: {}, offload_optimizer: {}",
                     c.zero_optimization.offload_param.device,
                     c.zero_optimization.offload_optimizer.device
                 );
@@ -41,10 +42,10 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ ConfigError::Io { .. }) => Err(e.into()),
+        // A missing or unreadable file is bad input too: exit 2, like every config error.
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::from(super::EXIT_BAD_INPUT))
         }
     }
 }

@@ -12,7 +12,7 @@ pub struct EstimateArgs {
     #[arg(long)]
     pub config: PathBuf,
     /// NVMe bandwidth in GB/s for the minimum step time (measure yours with `zinf io-bench`).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = super::parse_positive)]
     pub nvme_gbps: f64,
     /// Print the estimate as one JSON object.
     #[arg(long)]
@@ -24,17 +24,11 @@ pub fn run(args: &EstimateArgs) -> anyhow::Result<ExitCode> {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::from(super::EXIT_BAD_INPUT));
         }
     };
     loaded.log();
     let config = &loaded.config;
-    if args.nvme_gbps <= 0.0 || !args.nvme_gbps.is_finite() {
-        anyhow::bail!(
-            "--nvme-gbps must be a positive number of GB/s, got {}",
-            args.nvme_gbps
-        );
-    }
     let host_ram = crate::config::host_memory_bytes();
     let e = estimate(
         config,

@@ -26,20 +26,25 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// Sample from the k most likely tokens; 1 is greedy.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = super::count_usize(1, u32::MAX as u64))]
     pub top_k: usize,
-    /// Softmax temperature for sampling (ignored when greedy).
-    #[arg(long, default_value_t = 0.8)]
+    /// Softmax temperature for sampling (0: greedy); a finite number at or above 0.
+    #[arg(long, default_value_t = 0.8, value_parser = temperature)]
     pub temperature: f32,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
     /// CPU threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::parse_threads)]
     pub threads: usize,
     /// Device memory budget in GiB.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 8.0, value_parser = super::parse_positive)]
     pub device_memory_gib: f64,
+}
+
+/// `--temperature`: finite and at or above 0 (NaN would make every probability NaN).
+fn temperature(s: &str) -> Result<f32, String> {
+    super::parse_non_negative(s).map(|v| v as f32)
 }
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,7 @@
 mod plot;
 mod report;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,26 +34,29 @@ pub struct IoBenchOpts {
     /// Block sizes (bytes per I/O), comma-separated, with K/M/G suffixes.
     #[arg(long, default_value = "1M,8M", value_delimiter = ',', value_parser = parse_size)]
     pub block_size: Vec<u64>,
-    /// Queue depths (I/Os in flight per thread), comma-separated.
-    #[arg(long, default_value = "8,32", value_delimiter = ',')]
+    /// Queue depths (I/Os in flight per thread), comma-separated; 1 to 4096 (aio's limit).
+    #[arg(long, default_value = "8,32", value_delimiter = ',',
+          value_parser = super::count_usize(1, crate::config::AIO_MAX_QUEUE_DEPTH))]
     pub queue_depth: Vec<usize>,
-    /// I/O threads (one ring each: `intra_op_parallelism`), comma-separated.
-    #[arg(long, default_value = "1", value_delimiter = ',')]
+    /// I/O threads (one ring each: `intra_op_parallelism`), comma-separated; 1 to 256.
+    #[arg(long, default_value = "1", value_delimiter = ',',
+          value_parser = super::count_usize(1, crate::config::AIO_MAX_THREADS))]
     pub threads: Vec<usize>,
     /// Size of the data file, and bytes moved per run unless --seconds is given.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub io_size: u64,
-    /// Run each measurement for this long, cycling over the file (like fio's time_based).
-    #[arg(long)]
+    /// Run each measurement for this long, cycling over the file (like fio's time_based);
+    /// a finite number of seconds above 0.
+    #[arg(long, value_parser = super::parse_positive)]
     pub seconds: Option<f64>,
     /// Directions to measure, comma-separated: read, write.
     #[arg(long, default_value = "read,write", value_delimiter = ',')]
     pub rw: Vec<Rw>,
     /// I/O backend: uring, pread or auto.
-    #[arg(long, default_value = "uring")]
+    #[arg(long, default_value = "uring", value_parser = backend_name)]
     pub backend: String,
-    /// Measurements per point (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Measurements per point (the median is reported); 1 to 1000.
+    #[arg(long, default_value_t = 3, value_parser = super::count_usize(1, 1000))]
     pub repeat: usize,
     /// Buffered I/O instead of O_DIRECT (each range is dropped from the page cache).
     #[arg(long)]
@@ -92,6 +95,13 @@ pub struct Run {
     pub cpu_s_per_gb: f64,
 }
 
+/// `--backend`: a name `BackendChoice` knows.
+fn backend_name(s: &str) -> Result<String, String> {
+    s.parse::<BackendChoice>()
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Parses `4096`, `64K`, `1M`, `2G` (binary multiples; `k`/`m`/`g` and a trailing `B`/`iB` allowed).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
@@ -126,7 +136,7 @@ fn catch_interrupts() {
 
 fn check_interrupt() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
+        return Err(super::Interrupted.into());
     }
     Ok(())
 }
@@ -143,12 +153,8 @@ pub fn run(args: &IoBenchArgs) -> anyhow::Result<ExitCode> {
     let args = &*args.opts;
     let backend: BackendChoice = args.backend.parse()?;
     let points = points(args)?;
+    let depth_bytes = pool_bytes(&points)?;
     catch_interrupts();
-    let depth_bytes = points
-        .iter()
-        .map(|p| p.block_size * (p.queue_depth * p.threads) as u64)
-        .max()
-        .unwrap_or(1 << 20);
     let pool = BufferPool::new(depth_bytes as usize, true).context("allocating the buffer pool")?;
     let data = DataFile(
         args.dir
@@ -211,18 +217,48 @@ pub fn run(args: &IoBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Bytes in flight at the deepest point (the pool's size), refused before anything is allocated
+/// when it is more than this machine's RAM.
+fn pool_bytes(points: &[Point]) -> anyhow::Result<u64> {
+    let depth_bytes = points
+        .iter()
+        .map(|p| {
+            p.block_size
+                .saturating_mul(p.queue_depth as u64)
+                .saturating_mul(p.threads as u64)
+        })
+        .max()
+        .unwrap_or(1 << 20);
+    if let Some(ram) = crate::config::host_memory_bytes() {
+        if depth_bytes > ram / 2 {
+            let m = "--block-size × --queue-depth × --threads";
+            return Err(super::BadInput(format!(
+                "{m} puts {depth_bytes} B in flight, more than half of this machine's {ram} B \
+                 of RAM; lower one of them"
+            ))
+            .into());
+        }
+    }
+    Ok(depth_bytes)
+}
+
 /// Every combination of the arguments' lists, checked.
 fn points(args: &IoBenchOpts) -> anyhow::Result<Vec<Point>> {
-    if args.repeat == 0 {
-        bail!("--repeat must be at least 1");
-    }
+    let bad = |m: String| -> anyhow::Error { super::BadInput(m).into() };
     let mut out = Vec::new();
     for &rw in &args.rw {
         for &block_size in &args.block_size {
             for &queue_depth in &args.queue_depth {
                 for &threads in &args.threads {
-                    if block_size == 0 || block_size % 4096 != 0 || block_size > args.io_size {
-                        bail!("block size {block_size} must be a multiple of 4096 and at most --io-size");
+                    if block_size == 0
+                        || block_size % 4096 != 0
+                        || block_size > args.io_size
+                        || block_size > zinf_aio::MAX_BLOCK_BYTES as u64
+                    {
+                        return Err(bad(format!(
+                            "--block-size {block_size} must be a multiple of 4096, at most \
+                             --io-size and at most 1 GiB"
+                        )));
                     }
                     out.push(Point {
                         rw,
@@ -235,7 +271,7 @@ fn points(args: &IoBenchOpts) -> anyhow::Result<Vec<Point>> {
         }
     }
     if out.is_empty() {
-        bail!("nothing to measure");
+        return Err(bad("nothing to measure".into()));
     }
     Ok(out)
 }

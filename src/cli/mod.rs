@@ -1,5 +1,7 @@
 //! Subcommands of the `zinf` binary. Each lives in its own file with a clap `Args` struct and a
-//! `run` function; this file only wires them together and sets up logging.
+//! `run` function; this file wires them together, sets up logging, and holds what every
+//! subcommand shares: the exit codes ([`exit_code`]) and the flag value parsers that validate a
+//! flag the way a config key is validated, before any work starts.
 
 pub mod bench_adam;
 pub mod bench_swap;
@@ -58,6 +60,106 @@ pub enum BenchCommand {
     Swap(bench_swap::BenchSwapArgs),
 }
 
+/// Exit status of a command that finished its work.
+pub const EXIT_DONE: u8 = 0;
+/// Exit status of a failure while running (I/O error, out of budget, a bug).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status of bad input: the config, a flag, a file that is not UTF-8. clap uses it for
+/// flags it cannot parse, so every subcommand agrees.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status after Ctrl-C / SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Input the user can fix (a flag value, a file's contents): exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// The command stopped on Ctrl-C / SIGTERM: exit status 130.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// The exit status for an error a command returned: 2 when anything in its chain is bad input
+/// (a config error, [`BadInput`], a config section the optimizer refused), 130 when
+/// [`Interrupted`], else 1.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<Interrupted>() {
+            return EXIT_INTERRUPTED;
+        }
+        let refused_plan = matches!(
+            cause.downcast_ref::<crate::session::SessionError>(),
+            Some(crate::session::SessionError::Config(_))
+        ) || matches!(
+            cause.downcast_ref::<crate::engine::EngineError>(),
+            Some(crate::engine::EngineError::Config(_))
+        );
+        if cause.is::<crate::config::ConfigError>()
+            || cause.is::<crate::config::ConvertError>()
+            || cause.is::<BadInput>()
+            || refused_plan
+        {
+            return EXIT_BAD_INPUT;
+        }
+    }
+    EXIT_FAILED
+}
+
+/// A whole, non-negative count as configs write them: `200000000`, `2e8`, `1.5e3`.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    // Below 2^64: `as u64` would saturate a larger number.
+    if !(v >= 0.0 && v.fract() == 0.0 && v < 18_446_744_073_709_551_616.0) {
+        return Err(format!("{s:?} is not a whole, non-negative count"));
+    }
+    Ok(v as u64)
+}
+
+/// A count in `[min, max]` (inclusive), for clap: `value_parser = count_in(1, 4096)`.
+pub fn count_in(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |s| {
+        let v = parse_count(s)?;
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!(
+                "{v} is out of range: must be between {min} and {max}"
+            ))
+        }
+    }
+}
+
+/// [`count_in`] as a `usize` (on 64-bit targets every `u64` count fits).
+pub fn count_usize(min: u64, max: u64) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s| count_in(min, max)(s).and_then(|v| usize::try_from(v).map_err(|e| e.to_string()))
+}
+
+/// `--threads` of `train` (and `generate`): 1 to `zinf.threads`' limit (4096), `1e2` style
+/// accepted; 0 is refused (leave the flag out to use every core).
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    count_in(1, crate::config::MAX_THREADS)(s).map(|v| v as usize)
+}
+
+/// A finite number above zero (seconds, GB/s, GiB).
+pub fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number above 0")),
+    }
+}
+
+/// A finite number at or above zero (a temperature: 0 is greedy).
+pub fn parse_non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number at or above 0")),
+    }
+}
+
 /// Runs one parsed command line; the exit code is the command's own (e.g. 2 for an invalid config).
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -80,9 +182,61 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour only when a person reads it: not into a file, a pipe or CI logs, nor with NO_COLOR.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attributes `TrainArgs` is to carry (`--threads`, `--steps`, `--save-every`), on a
+    /// stand-in struct so they are known to compile and refuse what they should.
+    #[derive(clap::Parser, Debug)]
+    struct TrainFlags {
+        #[arg(long, value_parser = crate::cli::parse_threads)]
+        threads: Option<usize>,
+        #[arg(long, value_parser = crate::cli::count_in(1, 1 << 53))]
+        steps: Option<u64>,
+        #[arg(long, default_value_t = 0, value_parser = crate::cli::parse_count)]
+        save_every: u64,
+    }
+
+    #[test]
+    fn train_flag_parsers_refuse_zero_threads_and_accept_config_style_counts() {
+        let ok = TrainFlags::try_parse_from(["t", "--threads", "4", "--steps", "1e3"])
+            .expect("valid flags");
+        assert_eq!(
+            (ok.threads, ok.steps, ok.save_every),
+            (Some(4), Some(1000), 0)
+        );
+        for bad in [
+            &["t", "--threads", "0"][..],
+            &["t", "--threads", "5000"],
+            &["t", "--steps", "0"],
+            &["t", "--save-every", "-1"],
+        ] {
+            let e = TrainFlags::try_parse_from(bad).expect_err("refused");
+            assert_eq!(e.exit_code(), i32::from(EXIT_BAD_INPUT), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_map_to_one_exit_code_per_kind() {
+        let cfg = crate::config::Config::parse("{", "x").expect_err("syntax");
+        let e = anyhow::Error::from(cfg).context("loading the config");
+        assert_eq!(exit_code(&e), EXIT_BAD_INPUT);
+        assert_eq!(
+            exit_code(&anyhow::Error::from(Interrupted)),
+            EXIT_INTERRUPTED
+        );
+        assert_eq!(exit_code(&anyhow::anyhow!("disk full")), EXIT_FAILED);
+    }
 }

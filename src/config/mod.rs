@@ -9,19 +9,25 @@
 //! This module only reads and validates; it does not act on the config.
 
 mod convert;
+mod json;
+mod limits;
 mod reader;
 mod sections;
 mod zero;
 mod zinf;
 
 pub use convert::ConvertError;
+pub use limits::{largest_tensor, min_state_bytes, param_count, MAX_BATCH, MODEL_LIMITS};
 pub use reader::{parse_size, Auto};
 pub use sections::{
     ActivationCheckpointing, AdamParams, Bf16Config, Fp16Config, MonitorConfig, OptimizerConfig,
     SchedulerConfig, SchedulerType,
 };
-pub use zero::{AioSection, OffloadDevice, OffloadOptimizer, OffloadParam, ZeroConfig};
-pub use zinf::{host_memory_bytes, DataConfig, ZinfConfig};
+pub use zero::{
+    AioSection, OffloadDevice, OffloadOptimizer, OffloadParam, ZeroConfig, AIO_MAX_QUEUE_DEPTH,
+    AIO_MAX_THREADS,
+};
+pub use zinf::{host_memory_bytes, DataConfig, ZinfConfig, MAX_THREADS};
 
 use reader::Section;
 use serde::Serialize;
@@ -59,6 +65,12 @@ pub struct Diagnostics {
     /// `zinf.strict_config`: unknown keys are errors (true, the default) or warnings.
     #[serde(skip)]
     pub strict: bool,
+    /// Every section read so far: its path and the keys it knows.
+    #[serde(skip)]
+    sections: Vec<(String, Vec<&'static str>)>,
+    /// Keys nobody read: (section path, key), reported by `report_unknown_keys`.
+    #[serde(skip)]
+    unread: Vec<(String, String)>,
 }
 
 impl Diagnostics {
@@ -83,6 +95,58 @@ impl Diagnostics {
         });
     }
 
+    /// A section's known keys and the keys in it nobody read (from `Section::finish`).
+    pub(crate) fn section_read(
+        &mut self,
+        path: &str,
+        known: Vec<&'static str>,
+        unread: Vec<String>,
+    ) {
+        self.sections.push((path.to_string(), known));
+        self.unread
+            .extend(unread.into_iter().map(|k| (path.to_string(), k)));
+    }
+
+    /// Reports every unread key, once all sections are known. A key that some other section
+    /// knows points there (`offload_optimizer` at the top → `zero_optimization.offload_optimizer`),
+    /// else a near spelling in its own section is suggested. DeepSpeed reads its top level key
+    /// by key and ignores the rest, so an unknown top-level key with no suggestion is a warning
+    /// (`my_block: not a key zinf uses; ignored`); inside DeepSpeed's strict sections
+    /// (`zero_optimization`, `offload_*`, …, pydantic models with `extra = "forbid"`) it is an
+    /// error unless `zinf.strict_config` is false.
+    pub(crate) fn report_unknown_keys(&mut self) {
+        for (section, key) in std::mem::take(&mut self.unread) {
+            let path = reader::join(&section, &key);
+            let elsewhere: Vec<String> = self
+                .sections
+                .iter()
+                .filter(|(p, known)| *p != section && known.contains(&key.as_str()))
+                .map(|(p, _)| reader::join(p, &key))
+                .collect();
+            let own = self
+                .sections
+                .iter()
+                .find(|(p, _)| *p == section)
+                .and_then(|(_, known)| reader::nearest(&key, known.iter().copied()));
+            let hint = match (elsewhere.len(), own) {
+                (1..=2, _) => Some(elsewhere.join(" or ")),
+                (_, Some(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            match hint {
+                Some(h) => self.unknown_key(Issue {
+                    path,
+                    message: format!("unknown key; did you mean {h}?"),
+                }),
+                None if section.is_empty() => self.warn(&path, "not a key zinf uses; ignored"),
+                None => self.unknown_key(Issue {
+                    path,
+                    message: "unknown key".into(),
+                }),
+            }
+        }
+    }
+
     pub(crate) fn unknown_key(&mut self, issue: Issue) {
         if self.strict {
             self.errors.push(issue);
@@ -100,6 +164,8 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{source_name}: not valid UTF-8 at byte {byte} (save the file as UTF-8)")]
+    Encoding { source_name: String, byte: usize },
     #[error("{source_name}: not valid JSON at line {line}, column {column}: {message}")]
     Syntax {
         source_name: String,
@@ -153,6 +219,30 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The config for a run of `steps` optimizer steps (`zinf train --steps`; `None` keeps
+    /// `zinf.train_steps`): `zinf.train_steps` becomes `steps`, an `"auto"` `total_num_steps`
+    /// follows it (Hugging Face sets it from the steps the trainer runs), and the warning for a
+    /// run longer than its schedule is redone for `steps`. Call it before [`Loaded::log`] so
+    /// each line is logged once, with the final numbers.
+    pub fn with_train_steps(mut self, steps: Option<u64>) -> Loaded {
+        let Some(steps) = steps else { return self };
+        self.config.zinf.train_steps = steps;
+        const TOTAL: &str = "scheduler.params.total_num_steps";
+        let d = &mut self.diagnostics;
+        d.warnings.retain(|w| w.path != TOTAL);
+        let Some(s) = &mut self.config.scheduler else {
+            return self;
+        };
+        if s.auto_total_num_steps {
+            s.params
+                .insert("total_num_steps".into(), Value::from(steps));
+            d.resolutions.retain(|r| r.path != TOTAL);
+            d.resolved(TOTAL, format!("auto -> {steps} (the steps this run takes)"));
+        }
+        d.warnings.extend(sections::schedule_overrun(s, steps));
+        self
+    }
+
     /// Logs warnings and `"auto"` resolutions, once each.
     pub fn log(&self) {
         for w in &self.diagnostics.warnings {
@@ -165,13 +255,13 @@ impl Loaded {
 }
 
 impl Config {
-    /// Reads and resolves a config file.
+    /// Reads and resolves a config file (UTF-8, with or without a byte-order mark).
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_bytes(&bytes, &path.display().to_string())
     }
 
     /// The embedded default run (`configs/tiny_cpu.json`).
@@ -181,17 +271,51 @@ impl Config {
 
     /// Reads and resolves config text; `source_name` names it in errors.
     pub fn parse(text: &str, source_name: &str) -> Result<Loaded, ConfigError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
-            source_name: source_name.to_string(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
+        Self::parse_bytes(text.as_bytes(), source_name)
+    }
+
+    /// Reads and resolves config bytes: a UTF-8 byte-order mark is skipped; invalid UTF-8, a
+    /// JSON syntax error or a key written twice in one object (DeepSpeed refuses those too) is
+    /// an error naming where.
+    pub fn parse_bytes(bytes: &[u8], source_name: &str) -> Result<Loaded, ConfigError> {
+        let source = || source_name.to_string();
+        let value: Value = json::parse(bytes).map_err(|p| match p {
+            json::JsonProblem::Utf8 { byte } => ConfigError::Encoding {
+                source_name: source(),
+                byte,
+            },
+            json::JsonProblem::Syntax {
+                line,
+                column,
+                message,
+            } => ConfigError::Syntax {
+                source_name: source(),
+                line,
+                column,
+                message,
+            },
+            json::JsonProblem::Duplicates(paths) => ConfigError::Invalid {
+                source_name: source(),
+                issues: paths
+                    .into_iter()
+                    .map(|path| Issue {
+                        path,
+                        message: "key written twice in one object; keep one".into(),
+                    })
+                    .collect(),
+            },
         })?;
         let mut diag = Diagnostics {
             strict: true,
             ..Diagnostics::default()
         };
         let config = read_root(&value, &mut diag);
+        if let Some(c) = config.as_ref().filter(|_| diag.errors.is_empty()) {
+            let free = crate::estimate::statvfs_free_bytes;
+            if let Err(issue) = c.check_fits(host_memory_bytes(), &free) {
+                diag.errors.push(issue);
+            }
+        }
         match config {
             Some(config) if diag.errors.is_empty() => Ok(Loaded {
                 config,
@@ -301,6 +425,12 @@ fn read_root(value: &Value, diag: &mut Diagnostics) -> Option<Config> {
     let wall_clock_breakdown = root.bool("wall_clock_breakdown", false, diag);
     let optimizer = sections::read_optimizer(&mut root, diag);
     let scheduler = sections::read_scheduler(&mut root, &optimizer, &zinf, diag);
+    if let Some(w) = scheduler
+        .as_ref()
+        .and_then(|s| sections::schedule_overrun(s, zinf.train_steps))
+    {
+        diag.warnings.push(w);
+    }
     let zero_optimization = zero::read_zero(&mut root, &zinf, diag);
     let aio = zero::read_aio(&mut root, diag);
     let activation_checkpointing = sections::read_activation_checkpointing(&mut root, diag);
@@ -308,6 +438,7 @@ fn read_root(value: &Value, diag: &mut Diagnostics) -> Option<Config> {
     let tensorboard = sections::read_monitor(&mut root, "tensorboard", diag);
     let flops_profiler = sections::read_flops_profiler(&mut root, diag);
     root.finish(diag);
+    diag.report_unknown_keys();
     Some(Config {
         train_batch_size,
         train_micro_batch_size_per_gpu: micro,

@@ -5,9 +5,10 @@
 //!
 //! It is not a schema language: each section's reader is plain code that asks for its keys.
 
-use super::{Diagnostics, Issue};
+use super::Diagnostics;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
+use std::fmt;
 
 /// A value that may be DeepSpeed/Hugging Face's `"auto"`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +79,35 @@ impl<'a> Section<'a> {
         self.known.extend(keys.iter().copied());
     }
 
+    /// Records that `key` was `"auto"` and took its default: DeepSpeed builds its config models
+    /// non-strict and drops every `"auto"` key (deepspeed/runtime/config_utils.py), so the
+    /// field keeps DeepSpeed's default; the `zinf` block keeps zinf's.
+    fn auto_default(&self, key: &str, shown: impl fmt::Display, diag: &mut Diagnostics) {
+        let whose = if self.path == "zinf" || self.path.starts_with("zinf.") {
+            "zinf's default"
+        } else {
+            "DeepSpeed's default; DeepSpeed drops \"auto\" keys"
+        };
+        diag.resolved(&self.key_path(key), format!("auto -> {shown} ({whose})"));
+    }
+
+    /// The raw value of `key` unless it is `"auto"`, in which case the default (shown as
+    /// `shown`) is recorded as the resolution and `None` returned.
+    fn raw_or_auto(
+        &mut self,
+        key: &'static str,
+        shown: impl fmt::Display,
+        diag: &mut Diagnostics,
+    ) -> Option<&'a Value> {
+        match self.raw(key) {
+            Some(v) if is_auto(v) => {
+                self.auto_default(key, shown, diag);
+                None
+            }
+            v => v,
+        }
+    }
+
     /// The raw value of `key`, marking it known.
     pub fn raw(&mut self, key: &'static str) -> Option<&'a Value> {
         self.known.insert(key);
@@ -115,7 +145,7 @@ impl<'a> Section<'a> {
 
     pub fn bool(&mut self, key: &'static str, default: bool, diag: &mut Diagnostics) -> bool {
         let path = self.key_path(key);
-        as_bool(self.raw(key), &path, diag).unwrap_or(default)
+        as_bool(self.raw_or_auto(key, default, diag), &path, diag).unwrap_or(default)
     }
 
     pub fn auto_bool(&mut self, key: &'static str, diag: &mut Diagnostics) -> Option<Auto<bool>> {
@@ -128,12 +158,25 @@ impl<'a> Section<'a> {
 
     pub fn u64(&mut self, key: &'static str, default: u64, diag: &mut Diagnostics) -> u64 {
         let path = self.key_path(key);
-        as_u64(self.raw(key), &path, diag).unwrap_or(default)
+        as_u64(self.raw_or_auto(key, default, diag), &path, diag).unwrap_or(default)
+    }
+
+    /// An integer in `[min, max]`; outside it is an error naming the bounds (and the default
+    /// is used so reading can go on and report everything).
+    pub fn u64_in(
+        &mut self,
+        key: &'static str,
+        default: u64,
+        (min, max): (u64, u64),
+        diag: &mut Diagnostics,
+    ) -> u64 {
+        let v = self.u64(key, default, diag);
+        check_range(v, min, max, &self.key_path(key), diag).unwrap_or(default)
     }
 
     pub fn opt_u64(&mut self, key: &'static str, diag: &mut Diagnostics) -> Option<u64> {
         let path = self.key_path(key);
-        as_u64(self.raw(key), &path, diag)
+        as_u64(self.raw_or_auto(key, "unset", diag), &path, diag)
     }
 
     pub fn auto_u64(&mut self, key: &'static str, diag: &mut Diagnostics) -> Option<Auto<u64>> {
@@ -143,7 +186,7 @@ impl<'a> Section<'a> {
 
     pub fn f64(&mut self, key: &'static str, default: f64, diag: &mut Diagnostics) -> f64 {
         let path = self.key_path(key);
-        as_f64(self.raw(key), &path, diag).unwrap_or(default)
+        as_f64(self.raw_or_auto(key, default, diag), &path, diag).unwrap_or(default)
     }
 
     pub fn auto_f64(&mut self, key: &'static str, diag: &mut Diagnostics) -> Option<Auto<f64>> {
@@ -156,7 +199,7 @@ impl<'a> Section<'a> {
 
     pub fn opt_string(&mut self, key: &'static str, diag: &mut Diagnostics) -> Option<String> {
         let path = self.key_path(key);
-        match self.raw(key) {
+        match self.raw_or_auto(key, "unset", diag) {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => {
@@ -178,6 +221,10 @@ impl<'a> Section<'a> {
         diag: &mut Diagnostics,
     ) -> &'static str {
         let path = self.key_path(key);
+        if self.raw(key).is_some_and(is_auto) {
+            self.auto_default(key, default, diag);
+            return default;
+        }
         match self.opt_string(key, diag) {
             None => default,
             Some(s) => match choices.iter().find(|c| **c == s) {
@@ -197,21 +244,35 @@ impl<'a> Section<'a> {
         }
     }
 
-    /// Reports every key that was neither read nor accepted, with the nearest known key.
+    /// Hands the section's known keys and the keys nobody read to `diag`, which reports the
+    /// unknown ones once every section is known (so a key in the wrong section can be pointed
+    /// to the right one: [`Diagnostics::report_unknown_keys`]).
     pub fn finish(self, diag: &mut Diagnostics) {
-        let Some(map) = self.map else { return };
-        for key in map.keys() {
-            if self.known.contains(key.as_str()) {
-                continue;
-            }
-            let path = join(&self.path, key);
-            let message = match nearest(key, self.known.iter().copied()) {
-                Some(n) => format!("unknown key; did you mean {n}?"),
-                None => "unknown key".to_string(),
-            };
-            diag.unknown_key(Issue { path, message });
-        }
+        let unknown = self.map.map_or_else(Vec::new, |map| {
+            map.keys()
+                .filter(|k| !self.known.contains(k.as_str()))
+                .cloned()
+                .collect()
+        });
+        diag.section_read(&self.path, self.known.into_iter().collect(), unknown);
     }
+}
+
+/// Whether a value is DeepSpeed / Hugging Face's `"auto"`.
+pub fn is_auto(v: &Value) -> bool {
+    v.as_str() == Some("auto")
+}
+
+/// `v` if it lies in `[min, max]`, else an error at `path` that names the bounds.
+pub fn check_range(v: u64, min: u64, max: u64, path: &str, diag: &mut Diagnostics) -> Option<u64> {
+    if (min..=max).contains(&v) {
+        return Some(v);
+    }
+    diag.error(
+        path,
+        format!("{v} is out of range: must be between {min} and {max}"),
+    );
+    None
 }
 
 pub fn as_bool(v: Option<&Value>, path: &str, diag: &mut Diagnostics) -> Option<bool> {
@@ -235,7 +296,8 @@ pub fn as_u64(v: Option<&Value>, path: &str, diag: &mut Diagnostics) -> Option<u
         return Some(u);
     }
     if let Some(f) = v.as_f64() {
-        if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 {
+        // 2^64 itself rounds to `u64::MAX as f64`: strictly below it, or the cast saturates.
+        if f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 {
             return Some(f as u64);
         }
     }
@@ -284,8 +346,10 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "tib" => 1024.0f64.powi(4),
         _ => return None,
     };
-    let bytes = num * mult;
-    (bytes.is_finite() && bytes >= 0.0).then_some(bytes.round() as u64)
+    let bytes = (num * mult).round();
+    // Below 2^64: `as u64` would saturate a larger number into a wrong, huge size.
+    (bytes.is_finite() && bytes >= 0.0 && bytes < 18_446_744_073_709_551_616.0)
+        .then_some(bytes as u64)
 }
 
 /// Levenshtein distance, for "did you mean" suggestions.

@@ -3,7 +3,8 @@
 //! semantics are DeepSpeed's (deepspeed/runtime/config.py, lr_schedules.py, fp16/loss_scaler.py);
 //! `"auto"` follows Hugging Face's integration, which is where users meet it.
 
-use super::reader::{as_f64, as_u64, auto_u64_at, describe, Auto, Section};
+use super::limits::MAX_BATCH;
+use super::reader::{as_f64, as_u64, auto_u64_at, check_range, describe, Auto, Section};
 use super::{Diagnostics, ZinfConfig};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -64,6 +65,10 @@ pub struct SchedulerConfig {
     #[serde(rename = "type")]
     pub kind: SchedulerType,
     pub params: BTreeMap<String, Value>,
+    /// `total_num_steps` was `"auto"`: it follows the steps the run takes
+    /// ([`super::Loaded::with_train_steps`]), as Hugging Face sets it from `max_steps`.
+    #[serde(skip)]
+    pub auto_total_num_steps: bool,
 }
 
 impl SchedulerConfig {
@@ -178,73 +183,98 @@ fn resolve_enabled(s: &mut Section<'_>, diag: &mut Diagnostics) -> bool {
 }
 
 /// `train_batch_size = micro × accumulation × world` (world is 1 here); any two give the third,
-/// as DeepSpeed's `_configure_train_batch_size`.
+/// as DeepSpeed's `_configure_train_batch_size` (deepspeed/runtime/config.py). `"auto"` and
+/// absent keys take Hugging Face's `TrainingArguments` defaults where the others cannot
+/// determine them (HF fills them before DeepSpeed sees the file). Each key is at most
+/// [`MAX_BATCH`]. Returns `(train, micro, accumulation)`.
 pub fn read_batch(root: &mut Section<'_>, diag: &mut Diagnostics) -> (u64, u64, u64) {
-    let t = root.auto_u64("train_batch_size", diag);
-    let m = root.auto_u64("train_micro_batch_size_per_gpu", diag);
-    let g = root.auto_u64("gradient_accumulation_steps", diag);
-    let set = |a: Option<Auto<u64>>| match a {
-        Some(Auto::Set(v)) => Some(v),
+    const KEYS: [&str; 3] = [
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+    ];
+    let t = root.auto_u64(KEYS[0], diag);
+    let m = root.auto_u64(KEYS[1], diag);
+    let g = root.auto_u64(KEYS[2], diag);
+    let mut bad = false;
+    let mut set = |name: &str, a: Option<Auto<u64>>| match a {
+        Some(Auto::Set(v)) => {
+            if check_range(v, 1, MAX_BATCH, name, diag).is_none() {
+                bad = true;
+            }
+            Some(v)
+        }
         _ => None,
     };
-    let (ts, mut ms, mut gs) = (set(t), set(m), set(g));
-    for (name, v) in [
-        ("train_batch_size", ts),
-        ("train_micro_batch_size_per_gpu", ms),
-        ("gradient_accumulation_steps", gs),
-    ] {
-        if v == Some(0) {
-            diag.error(name, "must be at least 1");
-            return (1, 1, 1);
-        }
+    let (ts, mut ms, mut gs) = (set(KEYS[0], t), set(KEYS[1], m), set(KEYS[2], g));
+    if bad {
+        return (1, 1, 1);
     }
-    // "auto" where the others cannot determine it: Hugging Face's TrainingArguments defaults.
-    if m == Some(Auto::Auto) && !(ts.is_some() && gs.is_some()) {
+    let auto_micro = m == Some(Auto::Auto) && !(ts.is_some() && gs.is_some());
+    if auto_micro || (ts.is_none() && ms.is_none()) {
         ms = Some(8);
+        let how = if auto_micro { "auto" } else { "not set" };
         diag.resolved(
-            "train_micro_batch_size_per_gpu",
-            "auto -> 8 (per_device_train_batch_size default)",
+            KEYS[1],
+            format!("{how} -> 8 (Hugging Face's per_device_train_batch_size default)"),
         );
     }
     if g == Some(Auto::Auto) && !(ts.is_some() && ms.is_some()) {
         gs = Some(1);
-        diag.resolved(
-            "gradient_accumulation_steps",
-            "auto -> 1 (gradient_accumulation_steps default)",
-        );
+        diag.resolved(KEYS[2], "auto -> 1 (Hugging Face's default)");
     }
-    let (train, micro, gas) = match (ts, ms, gs) {
-        (Some(t), Some(m), Some(g)) => (t, m, g),
-        (Some(t), Some(m), None) => (t, m, t / m),
-        (Some(t), None, Some(g)) => (t, t / g, g),
-        (None, Some(m), Some(g)) => (m * g, m, g),
-        (Some(t), None, None) => (t, t, 1),
-        (None, Some(m), None) => (m, m, 1),
-        (None, None, _) => {
+    let divide = |t: u64, by: u64, what: &str, diag: &mut Diagnostics| {
+        if t % by == 0 {
+            Some(t / by)
+        } else {
             diag.error(
-                "train_batch_size",
-                "either train_batch_size or train_micro_batch_size_per_gpu needs to be provided",
+                KEYS[0],
+                format!("{t} is not a multiple of {what} {by}; DeepSpeed needs it whole"),
             );
-            return (1, 1, 1);
+            None
         }
+    };
+    let resolved = match (ts, ms, gs) {
+        (Some(t), Some(m), Some(g)) => Some((t, m, g)),
+        (Some(t), Some(m), None) => divide(t, m, KEYS[1], diag).map(|g| (t, m, g)),
+        (Some(t), None, Some(g)) => divide(t, g, KEYS[2], diag).map(|m| (t, m, g)),
+        (Some(t), None, None) => Some((t, t, 1)),
+        (None, Some(m), g) => Some((m * g.unwrap_or(1), m, g.unwrap_or(1))),
+        (None, None, _) => unreachable!("micro is defaulted above when neither is set"),
+    };
+    let Some((train, micro, gas)) = resolved else {
+        return (1, 1, 1);
     };
     if t == Some(Auto::Auto) {
         diag.resolved(
-            "train_batch_size",
+            KEYS[0],
             format!("auto -> {} (micro × accumulation × 1 rank)", micro * gas),
         );
     }
-    if micro == 0 || gas == 0 || train != micro * gas {
-        diag.error(
-            "train_batch_size",
-            format!(
-                "train_batch_size is not equal to train_micro_batch_size_per_gpu × \
-                 gradient_accumulation_steps × world size: {train} != {micro} × {gas} × 1"
-            ),
-        );
-        return (train.max(1), micro.max(1), gas.max(1));
+    if train != micro * gas {
+        diag.error(KEYS[0], rank_mismatch(train, micro, gas));
+        return (micro * gas, micro, gas);
     }
     (train, micro, gas)
+}
+
+/// Why `train != micro × gas` on one rank, and what to set instead.
+fn rank_mismatch(train: u64, micro: u64, gas: u64) -> String {
+    let per_rank = micro * gas;
+    if train > per_rank && train % per_rank == 0 {
+        let ranks = train / per_rank;
+        format!(
+            "{train} = {micro} × {gas} × {ranks} implies {ranks} ranks; zinf runs 1: set \
+             gradient_accumulation_steps to {} to keep the global batch, or train_batch_size \
+             to {per_rank}",
+            gas * ranks
+        )
+    } else {
+        format!(
+            "train_batch_size is not equal to train_micro_batch_size_per_gpu × \
+             gradient_accumulation_steps × world size: {train} != {micro} × {gas} × 1"
+        )
+    }
 }
 
 pub fn read_optimizer(root: &mut Section<'_>, diag: &mut Diagnostics) -> OptimizerConfig {
@@ -487,16 +517,19 @@ pub fn read_scheduler(
     };
     let names = scheduler_params(kind);
     let mut params = BTreeMap::new();
+    let auto_total_num_steps = given
+        .get("total_num_steps")
+        .is_some_and(super::reader::is_auto);
     for name in names {
         let path = format!("scheduler.params.{name}");
         let value = match given.get(*name) {
             Some(Value::String(a)) if a == "auto" => {
-                resolve_sched_auto(name, opt, zinf, &path, diag)
+                Some(resolve_sched_auto(name, opt, zinf, &path, diag))
             }
             Some(v) => check_sched_value(name, v, &path, diag),
             None => scheduler_default(name, opt),
         };
-        if let Some(v) = value {
+        if let Some(v) = value.filter(|v| !v.is_null()) {
             params.insert(name.to_string(), v);
         }
     }
@@ -512,7 +545,38 @@ pub fn read_scheduler(
             });
         }
     }
-    Some(SchedulerConfig { kind, params })
+    Some(SchedulerConfig {
+        kind,
+        params,
+        auto_total_num_steps,
+    })
+}
+
+/// Most steps a schedule parameter may count: 2^53, where f64 (DeepSpeed computes in Python
+/// floats) still counts every step.
+const MAX_SCHEDULE_STEPS: u64 = 1 << 53;
+
+/// The one warning a run longer than its schedule gets: past `total_num_steps` WarmupDecayLR
+/// stays at 0 and WarmupCosineLR at `cos_min_ratio` × lr, as DeepSpeed's do
+/// (deepspeed/runtime/lr_schedules.py). `None` when the schedule covers `steps`.
+pub fn schedule_overrun(s: &SchedulerConfig, steps: u64) -> Option<super::Issue> {
+    let total = s.params.get("total_num_steps").and_then(Value::as_u64)?;
+    let after = match s.kind {
+        SchedulerType::WarmupDecayLR => "the lr stays at 0".to_string(),
+        SchedulerType::WarmupCosineLR => format!(
+            "the lr stays at cos_min_ratio ({}) × lr",
+            s.num("cos_min_ratio")
+        ),
+        _ => return None,
+    };
+    (steps > total).then(|| super::Issue {
+        path: "scheduler.params.total_num_steps".into(),
+        message: format!(
+            "the run takes {steps} steps but the {:?} schedule ends at {total}; after it {after} \
+             (as DeepSpeed)",
+            s.kind
+        ),
+    })
 }
 
 fn check_sched_value(name: &str, v: &Value, path: &str, diag: &mut Diagnostics) -> Option<Value> {
@@ -539,34 +603,40 @@ fn check_sched_value(name: &str, v: &Value, path: &str, diag: &mut Diagnostics) 
             None
         }),
         n if n.ends_with("steps") || n.ends_with("step_size") || n.ends_with("stair_count") => {
-            as_u64(Some(v), path, diag).map(Value::from)
+            as_u64(Some(v), path, diag)
+                .and_then(|n| check_range(n, 0, MAX_SCHEDULE_STEPS, path, diag))
+                .map(Value::from)
         }
         _ => as_f64(Some(v), path, diag).map(Value::from),
     }
 }
 
+/// A scheduler parameter written `"auto"`: the ones Hugging Face fills (deepspeed.py's
+/// `trainer_config_process`) from the optimizer and the run, every other one DeepSpeed's default
+/// (DeepSpeed drops `"auto"` keys).
 fn resolve_sched_auto(
     name: &str,
     opt: &OptimizerConfig,
     zinf: &ZinfConfig,
     path: &str,
     diag: &mut Diagnostics,
-) -> Option<Value> {
+) -> Value {
     let (v, why) = match name {
         "warmup_max_lr" | "cycle_max_lr" => (Value::from(opt.params.lr), "optimizer.params.lr"),
         "warmup_min_lr" => (Value::from(0.0), "Hugging Face's default"),
-        "warmup_num_steps" => (Value::from(0), "warmup_steps default"),
-        "total_num_steps" => (Value::from(zinf.train_steps), "zinf.train_steps"),
-        _ => {
-            diag.error(
-                path,
-                "\"auto\" is not resolvable for this parameter; give a value",
-            );
-            return None;
-        }
+        "warmup_num_steps" => (Value::from(0), "Hugging Face's warmup_steps default"),
+        "total_num_steps" => (
+            Value::from(zinf.train_steps),
+            "the steps the run takes: zinf.train_steps, or zinf train --steps",
+        ),
+        other => match scheduler_default(other, opt) {
+            Some(v) => (v, "DeepSpeed's default; DeepSpeed drops \"auto\" keys"),
+            // OneCycle's second step size / stair count follow the first (finish_scheduler).
+            None => (Value::Null, "follows the first phase"),
+        },
     };
     diag.resolved(path, format!("auto -> {v} ({why})"));
-    Some(v)
+    v
 }
 
 fn finish_scheduler(

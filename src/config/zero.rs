@@ -15,6 +15,17 @@ pub enum OffloadDevice {
     Nvme,
 }
 
+/// DeepSpeed's spelling (`none`, `cpu`, `nvme`), the one users write and read.
+impl std::fmt::Display for OffloadDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OffloadDevice::None => "none",
+            OffloadDevice::Cpu => "cpu",
+            OffloadDevice::Nvme => "nvme",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OffloadParam {
     pub device: OffloadDevice,
@@ -149,12 +160,21 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
         "stage3_gather_16bit_weights_on_model_save",
         diag,
     );
-    let mut gather_16bit = super::reader::as_bool(
-        g16,
-        "zero_optimization.gather_16bit_weights_on_model_save",
-        diag,
-    )
-    .unwrap_or(false);
+    let mut gather_16bit = match g16 {
+        Some(v) if super::reader::is_auto(v) => {
+            diag.resolved(
+                "zero_optimization.gather_16bit_weights_on_model_save",
+                "auto -> false (DeepSpeed's default; DeepSpeed drops \"auto\" keys)",
+            );
+            false
+        }
+        v => super::reader::as_bool(
+            v,
+            "zero_optimization.gather_16bit_weights_on_model_save",
+            diag,
+        )
+        .unwrap_or(false),
+    };
     if let Some(v) = deprecated_bool(
         &mut s,
         "stage3_gather_fp16_weights_on_model_save",
@@ -163,7 +183,7 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
     ) {
         gather_16bit = v;
     }
-    let mut offload_param = read_offload_param(&mut s, diag);
+    let mut offload_param = read_offload_param(&mut s, &zinf.model, diag);
     let mut offload_optimizer = read_offload_optimizer(&mut s, diag);
     map_deprecated_offload(&mut s, &mut offload_param, &mut offload_optimizer, diag);
     s.accept(ZERO_ACCEPTED);
@@ -225,7 +245,9 @@ fn auto_count(
     }
 }
 
-/// A stage-3 count under its name or its `stage3_` alias.
+/// A stage-3 count under its name or its `stage3_` alias; `"auto"` keeps DeepSpeed's default
+/// (Hugging Face fills only the bucket sizes and the persistence threshold, DeepSpeed drops the
+/// rest).
 fn aliased_u64(
     s: &mut Section<'_>,
     key: &'static str,
@@ -238,7 +260,17 @@ fn aliased_u64(
         _ => "stage3_max_reuse_distance",
     };
     let (raw, path) = s.raw_aliased(key, alias, diag);
-    super::reader::as_u64(raw, &path, diag).unwrap_or(default)
+    match super::reader::auto_u64_at(raw, &path, diag) {
+        Some(Auto::Set(v)) => v,
+        Some(Auto::Auto) => {
+            diag.resolved(
+                &path,
+                format!("auto -> {default} (DeepSpeed's default; DeepSpeed drops \"auto\" keys)"),
+            );
+            default
+        }
+        None => default,
+    }
 }
 
 fn deprecated_bool(
@@ -313,16 +345,47 @@ fn read_device(s: &mut Section<'_>, diag: &mut Diagnostics) -> (OffloadDevice, O
     (device, nvme_path)
 }
 
-fn read_offload_param(parent: &mut Section<'_>, diag: &mut Diagnostics) -> OffloadParam {
+/// Most swap buffers of one offload block: DeepSpeed's defaults are 4 and 5.
+pub const MAX_BUFFER_COUNT: u64 = 1024;
+/// Most elements of one parameter swap buffer (2^40: 2 TiB of fp16).
+pub const MAX_BUFFER_SIZE: u64 = 1 << 40;
+
+fn read_offload_param(
+    parent: &mut Section<'_>,
+    model: &crate::model::GptConfig,
+    diag: &mut Diagnostics,
+) -> OffloadParam {
     let raw = parent.raw("offload_param");
     let mut s = Section::new("zero_optimization.offload_param", raw, diag);
     let (device, nvme_path) = read_device(&mut s, diag);
+    let pin_memory = s.bool("pin_memory", false, diag);
+    let buffer_count = s.u64_in("buffer_count", 5, (1, MAX_BUFFER_COUNT), diag);
+    let buffer_size = match s.auto_u64("buffer_size", diag) {
+        Some(Auto::Set(v)) => {
+            let path = s.key_path("buffer_size");
+            super::reader::check_range(v, 1, MAX_BUFFER_SIZE, &path, diag).unwrap_or(100_000_000)
+        }
+        Some(Auto::Auto) => {
+            // DeepSpeed's swapper needs one buffer to hold the largest parameter.
+            let largest = super::limits::largest_tensor(model);
+            let v = largest.max(100_000_000);
+            diag.resolved(
+                &s.key_path("buffer_size"),
+                format!(
+                    "auto -> {v} (DeepSpeed's default 1e8, at least the largest tensor's \
+                     {largest} elements, which one buffer must hold)"
+                ),
+            );
+            v
+        }
+        None => 100_000_000,
+    };
     let c = OffloadParam {
         device,
         nvme_path,
-        pin_memory: s.bool("pin_memory", false, diag),
-        buffer_count: s.u64("buffer_count", 5, diag),
-        buffer_size: s.u64("buffer_size", 100_000_000, diag),
+        pin_memory,
+        buffer_count,
+        buffer_size,
         max_in_cpu: s.u64("max_in_cpu", 1_000_000_000, diag),
     };
     s.finish(diag);
@@ -337,7 +400,7 @@ fn read_offload_optimizer(parent: &mut Section<'_>, diag: &mut Diagnostics) -> O
         device,
         nvme_path,
         pin_memory: s.bool("pin_memory", false, diag),
-        buffer_count: s.u64("buffer_count", 4, diag),
+        buffer_count: s.u64_in("buffer_count", 4, (1, MAX_BUFFER_COUNT), diag),
         pipeline_read: s.bool("pipeline_read", true, diag),
         pipeline_write: s.bool("pipeline_write", true, diag),
         fast_init: s.bool("fast_init", false, diag),
@@ -354,11 +417,17 @@ fn read_offload_optimizer(parent: &mut Section<'_>, diag: &mut Diagnostics) -> O
     c
 }
 
+/// `aio` limits, the same as zinf-aio's `AioConfig::validate`: a block is at most 1 GiB, a ring
+/// at most 4096 deep, at most 256 I/O threads.
+pub const AIO_MAX_QUEUE_DEPTH: u64 = 4096;
+pub const AIO_MAX_THREADS: u64 = 256;
+
 pub fn read_aio(root: &mut Section<'_>, diag: &mut Diagnostics) -> AioSection {
     let raw = root.raw("aio");
     let mut s = Section::new("aio", raw, diag);
-    let block_size = s.u64("block_size", 1_048_576, diag);
-    let queue_depth = s.u64("queue_depth", 8, diag);
+    let max_block = zinf_aio::MAX_BLOCK_BYTES as u64;
+    let block_size = s.u64_in("block_size", 1_048_576, (1, max_block), diag);
+    let queue_depth = s.u64_in("queue_depth", 8, (1, AIO_MAX_QUEUE_DEPTH), diag);
     let intra = s.opt_u64("intra_op_parallelism", diag);
     let thread_count = s.opt_u64("thread_count", diag);
     if thread_count.is_some() {
@@ -367,10 +436,22 @@ pub fn read_aio(root: &mut Section<'_>, diag: &mut Diagnostics) -> AioSection {
             "deprecated; mapped to intra_op_parallelism",
         );
     }
+    let (threads, threads_path) = match (intra, thread_count) {
+        (Some(v), _) => (v, "aio.intra_op_parallelism"),
+        (None, Some(v)) => (v, "aio.thread_count"),
+        (None, None) => (1, "aio.intra_op_parallelism"),
+    };
     let c = AioSection {
         block_size,
         queue_depth,
-        intra_op_parallelism: intra.or(thread_count).unwrap_or(1),
+        intra_op_parallelism: super::reader::check_range(
+            threads,
+            1,
+            AIO_MAX_THREADS,
+            threads_path,
+            diag,
+        )
+        .unwrap_or(1),
         single_submit: s.bool("single_submit", false, diag),
         overlap_events: s.bool("overlap_events", true, diag),
         use_gds: s.bool("use_gds", false, diag),
@@ -380,15 +461,6 @@ pub fn read_aio(root: &mut Section<'_>, diag: &mut Diagnostics) -> AioSection {
             "aio.use_gds",
             "GPUDirect Storage is not supported; bytes go through the pinned pool",
         );
-    }
-    for (key, v) in [
-        ("block_size", c.block_size),
-        ("queue_depth", c.queue_depth),
-        ("intra_op_parallelism", c.intra_op_parallelism),
-    ] {
-        if v == 0 {
-            diag.error(&format!("aio.{key}"), "must be at least 1");
-        }
     }
     if !c.block_size.is_multiple_of(4096) {
         diag.error(

@@ -76,12 +76,23 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
         _ => None,
     };
     let threads = s.opt_u64("threads", diag);
-    if threads == Some(0) {
-        diag.error(
-            "zinf.threads",
-            "must be at least 1 (leave it out to use every core)",
-        );
-    }
+    let threads = match threads {
+        Some(0) => {
+            diag.error(
+                "zinf.threads",
+                "must be at least 1 (leave it out to use every core)",
+            );
+            None
+        }
+        Some(t) if t > MAX_THREADS => {
+            diag.error(
+                "zinf.threads",
+                format!("{t} is out of range: must be between 1 and {MAX_THREADS}"),
+            );
+            None
+        }
+        t => t,
+    };
     let trace = s.opt_string("trace", diag);
     let sqpoll = s.bool("sqpoll", false, diag);
     let swap_double_buffered = s.bool("swap_double_buffered", true, diag);
@@ -102,32 +113,33 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
     }
 }
 
-/// The model's shape; defaults are GPT-2 small (124M).
+/// The model's shape; defaults are GPT-2 small (124M). Each dimension is bounded
+/// ([`super::limits::MODEL_LIMITS`]); one out of range is an error and reading goes on with the
+/// default, so the checks below never see an absurd number.
 fn read_model(parent: &mut Section<'_>, diag: &mut Diagnostics) -> GptConfig {
     let raw = parent.raw("model");
     let mut s = Section::new("zinf.model", raw, diag);
     let d = GptConfig::gpt2_124m();
-    let mut dim = |key: &'static str, default: usize| s.u64(key, default as u64, diag) as usize;
+    let defaults = [d.n_layer, d.n_head, d.n_embd, d.vocab_size, d.block_size];
+    let mut dims = [0usize; 5];
+    for (slot, ((key, min, max), default)) in dims
+        .iter_mut()
+        .zip(super::limits::MODEL_LIMITS.into_iter().zip(defaults))
+    {
+        let default = default as u64;
+        let key: &'static str = key;
+        *slot = s.u64_in(key, default, (min, max), diag) as usize;
+    }
+    let [n_layer, n_head, n_embd, vocab_size, block_size] = dims;
     let m = GptConfig {
-        n_layer: dim("n_layer", d.n_layer),
-        n_head: dim("n_head", d.n_head),
-        n_embd: dim("n_embd", d.n_embd),
-        vocab_size: dim("vocab_size", d.vocab_size),
-        block_size: dim("block_size", d.block_size),
+        n_layer,
+        n_head,
+        n_embd,
+        vocab_size,
+        block_size,
     };
     s.finish(diag);
-    for (key, v) in [
-        ("n_layer", m.n_layer),
-        ("n_head", m.n_head),
-        ("n_embd", m.n_embd),
-        ("vocab_size", m.vocab_size),
-        ("block_size", m.block_size),
-    ] {
-        if v == 0 {
-            diag.error(&format!("zinf.model.{key}"), "must be at least 1");
-        }
-    }
-    if m.n_head > 0 && !m.n_embd.is_multiple_of(m.n_head) {
+    if !m.n_embd.is_multiple_of(m.n_head) {
         diag.error(
             "zinf.model.n_embd",
             format!("{} is not divisible by n_head = {}", m.n_embd, m.n_head),
@@ -158,7 +170,7 @@ fn read_data(parent: &mut Section<'_>, model: &GptConfig, diag: &mut Diagnostics
         );
     }
     let eval_interval = s.u64("eval_interval", 50, diag);
-    let eval_batches = s.u64("eval_batches", 4, diag);
+    let eval_batches = s.u64_in("eval_batches", 4, (0, MAX_EVAL_BATCHES), diag);
     s.finish(diag);
     DataConfig {
         path,
@@ -179,13 +191,17 @@ fn size(s: &mut Section<'_>, key: &'static str, diag: &mut Diagnostics) -> Optio
             None => {
                 diag.error(
                     &path,
-                    format!("{t:?} is not a size (write e.g. 4096, \"512MiB\", \"2GB\")"),
+                    format!(
+                        "{t:?} is not a size below 16 EiB (write e.g. 4096, \"512MiB\", \"2GB\")"
+                    ),
                 );
                 None
             }
         },
         v => match v.as_f64() {
-            Some(f) if f >= 0.0 && f.fract() == 0.0 => Some(Auto::Set(f as u64)),
+            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < MAX_SIZE_BYTES => {
+                Some(Auto::Set(f as u64))
+            }
             _ => {
                 diag.error(
                     &path,
@@ -199,6 +215,13 @@ fn size(s: &mut Section<'_>, key: &'static str, diag: &mut Diagnostics) -> Optio
         },
     }
 }
+
+/// Most compute threads `zinf.threads` (and `zinf train --threads`) may ask for.
+pub const MAX_THREADS: u64 = 4096;
+/// Most validation micro-batches per evaluation.
+pub const MAX_EVAL_BATCHES: u64 = 1 << 20;
+/// Byte sizes are below 2^64 (16 EiB); a larger number is refused, not saturated.
+const MAX_SIZE_BYTES: f64 = 18_446_744_073_709_551_616.0;
 
 /// Physical memory from /proc/meminfo (MemTotal).
 pub fn host_memory_bytes() -> Option<u64> {

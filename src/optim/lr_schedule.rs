@@ -363,9 +363,13 @@ fn cosine_ratio(c: &WarmupCosineLRConfig, it: i64) -> f64 {
     if let Some(r) = w.gamma(it) {
         return c.warmup_min_ratio + r * (1.0 - c.warmup_min_ratio);
     }
+    // DeepSpeed clamps the cosine's progress to 1, so past `total_num_steps` (and with no decay
+    // window at all, total <= warmup) the ratio stays at `cos_min_ratio` instead of climbing
+    // back to the peak (deepspeed/runtime/lr_schedules.py, WarmupCosineLR.get_lr_ratio).
     let real_last_step = (it - w.steps as i64 + 1) as f64;
-    let real_total_steps = c.total_num_steps as f64 - w.steps as f64;
-    let ratio = (1.0 + (std::f64::consts::PI * real_last_step / real_total_steps).cos()) / 2.0;
+    let real_total_steps = (c.total_num_steps as f64 - w.steps as f64).max(1.0);
+    let progress = (real_last_step / real_total_steps).min(1.0);
+    let ratio = (1.0 + (std::f64::consts::PI * progress).cos()) / 2.0;
     (c.cos_min_ratio + (1.0 - c.cos_min_ratio) * ratio).max(0.0)
 }
 
@@ -421,13 +425,6 @@ fn one_cycle_mom(c: &OneCycleConfig, it: i64) -> f64 {
 fn validate(config: &SchedulerConfig) -> Result<(), OptimError> {
     let bad = |name, value: f64, why| Err(OptimError::InvalidSchedule { name, value, why });
     match config {
-        SchedulerConfig::WarmupCosineLR(c) if c.total_num_steps == c.warmup_num_steps.max(2) => {
-            bad(
-                "total_num_steps",
-                c.total_num_steps as f64,
-                "equals warmup_num_steps: the cosine phase would divide by zero",
-            )
-        }
         SchedulerConfig::OneCycle(c) if one_cycle_shape(c).0 == 0.0 => bad(
             "cycle_first_step_size",
             0.0,

@@ -110,6 +110,47 @@ fn warmup_cosine_lr_scales_the_optimizer_lr() {
 }
 
 #[test]
+fn past_the_end_each_schedule_does_what_deepspeeds_does() {
+    // WarmupCosineLR: DeepSpeed clamps the cosine's progress, so the lr stays at the floor
+    // instead of climbing back to the peak (it used to reach 2e-3 again at step 2099).
+    let c = WarmupCosineLRConfig {
+        warmup_num_steps: 100,
+        cos_min_ratio: 0.01,
+        warmup_type: WarmupType::Linear,
+        ..WarmupCosineLRConfig::new(1100)
+    };
+    let s = sched(SchedulerConfig::WarmupCosineLR(c));
+    let floor = 2e-3 * 0.01;
+    check(
+        &s,
+        &[(1099, floor), (1500, floor), (2099, floor), (50_000, floor)],
+    );
+    // No decay window (total <= warmup): the floor right after warmup, no division by zero.
+    let short = WarmupCosineLRConfig {
+        warmup_num_steps: 100,
+        cos_min_ratio: 0.01,
+        ..WarmupCosineLRConfig::new(100)
+    };
+    let s = sched(SchedulerConfig::WarmupCosineLR(short));
+    check(&s, &[(100, floor), (101, floor)]);
+    // WarmupDecayLR stays at 0, WarmupLR at its max.
+    let d = WarmupDecayLRConfig {
+        warmup_num_steps: 10,
+        warmup_max_lr: 1e-3,
+        ..WarmupDecayLRConfig::new(100)
+    };
+    check(
+        &sched(SchedulerConfig::WarmupDecayLR(d)),
+        &[(100, 0.0), (10_000, 0.0)],
+    );
+    let w = WarmupLRConfig {
+        warmup_num_steps: 10,
+        ..WarmupLRConfig::default()
+    };
+    check(&sched(SchedulerConfig::WarmupLR(w)), &[(10_000, 1e-3)]);
+}
+
+#[test]
 fn one_cycle_lr_and_momentum() {
     let c = OneCycleConfig {
         cycle_first_step_size: 10,
