@@ -141,6 +141,8 @@ fn load_config(args: &TrainArgs) -> anyhow::Result<Loaded> {
             Config::embedded_default()?
         }
     };
+    // `--steps` overrides zinf.train_steps, and "auto" schedule lengths follow it.
+    let loaded = loaded.with_train_steps(args.steps);
     loaded.log();
     Ok(loaded)
 }

@@ -348,7 +348,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
     };
     let bytes = (num * mult).round();
     // Below 2^64: `as u64` would saturate a larger number into a wrong, huge size.
-    (bytes.is_finite() && bytes >= 0.0 && bytes < 18_446_744_073_709_551_616.0)
+    (bytes.is_finite() && (0.0..18_446_744_073_709_551_616.0).contains(&bytes))
         .then_some(bytes as u64)
 }
 
