@@ -31,6 +31,16 @@ impl HostSlice<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The elements' bytes (native-endian), as the swap store and
+    /// [`HostParams::set_range_bytes`] take them.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            HostSlice::F32(s) => bytemuck::cast_slice(s),
+            HostSlice::F16(s) => bytemuck::cast_slice(s),
+            HostSlice::Bf16(s) => bytemuck::cast_slice(s),
+        }
+    }
 }
 
 /// Storage type of parameters outside the optimizer.

@@ -18,7 +18,7 @@ use crate::host::HostParams;
 use crate::model::{GptConfig, Model};
 use crate::optim::{LossScaler, LrSchedulerState};
 use crate::tiers::layout::dtype_tag;
-use crate::tiers::{HostOpt, Recorder, SwapQueue, TierLayout, Unit, OPT_STATES};
+use crate::tiers::{HostOpt, Recorder, SwapQueue, TierLayout, OPT_STATES};
 use crate::timeline::{Overlap, Timeline};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -145,8 +145,6 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             self.save_store = Some(Store::create(io, &cfg, &specs)?);
         }
         let state = serde_json::to_vec(&self.state()).expect("the state serializes");
-        let units = self.tiers.layout().units.clone();
-        let groups = self.tiers.layout().groups.clone();
         let Engine {
             tiers, save_store, ..
         } = self;
@@ -164,7 +162,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             params: parts.params.as_deref(),
             opt: parts.opt.as_deref(),
         };
-        save_into(store, &mut rec, &host, &groups, &units, &state)?;
+        save_into(store, &mut rec, &host, parts.layout, &state)?;
         let folder = if on_nvme {
             self.swap_folder()
         } else {
@@ -205,18 +203,17 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             timeline: Timeline::disabled(),
             overlap: Overlap::default(),
         };
-        let units = self.tiers.layout().units.clone();
-        let groups = self.tiers.layout().groups.clone();
         let Engine {
             tiers, save_store, ..
         } = self;
         let parts = tiers.parts();
+        let layout = parts.layout;
         let store = match (parts.nvme, save_store.as_mut()) {
             (Some(n), _) => &mut n.store,
             (None, Some(s)) => s,
             (None, None) => unreachable!("the save store was opened above"),
         };
-        let mut q = SwapQueue::<B>::new(4, store.shard_count());
+        let mut q = SwapQueue::<B>::new(4, store, 0, 0)?;
         let raw = read_whole(&mut q, store, &mut rec, STATE_SHARD)?;
         let len = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes")) as usize;
         if len == 0 || len + 8 > raw.len() {
@@ -225,13 +222,13 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         let st: EngineState = serde_json::from_slice(&raw[8..8 + len])
             .map_err(|e| ckpt_err(&ptr.store, format!("engine state unreadable: {e}")))?;
         if let Some(hp) = parts.params {
-            for (gi, r) in groups.iter().enumerate() {
+            for (gi, r) in layout.groups.iter().enumerate() {
                 let bytes = read_whole(&mut q, store, &mut rec, &ckpt_param(gi))?;
                 hp.set_range_bytes(r.start, &bytes);
             }
         }
         if let Some(o) = parts.opt {
-            for (u, unit) in units.iter().enumerate() {
+            for (u, unit) in layout.units.iter().enumerate() {
                 for (t, dst) in [&mut o.master, &mut o.m, &mut o.v].into_iter().enumerate() {
                     let bytes = read_whole(&mut q, store, &mut rec, &ckpt_opt(u, t))?;
                     let d: &mut [u8] = bytemuck::cast_slice_mut(&mut dst[unit.range.clone()]);
@@ -306,21 +303,22 @@ fn save_into<B: BlockIo>(
     store: &mut Store<B>,
     rec: &mut Recorder,
     host: &HostState<'_>,
-    groups: &[std::ops::Range<usize>],
-    units: &[Unit],
+    layout: &TierLayout,
     state: &[u8],
 ) -> Result<(), EngineError> {
-    let mut q = SwapQueue::<B>::new(4, store.shard_count());
+    let mut q = SwapQueue::<B>::new(4, store, 0, 0)?;
     if let Some(hp) = host.params {
-        for (gi, r) in groups.iter().enumerate() {
-            q.write_bytes(store, rec, &ckpt_param(gi), hp.range_bytes(r.clone()))?;
+        for (gi, r) in layout.groups.iter().enumerate() {
+            let id = store.shard_id(&ckpt_param(gi))?;
+            q.write_bytes(store, rec, id, hp.range_bytes(r.clone()))?;
         }
     }
     if let Some(o) = host.opt {
-        for (u, unit) in units.iter().enumerate() {
+        for (u, unit) in layout.units.iter().enumerate() {
             for (t, src) in [&o.master, &o.m, &o.v].into_iter().enumerate() {
                 let bytes = bytemuck::cast_slice(&src[unit.range.clone()]);
-                q.write_bytes(store, rec, &ckpt_opt(u, t), bytes)?;
+                let id = store.shard_id(&ckpt_opt(u, t))?;
+                q.write_bytes(store, rec, id, bytes)?;
             }
         }
     }
@@ -332,7 +330,8 @@ fn save_into<B: BlockIo>(
     let mut body = vec![0u8; STATE_BYTES as usize];
     body[..8].copy_from_slice(&(state.len() as u64).to_le_bytes());
     body[8..8 + state.len()].copy_from_slice(state);
-    q.write_bytes(store, rec, STATE_SHARD, &body)?;
+    let id = store.shard_id(STATE_SHARD)?;
+    q.write_bytes(store, rec, id, &body)?;
     q.flush(store, rec)?;
     store.commit()?;
     Ok(())
@@ -345,7 +344,8 @@ fn read_whole<B: BlockIo>(
     rec: &mut Recorder,
     name: &str,
 ) -> Result<Vec<u8>, EngineError> {
-    let buf = q.alloc(store, rec, name)?;
-    let h = store.read_begin(name, buf)?;
+    let id = store.shard_id(name)?;
+    let buf = q.alloc(store, rec, id)?;
+    let h = store.read_begin_id(id, buf)?;
     Ok(store.wait_read(h)?.to_vec())
 }

@@ -143,27 +143,31 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         if !self.tiers.params_on_nvme() {
             return Ok(());
         }
-        let in_flight = self.tiers.param_reads_in_flight();
-        let numel = |gi: usize| self.model.groups()[gi].range.len() as u64;
-        let mut ahead: u64 = in_flight.iter().map(|&g| numel(g)).sum();
-        let mut live: u64 = self.live_numel() + ahead;
-        let upcoming = self.trace.upcoming().to_vec();
-        for gi in upcoming {
-            if self.on_device(gi) != OnDevice::Off
-                || in_flight.contains(&gi)
-                || !self.tiers.param_read_needed(gi)?
-            {
+        let live = self.live_numel();
+        let Engine {
+            model,
+            tiers,
+            trace,
+            settings,
+            ..
+        } = self;
+        let numel = |gi: usize| model.groups()[gi].range.len() as u64;
+        let mut ahead: u64 = tiers.param_reads_in_flight().map(numel).sum();
+        let mut live = live + ahead;
+        for &gi in trace.upcoming() {
+            // On the device, in flight, or served from a host copy: nothing to read.
+            if tiers.device.get(gi) != OnDevice::Off || !tiers.param_read_needed(gi)? {
                 continue;
             }
             let n = numel(gi);
             let first = ahead == 0;
-            if !first && ahead + n > self.settings.prefetch_bucket_size {
+            if !first && ahead + n > settings.prefetch_bucket_size {
                 break;
             }
-            if live + n > self.settings.max_live_parameters {
+            if live + n > settings.max_live_parameters {
                 break;
             }
-            if !self.tiers.prefetch_params(gi, first)? {
+            if !tiers.prefetch_params(gi, first)? {
                 break; // the pool is full now; the demand read will wait its turn
             }
             ahead += n;

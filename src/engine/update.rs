@@ -155,7 +155,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     ) -> Result<(), EngineError> {
         let t = Instant::now();
         let g0 = self.group_range(gi).start;
-        self.tiers.begin_group_update(gi);
+        self.tiers.begin_group_update();
         for u in self.tiers.layout().group_units[gi].clone() {
             // Read ahead two units: the next one even if writes must finish first, the one
             // after only if the pool has room.

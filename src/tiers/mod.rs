@@ -111,6 +111,7 @@ pub struct TierCounters {
 /// The borrowed parts a save or a resume works on: host arrays and, when anything is on NVMe,
 /// the store.
 pub struct Parts<'a, B: BlockIo> {
+    pub layout: &'a TierLayout,
     pub params: Option<&'a mut HostParams>,
     pub opt: Option<&'a mut HostOpt>,
     pub nvme: Option<&'a mut Nvme<B>>,
@@ -172,7 +173,13 @@ impl<B: BlockIo> Tiers<B> {
                 Some(dir) => Store::open(n.io, dir, false)?,
                 None => Store::create(n.io, &n.config, &specs)?,
             };
-            let queue = SwapQueue::new(n.max_writes, store.shard_count());
+            let groups = if place.params { layout.groups.len() } else { 0 };
+            let units = if place.optimizer {
+                layout.units.len()
+            } else {
+                0
+            };
+            let queue = SwapQueue::new(n.max_writes, &store, groups, units)?;
             Ok(Nvme { store, queue })
         };
         let homes = match (place.params, place.optimizer) {
@@ -213,11 +220,6 @@ impl<B: BlockIo> Tiers<B> {
         &self.layout
     }
 
-    /// The homes (placement variant) — for logs and tests.
-    pub fn homes(&self) -> &Homes<B> {
-        &self.homes
-    }
-
     /// The NVMe tier, when anything lives there.
     pub fn nvme(&self) -> Option<&Nvme<B>> {
         match &self.homes {
@@ -230,27 +232,18 @@ impl<B: BlockIo> Tiers<B> {
 
     /// The parts a save or resume reads and writes.
     pub fn parts(&mut self) -> Parts<'_, B> {
-        match &mut self.homes {
-            Homes::Host { params, opt } => Parts {
-                params: Some(params),
-                opt: Some(opt),
-                nvme: None,
-            },
-            Homes::ParamsNvme { nvme, opt, .. } => Parts {
-                params: None,
-                opt: Some(opt),
-                nvme: Some(nvme),
-            },
-            Homes::OptNvme { nvme, params } => Parts {
-                params: Some(params),
-                opt: None,
-                nvme: Some(nvme),
-            },
-            Homes::AllNvme { nvme, .. } => Parts {
-                params: None,
-                opt: None,
-                nvme: Some(nvme),
-            },
+        let layout = &self.layout;
+        let (params, opt, nvme) = match &mut self.homes {
+            Homes::Host { params, opt } => (Some(params), Some(opt), None),
+            Homes::ParamsNvme { nvme, opt, .. } => (None, Some(opt), Some(nvme)),
+            Homes::OptNvme { nvme, params } => (Some(params), None, Some(nvme)),
+            Homes::AllNvme { nvme, .. } => (None, None, Some(nvme)),
+        };
+        Parts {
+            layout,
+            params,
+            opt,
+            nvme,
         }
     }
 
@@ -372,8 +365,7 @@ impl<B: BlockIo> Tiers<B> {
             counters.cache_hits += 1;
             return up(0, c.slice(0..len));
         }
-        let name = layout::param_shard(gi);
-        if let Some(buf) = nvme.queue.held(&nvme.store, &name)? {
+        if let Some(buf) = nvme.queue.held_param(gi) {
             counters.held_param_hits += 1;
             return upload_chunks(buf, dtype, &mut up);
         }
@@ -395,7 +387,7 @@ impl<B: BlockIo> Tiers<B> {
             cache[gi] = Some(copy);
         }
         drop(bufs);
-        nvme.queue.done_with(&nvme.store, &name)?;
+        nvme.queue.done_with(Shards::Param(gi));
         res
     }
 
@@ -408,15 +400,15 @@ impl<B: BlockIo> Tiers<B> {
         if self.staged == Some(gi) || self.cache[gi].is_some() {
             return Ok(false);
         }
-        let id = nvme.store.shard_id(&layout::param_shard(gi))?;
+        let id = nvme.queue.param_id(gi);
         Ok(nvme.queue.table().get(id) == ShardState::Home)
     }
 
     /// Groups whose parameter reads are in flight.
-    pub fn param_reads_in_flight(&self) -> Vec<usize> {
+    pub fn param_reads_in_flight(&self) -> impl Iterator<Item = usize> + '_ {
         self.nvme()
-            .map(|n| n.queue.param_reads_in_flight().collect())
-            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|n| n.queue.param_reads_in_flight())
     }
 
     /// Starts reading group `gi`'s parameters ahead (see [`SwapQueue::prefetch`]); true when
@@ -444,9 +436,8 @@ impl<B: BlockIo> Tiers<B> {
         }
     }
 
-    /// Starts the update of group `gi`: the staging buffer is about to hold its new values.
-    pub fn begin_group_update(&mut self, gi: usize) {
-        let _ = gi;
+    /// Starts a group's update: the staging buffer is about to hold its new values.
+    pub fn begin_group_update(&mut self) {
         self.staged = None;
     }
 
@@ -504,8 +495,8 @@ impl<B: BlockIo> Tiers<B> {
                     copy_fp32(out, out_range, master);
                 }
                 for (t, buf) in bufs.into_iter().enumerate() {
-                    let name = layout::opt_shard(u, t);
-                    n.queue.write(&mut n.store, rec, &name, buf)?;
+                    let id = n.queue.opt_id(u, t);
+                    n.queue.write(&mut n.store, rec, id, buf)?;
                 }
             }
         }
@@ -613,7 +604,7 @@ impl<B: BlockIo> Tiers<B> {
         for gi in 0..self.layout.groups.len() {
             let start = self.layout.groups[gi].start;
             self.upload_params::<TierError>(gi, |at, s| {
-                out.copy_range_from(start + at, &host_params_of(s));
+                out.set_range_bytes(start + at, s.as_bytes());
                 Ok(())
             })?;
         }
@@ -657,8 +648,8 @@ fn write_param<B: BlockIo>(
     gi: usize,
     bytes: &[u8],
 ) -> Result<(), TierError> {
-    n.queue
-        .write_bytes(&mut n.store, rec, &layout::param_shard(gi), bytes)
+    let id = n.queue.param_id(gi);
+    n.queue.write_bytes(&mut n.store, rec, id, bytes)
 }
 
 /// Writes the initial fp32 master of group `gi` (`master`, the whole group); m and v start
@@ -674,8 +665,8 @@ fn write_master<B: BlockIo>(
     for u in layout.group_units[gi].clone() {
         let r = layout.units[u].range.clone();
         let bytes = bytemuck::cast_slice(&master[r.start - g0..r.end - g0]);
-        n.queue
-            .write_bytes(&mut n.store, rec, &layout::opt_shard(u, 0), bytes)?;
+        let id = n.queue.opt_id(u, 0);
+        n.queue.write_bytes(&mut n.store, rec, id, bytes)?;
     }
     Ok(())
 }
@@ -701,14 +692,6 @@ fn host_slice(dtype: ParamDtype, bytes: &[u8]) -> HostSlice<'_> {
         ParamDtype::F32 => HostSlice::F32(bytemuck::cast_slice::<u8, f32>(bytes)),
         ParamDtype::F16 => HostSlice::F16(bytemuck::cast_slice::<u8, f16>(bytes)),
         ParamDtype::Bf16 => HostSlice::Bf16(bytemuck::cast_slice::<u8, bf16>(bytes)),
-    }
-}
-
-fn host_params_of(s: HostSlice<'_>) -> HostParams {
-    match s {
-        HostSlice::F32(v) => HostParams::F32(v.to_vec()),
-        HostSlice::F16(v) => HostParams::F16(v.to_vec()),
-        HostSlice::Bf16(v) => HostParams::Bf16(v.to_vec()),
     }
 }
 

@@ -93,12 +93,20 @@ impl Shards {
             Shards::Opt(_) => 1,
         }
     }
+}
 
-    /// The store names of its shards, in order.
-    pub fn names(self) -> Vec<String> {
-        match self {
-            Shards::Param(gi) => vec![super::layout::param_shard(gi)],
-            Shards::Opt(u) => (0..3).map(|t| super::layout::opt_shard(u, t)).collect(),
+/// The store ids of every parameter and optimizer shard, resolved once when the queue is built
+/// (the step never formats or hashes a shard name).
+struct ShardIds {
+    param: Vec<usize>,
+    opt: Vec<[usize; 3]>,
+}
+
+impl ShardIds {
+    fn of(&self, what: Shards) -> &[usize] {
+        match what {
+            Shards::Param(gi) => std::slice::from_ref(&self.param[gi]),
+            Shards::Opt(u) => &self.opt[u],
         }
     }
 }
@@ -110,14 +118,11 @@ pub type Buf<B> = ShardBuf<<B as BlockIo>::Buf>;
 struct Read<B: BlockIo> {
     what: Shards,
     handles: Vec<ReadHandle<Pending<B>>>,
-    ids: Vec<usize>,
-    names: Vec<String>,
     bytes: u64,
     start: Instant,
 }
 
 struct Write<B: BlockIo> {
-    name: String,
     id: usize,
     handle: WriteHandle<Pending<B>>,
     bytes: u64,
@@ -125,7 +130,6 @@ struct Write<B: BlockIo> {
 }
 
 struct Held<B: BlockIo> {
-    name: String,
     id: usize,
     buf: Buf<B>,
 }
@@ -140,22 +144,52 @@ pub struct SwapQueue<B: BlockIo> {
     defer: bool,
     max_writes: usize,
     table: ShardTable,
+    ids: ShardIds,
     pub counters: QueueCounters,
 }
 
 impl<B: BlockIo> SwapQueue<B> {
-    /// A queue for a store of `n_shards` shards; `max_writes`: write-behinds kept in flight
-    /// before the oldest is waited for (0: every write is waited at once).
-    pub fn new(max_writes: usize, n_shards: usize) -> Self {
-        SwapQueue {
+    /// A queue over `store` whose parameter shards are those of `n_groups` groups and whose
+    /// optimizer shards are those of `n_units` units (0 for a kind the store does not hold);
+    /// `max_writes`: write-behinds kept in flight before the oldest is waited for (0: every
+    /// write is waited at once). Fails when the store lacks one of those shards.
+    pub fn new(
+        max_writes: usize,
+        store: &Store<B>,
+        n_groups: usize,
+        n_units: usize,
+    ) -> Result<Self, TierError> {
+        let param = (0..n_groups)
+            .map(|gi| store.shard_id(&super::layout::param_shard(gi)))
+            .collect::<Result<_, _>>()?;
+        let mut opt = Vec::with_capacity(n_units);
+        for u in 0..n_units {
+            let mut ids = [0; 3];
+            for (t, id) in ids.iter_mut().enumerate() {
+                *id = store.shard_id(&super::layout::opt_shard(u, t))?;
+            }
+            opt.push(ids);
+        }
+        Ok(SwapQueue {
             reads: [VecDeque::new(), VecDeque::new()],
             writes: VecDeque::new(),
             held: VecDeque::new(),
             defer: false,
             max_writes,
-            table: ShardTable::new(n_shards),
+            table: ShardTable::new(store.shard_count()),
+            ids: ShardIds { param, opt },
             counters: QueueCounters::default(),
-        }
+        })
+    }
+
+    /// The store id of optimizer state `t` (master, m, v) of unit `u`.
+    pub fn opt_id(&self, u: usize, t: usize) -> usize {
+        self.ids.opt[u][t]
+    }
+
+    /// The store id of group `gi`'s parameter shard.
+    pub fn param_id(&self, gi: usize) -> usize {
+        self.ids.param[gi]
     }
 
     /// The residency table of the store's shards.
@@ -169,18 +203,6 @@ impl<B: BlockIo> SwapQueue<B> {
             Shards::Param(gi) => Some(gi),
             Shards::Opt(_) => None,
         })
-    }
-
-    /// Whether every shard of `what` has its newest version in the pool (held or being
-    /// written): a read of it needs no disk.
-    pub fn pending_in_pool(&self, store: &Store<B>, what: Shards) -> Result<bool, TierError> {
-        for n in what.names() {
-            let s = self.table.get(store.shard_id(&n)?);
-            if !matches!(s, ShardState::Held | ShardState::Writing) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// Frees pool room this queue holds, cheapest first: send held writes, finish the oldest
@@ -212,25 +234,26 @@ impl<B: BlockIo> SwapQueue<B> {
         Ok(false)
     }
 
-    /// Pool buffers for shard `name`, making room when the pool is full (see the file header).
+    /// Pool buffers for shard `id`, making room when the pool is full (see the file header).
     pub fn alloc(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
-        name: &str,
+        id: usize,
     ) -> Result<Buf<B>, TierError> {
         let t = Instant::now();
         let res = loop {
-            if let Some(b) = store.try_alloc(name)? {
+            if let Some(b) = store.try_alloc_id(id)? {
                 break Ok(b);
             }
             if !self.make_room(store, rec, true)? {
                 break Err(TierError::Config(format!(
-                    "the pinned pool ({} bytes) cannot hold shard `{name}` ({} bytes) next to \
+                    "the pinned pool ({} bytes) cannot hold shard `{}` ({} bytes) next to \
                      the buffers in use: raise zinf.pinned_memory_budget (or the offload \
                      buffer_count x buffer_size), or lower sub_group_size",
                     store.io().pool_budget_bytes(),
-                    store.len_bytes(name)?
+                    store.shard_name(id),
+                    store.pool_reserve_bytes(id)
                 )));
             }
         };
@@ -242,27 +265,27 @@ impl<B: BlockIo> SwapQueue<B> {
         res
     }
 
-    /// Writes `bytes` (exactly the shard's length) as the new version of `name`, behind.
+    /// Writes `bytes` (exactly the shard's length) as the new version of shard `id`, behind.
     pub fn write_bytes(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
-        name: &str,
+        id: usize,
         bytes: &[u8],
     ) -> Result<(), TierError> {
         // A version still held or in flight is superseded first, so its buffer is free.
-        let id = store.shard_id(name)?;
-        self.finish_pending(store, rec, id, name)?;
-        let mut buf = self.alloc(store, rec, name)?;
+        self.finish_pending(store, rec, id)?;
+        let mut buf = self.alloc(store, rec, id)?;
         buf.copy_from(bytes);
-        self.write(store, rec, name, buf)
+        self.write(store, rec, id, buf)
     }
 
     fn drop_read(&mut self, store: &mut Store<B>, r: Read<B>) {
+        let started = r.handles.len();
         for h in r.handles {
             let _ = store.wait_read(h);
         }
-        for id in r.ids {
+        for &id in &self.ids.of(r.what)[..started] {
             self.table.set(id, ShardState::Home);
         }
     }
@@ -275,15 +298,16 @@ impl<B: BlockIo> SwapQueue<B> {
         demand: bool,
         next: bool,
     ) -> Result<Option<Read<B>>, TierError> {
-        let names = what.names();
-        let mut bufs = Vec::with_capacity(names.len());
-        for n in &names {
+        let n = self.ids.of(what).len();
+        let mut bufs = Vec::with_capacity(n);
+        for k in 0..n {
+            let id = self.ids.of(what)[k];
             let b = if demand {
-                self.alloc(store, rec, n)?
+                self.alloc(store, rec, id)?
             } else if next {
                 // The read needed next goes before writes that only free memory.
                 loop {
-                    if let Some(b) = store.try_alloc(n)? {
+                    if let Some(b) = store.try_alloc_id(id)? {
                         break b;
                     }
                     if !self.make_room(store, rec, false)? {
@@ -291,50 +315,34 @@ impl<B: BlockIo> SwapQueue<B> {
                     }
                 }
             } else {
-                match store.try_alloc(n)? {
+                match store.try_alloc_id(id)? {
                     Some(b) => b,
                     None => return Ok(None), // taken buffers go back to the pool on drop
                 }
             };
             bufs.push(b);
         }
-        let start = Instant::now();
-        let mut handles = Vec::with_capacity(names.len());
-        let mut ids = Vec::with_capacity(names.len());
-        let mut bytes = 0;
-        for (n, b) in names.iter().zip(bufs) {
-            bytes += b.len_bytes();
-            let id = store.shard_id(n)?;
-            match store.read_begin(n, b) {
+        let mut r = Read {
+            what,
+            handles: Vec::with_capacity(n),
+            bytes: 0,
+            start: Instant::now(),
+        };
+        for (k, b) in bufs.into_iter().enumerate() {
+            let id = self.ids.of(what)[k];
+            r.bytes += b.len_bytes();
+            match store.read_begin_id(id, b) {
                 Ok(h) => {
-                    handles.push(h);
+                    r.handles.push(h);
                     self.table.set(id, ShardState::Reading);
-                    ids.push(id);
                 }
                 Err(e) => {
-                    self.drop_read(
-                        store,
-                        Read {
-                            what,
-                            handles,
-                            ids,
-                            names: Vec::new(),
-                            bytes,
-                            start,
-                        },
-                    );
+                    self.drop_read(store, r);
                     return Err(e.into());
                 }
             }
         }
-        Ok(Some(Read {
-            what,
-            handles,
-            ids,
-            names,
-            bytes,
-            start,
-        }))
+        Ok(Some(r))
     }
 
     fn finish_read(
@@ -354,12 +362,13 @@ impl<B: BlockIo> SwapQueue<B> {
         }
         let end = Instant::now();
         self.counters.io_wait_ns += (end - t).as_nanos() as u64;
-        rec.io("read", &r.names[0], r.bytes, r.start, end);
+        let ids = self.ids.of(r.what);
+        rec.io("read", store.shard_name(ids[0]), r.bytes, r.start, end);
         let to = match first_err {
             Some(_) => ShardState::Home,
             None => ShardState::InHand,
         };
-        for &id in &r.ids {
+        for &id in ids {
             self.table.set(id, to);
         }
         match first_err {
@@ -381,10 +390,13 @@ impl<B: BlockIo> SwapQueue<B> {
         if self.reads[what.kind()].iter().any(|r| r.what == what) {
             return Ok(true);
         }
-        for n in what.names() {
-            if self.table.get(store.shard_id(&n)?) != ShardState::Home {
-                return Ok(true); // held or being written: served from the pool
-            }
+        if self
+            .ids
+            .of(what)
+            .iter()
+            .any(|&id| self.table.get(id) != ShardState::Home)
+        {
+            return Ok(true); // held or being written: served from the pool
         }
         match self.start_read(store, rec, what, false, next)? {
             Some(r) => {
@@ -410,31 +422,30 @@ impl<B: BlockIo> SwapQueue<B> {
             self.count_read(what, true);
             return self.finish_read(store, rec, r);
         }
-        let names = what.names();
-        if let Shards::Param(_) = what {
-            let id = store.shard_id(&names[0])?;
+        let n = self.ids.of(what).len();
+        if let Shards::Param(gi) = what {
             assert_ne!(
-                self.table.get(id),
+                self.table.get(self.ids.param[gi]),
                 ShardState::Held,
-                "a held parameter shard is served in place (`held`), not read"
+                "a held parameter shard is served in place (`held_param`), not read"
             );
         }
-        let mut served = Vec::with_capacity(names.len());
-        for n in &names {
-            let id = store.shard_id(n)?;
+        let mut served = Vec::with_capacity(n);
+        for k in 0..n {
+            let id = self.ids.of(what)[k];
             served.push(self.take_pending(store, rec, id)?);
         }
         if served.iter().all(Option::is_some) {
-            self.counters.pending_write_hits += served.len() as u64;
+            self.counters.pending_write_hits += n as u64;
             return Ok(served.into_iter().flatten().collect());
         }
         // Some shard is only on disk: pending ones go out first, then one read of all.
-        for (n, b) in names.iter().zip(served) {
+        for (k, b) in served.into_iter().enumerate() {
+            let id = self.ids.of(what)[k];
             if let Some(b) = b {
-                self.write(store, rec, n, b)?;
+                self.write(store, rec, id, b)?;
             }
-            let id = store.shard_id(n)?;
-            self.finish_pending(store, rec, id, n)?;
+            self.finish_pending(store, rec, id)?;
         }
         self.count_read(what, false);
         let r = self
@@ -481,46 +492,43 @@ impl<B: BlockIo> SwapQueue<B> {
         }
     }
 
-    /// The pool buffer of shard `name` when its newest version is held there (not yet
-    /// submitted): served in place, it stays held. A held parameter shard is uploaded from
-    /// here; [`SwapQueue::read`] never takes a held parameter shard out of the hold.
-    pub fn held(&self, store: &Store<B>, name: &str) -> Result<Option<&Buf<B>>, TierError> {
-        let id = store.shard_id(name)?;
+    /// The pool buffer of group `gi`'s parameter shard when its newest version is held there
+    /// (not yet submitted): served in place, it stays held. A held parameter shard is uploaded
+    /// from here; [`SwapQueue::read`] never takes a held parameter shard out of the hold.
+    pub fn held_param(&self, gi: usize) -> Option<&Buf<B>> {
+        let id = self.ids.param[gi];
         if self.table.get(id) != ShardState::Held {
-            return Ok(None);
+            return None;
         }
-        Ok(self.held.iter().find(|h| h.id == id).map(|h| &h.buf))
+        self.held.iter().find(|h| h.id == id).map(|h| &h.buf)
     }
 
-    /// Gives up the shard `name` in hand without writing it (its disk copy is current).
-    pub fn done_with(&mut self, store: &Store<B>, name: &str) -> Result<(), TierError> {
-        self.table.set(store.shard_id(name)?, ShardState::Home);
-        Ok(())
+    /// Gives up the shards of `what` in hand without writing them (their disk copies are
+    /// current).
+    pub fn done_with(&mut self, what: Shards) {
+        for &id in self.ids.of(what) {
+            self.table.set(id, ShardState::Home);
+        }
     }
 
-    /// Writes `buf` as the new version of `name` behind the caller's back. While writes are
-    /// held (see [`SwapQueue::defer_writes`]) the buffer waits in the pool; otherwise at most
-    /// `max_writes` stay in flight. A version of `name` still held is dropped unwritten
+    /// Writes `buf` as the new version of shard `id` behind the caller's back. While writes
+    /// are held (see [`SwapQueue::defer_writes`]) the buffer waits in the pool; otherwise at
+    /// most `max_writes` stay in flight. A version still held is dropped unwritten
     /// (superseded); one being written is waited for first.
     pub fn write(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
-        name: &str,
+        id: usize,
         buf: Buf<B>,
     ) -> Result<(), TierError> {
-        let id = store.shard_id(name)?;
-        self.finish_pending(store, rec, id, name)?;
+        self.finish_pending(store, rec, id)?;
         if self.defer {
             self.table.set(id, ShardState::Held);
-            self.held.push_back(Held {
-                name: name.to_string(),
-                id,
-                buf,
-            });
+            self.held.push_back(Held { id, buf });
             return Ok(());
         }
-        self.submit_write(store, rec, id, name.to_string(), buf)
+        self.submit_write(store, rec, id, buf)
     }
 
     /// Brings shard `id` back to `Home` or `InHand` before a new version is written or read:
@@ -530,7 +538,6 @@ impl<B: BlockIo> SwapQueue<B> {
         store: &mut Store<B>,
         rec: &mut Recorder,
         id: usize,
-        name: &str,
     ) -> Result<(), TierError> {
         match self.table.get(id) {
             ShardState::Held => {
@@ -549,7 +556,11 @@ impl<B: BlockIo> SwapQueue<B> {
             ShardState::Reading => {
                 // A prefetch of an older version: give it up.
                 for k in 0..2 {
-                    if let Some(i) = self.reads[k].iter().position(|r| r.ids.contains(&id)) {
+                    let ids = &self.ids;
+                    if let Some(i) = self.reads[k]
+                        .iter()
+                        .position(|r| ids.of(r.what).contains(&id))
+                    {
                         let r = self.reads[k].remove(i).expect("position is in range");
                         self.drop_read(store, r);
                     }
@@ -557,7 +568,6 @@ impl<B: BlockIo> SwapQueue<B> {
             }
             ShardState::Home | ShardState::InHand => {}
         }
-        debug_assert!(!name.is_empty());
         Ok(())
     }
 
@@ -566,15 +576,13 @@ impl<B: BlockIo> SwapQueue<B> {
         store: &mut Store<B>,
         rec: &mut Recorder,
         id: usize,
-        name: String,
         buf: Buf<B>,
     ) -> Result<(), TierError> {
         let bytes = buf.len_bytes();
         let start = Instant::now();
-        let handle = store.write_begin(&name, buf)?;
+        let handle = store.write_begin_id(id, buf)?;
         self.table.set(id, ShardState::Writing);
         self.writes.push_back(Write {
-            name,
             id,
             handle,
             bytes,
@@ -633,7 +641,7 @@ impl<B: BlockIo> SwapQueue<B> {
             let Some(h) = self.held.pop_front() else {
                 break;
             };
-            self.submit_write(store, rec, h.id, h.name, h.buf)?;
+            self.submit_write(store, rec, h.id, h.buf)?;
         }
         Ok(())
     }
@@ -648,7 +656,7 @@ impl<B: BlockIo> SwapQueue<B> {
         let res = store.wait_write(w.handle);
         let end = Instant::now();
         self.counters.io_wait_ns += (end - t).as_nanos() as u64;
-        rec.io("write", &w.name, w.bytes, w.start, end);
+        rec.io("write", store.shard_name(w.id), w.bytes, w.start, end);
         if res.is_err() {
             self.table.set(w.id, ShardState::Home);
         }
@@ -690,7 +698,7 @@ impl<B: BlockIo> SwapQueue<B> {
     pub fn assert_invariants(&self, store: &Store<B>) {
         let t = &self.table;
         assert_eq!(t.count(ShardState::InHand), 0, "a shard was left in hand");
-        let reading: usize = self.reads.iter().flatten().map(|r| r.ids.len()).sum();
+        let reading: usize = self.reads.iter().flatten().map(|r| r.handles.len()).sum();
         assert_eq!(t.count(ShardState::Reading), reading, "reads vs table");
         assert_eq!(t.count(ShardState::Held), self.held.len(), "held vs table");
         assert_eq!(
@@ -704,13 +712,16 @@ impl<B: BlockIo> SwapQueue<B> {
             self.counters.writes_in_flight_peak,
             self.max_writes
         );
-        let reserve = |name: &str| store.pool_reserve_bytes(name).unwrap_or(0);
-        let mut held_bytes = 0;
-        for r in self.reads.iter().flatten() {
-            held_bytes += r.names.iter().map(|n| reserve(n)).sum::<u64>();
-        }
-        held_bytes += self.writes.iter().map(|w| reserve(&w.name)).sum::<u64>();
-        held_bytes += self.held.iter().map(|h| reserve(&h.name)).sum::<u64>();
+        let ids = self
+            .reads
+            .iter()
+            .flatten()
+            .flat_map(|r| self.ids.of(r.what));
+        let held_bytes: u64 = ids
+            .chain(self.writes.iter().map(|w| &w.id))
+            .chain(self.held.iter().map(|h| &h.id))
+            .map(|&id| store.pool_reserve_bytes(id))
+            .sum();
         assert_eq!(
             store.io().pool_in_use_bytes(),
             held_bytes,

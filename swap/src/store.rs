@@ -319,6 +319,11 @@ impl<B: BlockIo> Store<B> {
         self.index.len()
     }
 
+    /// The name of shard `id`.
+    pub fn shard_name(&self, id: usize) -> &str {
+        &self.manifest.shards[id].name
+    }
+
     fn shard(&self, name: &str) -> Result<usize> {
         if let Some(why) = &self.broken {
             return Err(SwapError::Config(format!("store must be reopened: {why}")));
@@ -329,18 +334,18 @@ impl<B: BlockIo> Store<B> {
             .ok_or_else(|| SwapError::UnknownShard(name.into()))
     }
 
-    /// Pool bytes the buffers of shard `name` reserve while checked out (each chunk padded to
+    /// Pool bytes the buffers of shard `id` reserve while checked out (each chunk padded to
     /// the alignment, then rounded as the pool does), for callers that account the pool.
-    pub fn pool_reserve_bytes(&self, name: &str) -> Result<u64> {
-        let s = &self.manifest.shards[self.shard(name)?];
+    pub fn pool_reserve_bytes(&self, id: usize) -> u64 {
+        let s = &self.manifest.shards[id];
         let align = self.manifest.alignment;
-        Ok(s.slots[0]
+        s.slots[0]
             .iter()
             .map(|e| {
                 self.io
                     .pool_reserve_bytes(round_up(e.len_bytes.max(1), align))
             })
-            .sum())
+            .sum()
     }
 
     /// Takes pool buffers for shard `name` (waits while the pool is exhausted).
@@ -354,8 +359,18 @@ impl<B: BlockIo> Store<B> {
         self.alloc_with(name, false)
     }
 
+    /// [`Store::try_alloc`] by shard id.
+    pub fn try_alloc_id(&self, id: usize) -> Result<Option<ShardBuf<B::Buf>>> {
+        self.alloc_at(id, false)
+    }
+
     fn alloc_with(&self, name: &str, block: bool) -> Result<Option<ShardBuf<B::Buf>>> {
-        let s = &self.manifest.shards[self.shard(name)?];
+        self.alloc_at(self.shard(name)?, block)
+    }
+
+    fn alloc_at(&self, id: usize, block: bool) -> Result<Option<ShardBuf<B::Buf>>> {
+        let name = self.manifest.shards[id].name.as_str();
+        let s = &self.manifest.shards[id];
         let align = self.manifest.alignment;
         let mut chunks = Vec::new();
         let mut lens = Vec::new();
@@ -447,11 +462,21 @@ impl<B: BlockIo> Store<B> {
         buf: ShardBuf<B::Buf>,
     ) -> Result<ReadHandle<B::Pending>> {
         let i = self.shard(name)?;
+        self.read_begin_id(i, buf)
+    }
+
+    /// [`Store::read_begin`] by shard id ([`Store::shard_id`]), for callers that resolved
+    /// their names once. Panics on an id out of range (a programmer error).
+    pub fn read_begin_id(
+        &mut self,
+        i: usize,
+        buf: ShardBuf<B::Buf>,
+    ) -> Result<ReadHandle<B::Pending>> {
         let s = &self.manifest.shards[i];
         let (slot, crcs) = match &self.staged[i] {
             Staged::Clean => (s.live as usize, s.crc32c.clone()),
             Staged::Written(c) => (self.staged_slot(i), c.clone()),
-            Staged::InFlight | Staged::Poisoned => return Err(SwapError::Poisoned(name.into())),
+            Staged::InFlight | Staged::Poisoned => return Err(SwapError::Poisoned(s.name.clone())),
         };
         assert_eq!(
             buf.lens.len(),
@@ -538,19 +563,29 @@ impl<B: BlockIo> Store<B> {
     pub fn write_begin(
         &mut self,
         name: &str,
-        mut buf: ShardBuf<B::Buf>,
+        buf: ShardBuf<B::Buf>,
     ) -> Result<WriteHandle<B::Pending>> {
         let i = self.shard(name)?;
+        self.write_begin_id(i, buf)
+    }
+
+    /// [`Store::write_begin`] by shard id ([`Store::shard_id`]). Panics on an id out of
+    /// range (a programmer error).
+    pub fn write_begin_id(
+        &mut self,
+        i: usize,
+        mut buf: ShardBuf<B::Buf>,
+    ) -> Result<WriteHandle<B::Pending>> {
         let s = &self.manifest.shards[i];
         if buf.len_bytes() != s.len_bytes || buf.lens.len() != s.slots[0].len() {
             return Err(SwapError::Length {
-                shard: name.into(),
+                shard: s.name.clone(),
                 expected: s.len_bytes,
                 actual: buf.len_bytes(),
             });
         }
         if self.staged[i] == Staged::InFlight {
-            return Err(SwapError::Poisoned(name.into()));
+            return Err(SwapError::Poisoned(s.name.clone()));
         }
         self.mark_dirty()?;
         let slot = self.staged_slot(i);
