@@ -77,7 +77,7 @@ impl Config {
     ) -> Result<(), Issue> {
         let z = &self.zero_optimization;
         fn nvme(d: OffloadDevice, p: &Option<String>) -> Option<&str> {
-            (d == OffloadDevice::Nvme).then(|| p.as_deref()).flatten()
+            (d == OffloadDevice::Nvme).then_some(p.as_deref()).flatten()
         }
         let mut paths: Vec<&str> = [
             nvme(z.offload_param.device, &z.offload_param.nvme_path),

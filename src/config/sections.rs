@@ -224,7 +224,7 @@ pub fn read_batch(root: &mut Section<'_>, diag: &mut Diagnostics) -> (u64, u64, 
         diag.resolved(KEYS[2], "auto -> 1 (Hugging Face's default)");
     }
     let divide = |t: u64, by: u64, what: &str, diag: &mut Diagnostics| {
-        if t % by == 0 {
+        if t.is_multiple_of(by) {
             Some(t / by)
         } else {
             diag.error(
@@ -261,7 +261,7 @@ pub fn read_batch(root: &mut Section<'_>, diag: &mut Diagnostics) -> (u64, u64, 
 /// Why `train != micro × gas` on one rank, and what to set instead.
 fn rank_mismatch(train: u64, micro: u64, gas: u64) -> String {
     let per_rank = micro * gas;
-    if train > per_rank && train % per_rank == 0 {
+    if train > per_rank && train.is_multiple_of(per_rank) {
         let ranks = train / per_rank;
         format!(
             "{train} = {micro} × {gas} × {ranks} implies {ranks} ranks; zinf runs 1: set \
