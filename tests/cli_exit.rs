@@ -40,45 +40,32 @@ fn refused(args: &[&str], needle: &str) {
 
 #[test]
 fn flags_are_validated_like_config_keys() {
-    refused(
-        &["zinf", "generate", "--from", "x", "--temperature", "nan"],
-        "not a finite number at or above 0",
-    );
-    refused(
-        &["zinf", "generate", "--from", "x", "--threads", "0"],
-        "between 1 and 4096",
-    );
-    refused(
-        &["zinf", "io-bench", "--dir", ".", "--seconds", "0"],
-        "above 0",
-    );
-    refused(
-        &["zinf", "io-bench", "--dir", ".", "--seconds", "inf"],
-        "above 0",
-    );
-    refused(
-        &[
-            "zinf",
-            "io-bench",
-            "--dir",
-            ".",
-            "--queue-depth",
-            "8,100000",
-        ],
-        "100000 is out of range: must be between 1 and 4096",
-    );
-    refused(
-        &["zinf", "io-bench", "--dir", ".", "--threads", "0"],
-        "between 1 and 256",
-    );
-    refused(
-        &["zinf", "io-bench", "--dir", ".", "--repeat", "0"],
-        "between 1 and 1000",
-    );
-    refused(
-        &["zinf", "estimate", "--config", "c", "--nvme-gbps", "0"],
-        "above 0",
-    );
+    let io = |flag: &'static str, v: &'static str| vec!["zinf", "io-bench", "--dir", ".", flag, v];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["zinf", "generate", "--from", "x", "--temperature", "nan"],
+            "not a finite number at or above 0",
+        ),
+        (
+            vec!["zinf", "generate", "--from", "x", "--threads", "0"],
+            "between 1 and 4096",
+        ),
+        (io("--seconds", "0"), "above 0"),
+        (io("--seconds", "inf"), "above 0"),
+        (
+            io("--queue-depth", "8,100000"),
+            "100000 is out of range: must be between 1 and 4096",
+        ),
+        (io("--threads", "0"), "between 1 and 256"),
+        (io("--repeat", "0"), "between 1 and 1000"),
+        (
+            vec!["zinf", "estimate", "--config", "c", "--nvme-gbps", "0"],
+            "above 0",
+        ),
+    ];
+    for (args, needle) in &cases {
+        refused(args, needle);
+    }
     // bench adam and bench swap agree on what a count is.
     for bench in [
         &["zinf", "bench", "adam"][..],

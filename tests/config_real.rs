@@ -160,6 +160,10 @@ fn a_key_in_the_wrong_section_points_to_the_right_one() {
             "did you mean zero_optimization.offload_param.nvme_path or zero_optimization.offload_optimizer.nvme_path?",
         ),
         (
+            r#"{"train_batch_size": 8, "scheduler": {"type": "WarmupLR"}, "warmup_num_steps": 5}"#,
+            "warmup_num_steps: unknown key; did you mean scheduler.params.warmup_num_steps?",
+        ),
+        (
             r#"{"train_batch_size": 8, "zinf": {"n_layer": 2}}"#,
             "zinf.n_layer: unknown key; did you mean zinf.model.n_layer?",
         ),

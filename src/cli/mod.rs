@@ -112,11 +112,7 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a number"))?;
-    // Below 2^64: `as u64` would saturate a larger number.
-    if !(v >= 0.0 && v.fract() == 0.0 && v < 18_446_744_073_709_551_616.0) {
-        return Err(format!("{s:?} is not a whole, non-negative count"));
-    }
-    Ok(v as u64)
+    crate::config::whole_u64(v).ok_or_else(|| format!("{s:?} is not a whole, non-negative count"))
 }
 
 /// A count in `[min, max]` (inclusive), for clap: `value_parser = count_in(1, 4096)`.

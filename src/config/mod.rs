@@ -18,7 +18,7 @@ mod zinf;
 
 pub use convert::ConvertError;
 pub use limits::{largest_tensor, min_state_bytes, param_count, MAX_BATCH, MODEL_LIMITS};
-pub use reader::{parse_size, Auto};
+pub use reader::{parse_size, whole_u64, Auto};
 pub use sections::{
     ActivationCheckpointing, AdamParams, Bf16Config, Fp16Config, MonitorConfig, OptimizerConfig,
     SchedulerConfig, SchedulerType,

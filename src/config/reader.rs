@@ -275,6 +275,13 @@ pub fn check_range(v: u64, min: u64, max: u64, path: &str, diag: &mut Diagnostic
     None
 }
 
+/// `f` as a `u64` when it is a whole number in `[0, 2^64)`. 2^64 itself rounds to
+/// `u64::MAX as f64`, so the bound is strict: `as u64` would silently saturate anything above.
+pub fn whole_u64(f: f64) -> Option<u64> {
+    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+    ((0.0..TWO_POW_64).contains(&f) && f.fract() == 0.0).then_some(f as u64)
+}
+
 pub fn as_bool(v: Option<&Value>, path: &str, diag: &mut Diagnostics) -> Option<bool> {
     match v? {
         Value::Bool(b) => Some(*b),
@@ -295,11 +302,8 @@ pub fn as_u64(v: Option<&Value>, path: &str, diag: &mut Diagnostics) -> Option<u
     if let Some(u) = v.as_u64() {
         return Some(u);
     }
-    if let Some(f) = v.as_f64() {
-        // 2^64 itself rounds to `u64::MAX as f64`: strictly below it, or the cast saturates.
-        if f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 {
-            return Some(f as u64);
-        }
+    if let Some(u) = v.as_f64().and_then(whole_u64) {
+        return Some(u);
     }
     diag.error(
         path,
@@ -346,10 +350,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "tib" => 1024.0f64.powi(4),
         _ => return None,
     };
-    let bytes = (num * mult).round();
-    // Below 2^64: `as u64` would saturate a larger number into a wrong, huge size.
-    (bytes.is_finite() && (0.0..18_446_744_073_709_551_616.0).contains(&bytes))
-        .then_some(bytes as u64)
+    whole_u64((num * mult).round())
 }
 
 /// Levenshtein distance, for "did you mean" suggestions.

@@ -516,6 +516,9 @@ pub fn read_scheduler(
         None => &empty,
     };
     let names = scheduler_params(kind);
+    // Known for "did you mean scheduler.params.…?" when one is written elsewhere; the unknown
+    // keys of this block are reported below, with the scheduler's name.
+    diag.section_read("scheduler.params", names.to_vec(), Vec::new());
     let mut params = BTreeMap::new();
     let auto_total_num_steps = given
         .get("total_num_steps")

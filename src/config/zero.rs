@@ -126,7 +126,7 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
         None,
         500_000_000,
         hidden * hidden,
-        "hidden_size²",
+        "hidden_size², hidden_size from zinf.model.n_embd",
         diag,
     );
     let sub_group_size = s.u64("sub_group_size", 1_000_000_000, diag);
@@ -139,7 +139,7 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
         Some("stage3_prefetch_bucket_size"),
         50_000_000,
         (0.9 * (hidden * hidden) as f64) as u64,
-        "0.9 × hidden_size²",
+        "0.9 × hidden_size², hidden_size from zinf.model.n_embd",
         diag,
     );
     let param_persistence_threshold = auto_count(
@@ -148,7 +148,7 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
         Some("stage3_param_persistence_threshold"),
         100_000,
         10 * hidden,
-        "10 × hidden_size",
+        "10 × hidden_size, hidden_size from zinf.model.n_embd",
         diag,
     );
     let model_persistence_threshold =
@@ -217,7 +217,8 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
     }
 }
 
-/// An element count that may be `"auto"` (resolved from the hidden size, as Hugging Face does).
+/// An element count under `key` (or its `alias`) that may be `"auto"`, resolved to `auto` with
+/// the reason `why` (the hidden size, as Hugging Face does, or DeepSpeed's default).
 #[allow(clippy::too_many_arguments)]
 fn auto_count(
     s: &mut Section<'_>,
@@ -235,10 +236,7 @@ fn auto_count(
     match super::reader::auto_u64_at(raw, &path, diag) {
         Some(Auto::Set(v)) => v,
         Some(Auto::Auto) => {
-            diag.resolved(
-                &path,
-                format!("auto -> {auto} ({why}, hidden_size from zinf.model.n_embd)"),
-            );
+            diag.resolved(&path, format!("auto -> {auto} ({why})"));
             auto
         }
         None => default,
@@ -259,18 +257,8 @@ fn aliased_u64(
         "max_live_parameters" => "stage3_max_live_parameters",
         _ => "stage3_max_reuse_distance",
     };
-    let (raw, path) = s.raw_aliased(key, alias, diag);
-    match super::reader::auto_u64_at(raw, &path, diag) {
-        Some(Auto::Set(v)) => v,
-        Some(Auto::Auto) => {
-            diag.resolved(
-                &path,
-                format!("auto -> {default} (DeepSpeed's default; DeepSpeed drops \"auto\" keys)"),
-            );
-            default
-        }
-        None => default,
-    }
+    let why = "DeepSpeed's default; DeepSpeed drops \"auto\" keys";
+    auto_count(s, key, Some(alias), default, default, why, diag)
 }
 
 fn deprecated_bool(

@@ -2,7 +2,7 @@
 //! device/pinned/host memory budgets, trace output, the seed). DeepSpeed ignores unknown
 //! top-level blocks, so one file serves both.
 
-use super::reader::{describe, parse_size, Auto, Section};
+use super::reader::{describe, parse_size, whole_u64, Auto, Section};
 use super::Diagnostics;
 use crate::model::GptConfig;
 use serde::Serialize;
@@ -198,10 +198,8 @@ fn size(s: &mut Section<'_>, key: &'static str, diag: &mut Diagnostics) -> Optio
                 None
             }
         },
-        v => match v.as_f64() {
-            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < MAX_SIZE_BYTES => {
-                Some(Auto::Set(f as u64))
-            }
+        v => match v.as_f64().and_then(whole_u64) {
+            Some(b) => Some(Auto::Set(b)),
             _ => {
                 diag.error(
                     &path,
@@ -220,8 +218,6 @@ fn size(s: &mut Section<'_>, key: &'static str, diag: &mut Diagnostics) -> Optio
 pub const MAX_THREADS: u64 = 4096;
 /// Most validation micro-batches per evaluation.
 pub const MAX_EVAL_BATCHES: u64 = 1 << 20;
-/// Byte sizes are below 2^64 (16 EiB); a larger number is refused, not saturated.
-const MAX_SIZE_BYTES: f64 = 18_446_744_073_709_551_616.0;
 
 /// Physical memory from /proc/meminfo (MemTotal).
 pub fn host_memory_bytes() -> Option<u64> {
