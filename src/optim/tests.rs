@@ -487,3 +487,62 @@ fn adam_config_defaults_are_deepspeeds_and_parse_from_json() {
     assert_eq!(c.weight_decay, 0.0);
     assert!(c.adam_w_mode && c.bias_correction);
 }
+
+#[test]
+fn streamed_copy_out_of_a_large_chunk_matches_the_reference_at_every_alignment() {
+    // Past the kernels' non-temporal-store threshold, with the copy-out starting at every
+    // offset within a cache line, so the unaligned head and the odd tail are both exercised.
+    let n = (1 << 18) + 37;
+    let g = Group::new(n + 16, 11);
+    let c = kernels::StepConsts::new(
+        &AdamConfig::default(),
+        &StepScalars {
+            lr: 1e-3,
+            step: 2,
+            grad_scale: 0.25,
+        },
+    )
+    .unwrap();
+    let run = |k: Kernel, shift: usize| {
+        let (mut p, mut m, mut v) = (g.p.clone(), g.m.clone(), g.v.clone());
+        let (mut o16, mut ob16) = (vec![f16::ZERO; n + 16], vec![bf16::ZERO; n + 16]);
+        let r = shift..shift + n;
+        let gr = &g.g32[r.clone()];
+        kernels::adam_chunk(
+            k,
+            &c,
+            &mut p[r.clone()],
+            &mut m[r.clone()],
+            &mut v[r.clone()],
+            gr,
+            &mut ob16[r.clone()],
+        );
+        let (mut p2, mut m2, mut v2) = (g.p.clone(), g.m.clone(), g.v.clone());
+        let gh = &g.g16[r.clone()];
+        kernels::adam_chunk(
+            k,
+            &c,
+            &mut p2[r.clone()],
+            &mut m2[r.clone()],
+            &mut v2[r.clone()],
+            gh,
+            &mut o16[r],
+        );
+        let b16: Vec<u16> = ob16.iter().map(|x| x.to_bits()).collect();
+        let h16: Vec<u16> = o16.iter().map(|x| x.to_bits()).collect();
+        (bits(&p), bits(&m), bits(&v), b16, bits(&p2), h16)
+    };
+    for shift in 0..16 {
+        let reference = run(Kernel::Scalar, shift);
+        for k in Kernel::available() {
+            let got = run(k, shift);
+            let what = format!("{k} shift {shift}");
+            same(&reference.0, &got.0, &format!("master {what}"));
+            same(&reference.1, &got.1, &format!("m {what}"));
+            same(&reference.2, &got.2, &format!("v {what}"));
+            same(&reference.3, &got.3, &format!("bf16 copy {what}"));
+            same(&reference.4, &got.4, &format!("master (f16 grad) {what}"));
+            same(&reference.5, &got.5, &format!("f16 copy {what}"));
+        }
+    }
+}
