@@ -487,3 +487,54 @@ fn adam_config_defaults_are_deepspeeds_and_parse_from_json() {
     assert_eq!(c.weight_decay, 0.0);
     assert!(c.adam_w_mode && c.bias_correction);
 }
+
+#[test]
+fn streamed_copy_out_of_a_large_chunk_matches_the_reference_at_every_alignment() {
+    // Past the kernels' non-temporal-store threshold, with the copy-out starting at every
+    // offset within a cache line, so the unaligned head and the odd tail are both exercised.
+    let n = (1 << 18) + 37;
+    let g = Group::new(n + 16, 11);
+    let c = kernels::StepConsts::new(
+        &AdamConfig::default(),
+        &StepScalars {
+            lr: 1e-3,
+            step: 2,
+            grad_scale: 0.25,
+        },
+    )
+    .unwrap();
+    // One step with gradient `grad` (f32 or f16) writing the copy-out `out` (bf16 or f16).
+    fn step<G: kernels::GradElem, O: kernels::OutElem>(
+        k: Kernel,
+        c: &kernels::StepConsts,
+        g: &Group,
+        grad: &[G],
+        out: &mut [O],
+        r: std::ops::Range<usize>,
+    ) -> Vec<u32> {
+        let (mut p, mut m, mut v) = (g.p.clone(), g.m.clone(), g.v.clone());
+        let (pr, mr, vr) = (&mut p[r.clone()], &mut m[r.clone()], &mut v[r.clone()]);
+        kernels::adam_chunk(k, c, pr, mr, vr, &grad[r.clone()], &mut out[r]);
+        [bits(&p), bits(&m), bits(&v)].concat()
+    }
+    let run = |k: Kernel, shift: usize| {
+        let (mut o16, mut ob16) = (vec![f16::ZERO; n + 16], vec![bf16::ZERO; n + 16]);
+        let r = shift..shift + n;
+        let a = step(k, &c, &g, &g.g32, &mut ob16, r.clone());
+        let b = step(k, &c, &g, &g.g16, &mut o16, r);
+        let b16: Vec<u16> = ob16.iter().map(|x| x.to_bits()).collect();
+        let h16: Vec<u16> = o16.iter().map(|x| x.to_bits()).collect();
+        (a, b16, b, h16)
+    };
+    for shift in 0..16 {
+        let reference = run(Kernel::Scalar, shift);
+        for k in Kernel::available() {
+            let got = run(k, shift);
+            let what = format!("{k} shift {shift}");
+            same(&reference.0, &got.0, &format!("state (f32 grad) {what}"));
+            same(&reference.1, &got.1, &format!("bf16 copy {what}"));
+            same(&reference.2, &got.2, &format!("state (f16 grad) {what}"));
+            same(&reference.3, &got.3, &format!("f16 copy {what}"));
+        }
+    }
+}
