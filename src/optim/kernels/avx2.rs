@@ -40,24 +40,37 @@ unsafe fn bf16x8(x: __m256) -> __m128i {
     _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b00_00_10_00>(packed))
 }
 
-/// Stores 8 parameters narrowed to the copy-out dtype (nothing for `NoOut`); with `NT` as a
-/// non-temporal store (the same bits, without reading the destination line first).
+/// Stores 8 parameters narrowed to the copy-out dtype (nothing for `NoOut`).
 ///
 /// # Safety
-/// `p` must be valid for writing 8 elements, and with `NT` 16-byte aligned; the CPU must
-/// support AVX2 and F16C; after `NT` stores the caller issues `_mm_sfence` before the data is
-/// handed to another thread.
+/// `p` must be valid for writing 8 elements; the CPU must support AVX2 and F16C.
 #[inline(always)]
-unsafe fn store8<O: OutElem, const NT: bool>(p: *mut O, x: __m256) {
-    let half = match O::KIND {
-        OutKind::None => return,
-        OutKind::F16 => _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x),
-        OutKind::Bf16 => bf16x8(x),
-    };
-    if NT {
-        _mm_stream_si128(p as *mut __m128i, half);
-    } else {
-        _mm_storeu_si128(p as *mut __m128i, half);
+unsafe fn store8<O: OutElem>(p: *mut O, x: __m256) {
+    match O::KIND {
+        OutKind::None => {}
+        OutKind::F16 => _mm_storeu_si128(
+            p as *mut __m128i,
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x),
+        ),
+        OutKind::Bf16 => _mm_storeu_si128(p as *mut __m128i, bf16x8(x)),
+    }
+}
+
+/// Stores 8 parameters narrowed to the copy-out dtype with a non-temporal store (nothing for
+/// `NoOut`): the same bits as `store8`, without reading the destination line first.
+///
+/// # Safety
+/// `p` must be valid for writing 8 elements and 16-byte aligned; the CPU must support AVX2 and
+/// F16C; the caller issues `_mm_sfence` before the data is handed to another thread.
+#[inline(always)]
+unsafe fn stream8<O: OutElem>(p: *mut O, x: __m256) {
+    match O::KIND {
+        OutKind::None => {}
+        OutKind::F16 => _mm_stream_si128(
+            p as *mut __m128i,
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x),
+        ),
+        OutKind::Bf16 => _mm_stream_si128(p as *mut __m128i, bf16x8(x)),
     }
 }
 
@@ -159,7 +172,11 @@ unsafe fn adam_v<G: GradElem, O: OutElem, const D: u8, const NT: bool>(
         _mm256_storeu_ps(pp.add(i), p);
         _mm256_storeu_ps(mp.add(i), mo);
         _mm256_storeu_ps(vp.add(i), vo);
-        store8::<O, NT>(op.add(i), p);
+        if NT {
+            stream8(op.add(i), p);
+        } else {
+            store8(op.add(i), p);
+        }
         i += 8;
     }
     scalar::adam_range::<G, O, D>(c, master, m, v, grad, out, i);
