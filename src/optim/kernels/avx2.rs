@@ -56,80 +56,12 @@ unsafe fn store8<O: OutElem>(p: *mut O, x: __m256) {
     }
 }
 
-/// Stores 8 parameters narrowed to the copy-out dtype with a non-temporal store (nothing for
-/// `NoOut`): the same bits as `store8`, without reading the destination line first.
+/// Adam over one chunk, 8 lanes at a time; see `scalar::update_one` for the operation order.
 ///
 /// # Safety
-/// `p` must be valid for writing 8 elements and 16-byte aligned; the CPU must support AVX2 and
-/// F16C; the caller issues `_mm_sfence` before the data is handed to another thread.
-#[inline(always)]
-unsafe fn stream8<O: OutElem>(p: *mut O, x: __m256) {
-    match O::KIND {
-        OutKind::None => {}
-        OutKind::F16 => _mm_stream_si128(
-            p as *mut __m128i,
-            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x),
-        ),
-        OutKind::Bf16 => _mm_stream_si128(p as *mut __m128i, bf16x8(x)),
-    }
-}
-
-/// A chunk at least this long writes its half copy with non-temporal stores: the copy is far
-/// larger than the caches, so reading its lines before overwriting them (2 of a step's 32
-/// bytes per parameter) is pure waste. Shorter chunks store normally and stay in cache.
-const STREAM_MIN_ELEMS: usize = 1 << 18;
-
-/// Adam over one chunk with the AVX2 path; see `adam_d`.
-///
-/// # Safety
-/// As `adam_d`.
+/// The CPU must support AVX2, FMA and F16C; all slices must have the same length.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn adam_d<G: GradElem, O: OutElem, const D: u8>(
-    c: &StepConsts,
-    master: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    grad: &[G],
-    out: &mut [O],
-) {
-    let n = master.len();
-    if O::KIND == OutKind::None || n < STREAM_MIN_ELEMS {
-        return adam_v::<G, O, D, false>(c, master, m, v, grad, out);
-    }
-    // Elements before the copy-out reaches a 16-byte boundary go through the reference (the
-    // same bits), the rest with aligned non-temporal stores.
-    let misalign = out.as_ptr() as usize % 16;
-    let head = ((16 - misalign) % 16 / std::mem::size_of::<O>()).min(n);
-    scalar::adam_range::<G, O, D>(
-        c,
-        &mut master[..head],
-        &mut m[..head],
-        &mut v[..head],
-        &grad[..head],
-        &mut out[..head],
-        0,
-    );
-    adam_v::<G, O, D, true>(
-        c,
-        &mut master[head..],
-        &mut m[head..],
-        &mut v[head..],
-        &grad[head..],
-        &mut out[head..],
-    );
-    // Non-temporal stores are weakly ordered: make them visible before the pool's join
-    // publishes the chunk to other threads.
-    _mm_sfence();
-}
-
-/// Adam over one chunk, 8 lanes at a time; see `scalar::update_one` for the operation order.
-/// With `NT`, the copy-out uses non-temporal stores.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; all slices must have the same length; with `NT`,
-/// `out` must start on a 16-byte boundary.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn adam_v<G: GradElem, O: OutElem, const D: u8, const NT: bool>(
     c: &StepConsts,
     master: &mut [f32],
     m: &mut [f32],
@@ -172,11 +104,7 @@ unsafe fn adam_v<G: GradElem, O: OutElem, const D: u8, const NT: bool>(
         _mm256_storeu_ps(pp.add(i), p);
         _mm256_storeu_ps(mp.add(i), mo);
         _mm256_storeu_ps(vp.add(i), vo);
-        if NT {
-            stream8(op.add(i), p);
-        } else {
-            store8(op.add(i), p);
-        }
+        store8(op.add(i), p);
         i += 8;
     }
     scalar::adam_range::<G, O, D>(c, master, m, v, grad, out, i);
