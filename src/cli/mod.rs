@@ -193,26 +193,19 @@ pub fn init_logging(verbose: u8) {
 mod tests {
     use super::*;
 
-    /// The attributes `TrainArgs` is to carry (`--threads`, `--steps`, `--save-every`), on a
-    /// stand-in struct so they are known to compile and refuse what they should.
+    /// `zinf train`'s flags, parsed as the binary parses them.
     #[derive(clap::Parser, Debug)]
     struct TrainFlags {
-        #[arg(long, value_parser = crate::cli::parse_threads)]
-        threads: Option<usize>,
-        #[arg(long, value_parser = crate::cli::count_in(1, 1 << 53))]
-        steps: Option<u64>,
-        #[arg(long, default_value_t = 0, value_parser = crate::cli::parse_count)]
-        save_every: u64,
+        #[command(flatten)]
+        args: train::TrainArgs,
     }
 
     #[test]
     fn train_flag_parsers_refuse_zero_threads_and_accept_config_style_counts() {
         let ok = TrainFlags::try_parse_from(["t", "--threads", "4", "--steps", "1e3"])
             .expect("valid flags");
-        assert_eq!(
-            (ok.threads, ok.steps, ok.save_every),
-            (Some(4), Some(1000), 0)
-        );
+        let a = ok.args;
+        assert_eq!((a.threads, a.steps, a.save_every), (Some(4), Some(1000), 0));
         for bad in [
             &["t", "--threads", "0"][..],
             &["t", "--threads", "5000"],

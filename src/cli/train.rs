@@ -32,7 +32,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Optimizer steps (overrides zinf.train_steps).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::count_in(1, 1 << 53))]
     pub steps: Option<u64>,
     /// UTF-8 text or llm.c .bin tokens (overrides zinf.data.path; none: built-in corpus).
     #[arg(long)]
@@ -48,7 +48,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
     /// Compute threads (overrides zinf.threads).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::parse_threads)]
     pub threads: Option<usize>,
     /// No progress bar (log lines only).
     #[arg(long)]
@@ -57,7 +57,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub save: Option<PathBuf>,
     /// With --save: also save every N steps (0: only at exit).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::cli::parse_count)]
     pub save_every: u64,
     /// Continue the run saved in this folder (bit-identical to an uninterrupted run).
     #[arg(long)]
@@ -124,13 +124,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     // A second Ctrl-C exits at once; the first lets the current step finish.
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            std::process::exit(i32::from(crate::cli::EXIT_INTERRUPTED));
         }
         eprintln!("\nCtrl-C: stopping after the current step (again to abort)");
     });
     let summary = train(args, &stop)?;
     print_summary(&summary);
-    Ok(ExitCode::SUCCESS)
+    Ok(if summary.interrupted {
+        ExitCode::from(crate::cli::EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn load_config(args: &TrainArgs) -> anyhow::Result<Loaded> {
