@@ -276,7 +276,9 @@ pub fn estimate(
             // The engine keeps whole-model gradients only when the update must wait for the
             // global norm (clipping, fp16) or sums micro-batches; otherwise each group's
             // gradients stream into its update (one group of scratch).
-            let whole = config.gradient_clipping > 0.0 || config.fp16.enabled || gas > 1;
+            let streams =
+                crate::optim::update_streams(config.gradient_clipping, config.fp16.enabled);
+            let whole = !streams || gas > 1;
             if whole {
                 host.add(
                     "fp32 gradients, accumulated across micro-batches",

@@ -15,6 +15,7 @@ pub mod host;
 pub mod model;
 pub mod optim;
 pub mod session;
+pub mod settings;
 pub mod threads;
 pub mod tiers;
 pub mod timeline;

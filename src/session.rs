@@ -17,8 +17,8 @@ use crate::engine::{
     checkpoint, Engine, EngineError, EngineSettings, IoFactory, Partition, Placement, Start, Tier,
 };
 use crate::model::checkpoint::load_hf;
-use crate::model::train::TrainSettings;
 use crate::model::{param_layout, ParamDtype};
+use crate::settings::TrainSettings;
 use crate::tiers::{NvmePlacement, TierLayout};
 use crate::timeline::Timeline;
 use std::path::{Path, PathBuf};
@@ -215,7 +215,7 @@ pub fn host_bytes(s: &EngineSettings) -> u64 {
     let layout = tier_layout(s);
     let tiers = crate::tiers::host_bytes(&layout, s.placement.on_nvme(), s.max_in_cpu);
     let t = &s.train;
-    let streams = t.gradient_clipping <= 0.0 && !t.fp16;
+    let streams = crate::optim::update_streams(t.gradient_clipping, t.fp16);
     let grads = if !streams || t.gradient_accumulation_steps > 1 {
         layout.total as u64 * 4
     } else {

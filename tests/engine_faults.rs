@@ -139,7 +139,7 @@ fn a_disk_that_fills_up_mid_run_is_a_clear_error_and_the_last_save_survives() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn deep(mut s: zinf::model::train::TrainSettings) -> zinf::model::train::TrainSettings {
+fn deep(mut s: zinf::settings::TrainSettings) -> zinf::settings::TrainSettings {
     s.model.n_layer = 8;
     s
 }

@@ -16,7 +16,7 @@ use super::{Engine, EngineError, EngineSettings};
 use crate::device::Device;
 use crate::host::HostParams;
 use crate::model::{GptConfig, Model};
-use crate::optim::{LossScaler, LrSchedulerState};
+use crate::optim::{LossScaler, LrSchedulerState, OptimizerStepState};
 use crate::tiers::layout::dtype_tag;
 use crate::tiers::{HostOpt, Recorder, SwapQueue, TierLayout, OPT_STATES};
 use crate::timeline::{Overlap, Timeline};
@@ -110,13 +110,14 @@ fn ckpt_err(path: &Path, message: impl Into<String>) -> EngineError {
 impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     fn state(&self) -> EngineState {
         let s = &self.settings.train;
+        let opt = self.opt.state();
         EngineState {
             format: FORMAT.into(),
             step: self.steps,
-            applied_steps: self.applied_steps,
+            applied_steps: opt.applied_steps,
             batches_drawn: self.batches_drawn,
-            scaler: self.scaler.clone(),
-            scheduler: self.sched.as_ref().map(|s| s.state()),
+            scaler: opt.scaler,
+            scheduler: opt.scheduler,
             model: s.model,
             dtype: dtype_tag(s.dtype).into(),
             params_tier: self.settings.placement.params.name().into(),
@@ -238,11 +239,11 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         }
         self.check_compatible(&st, &ptr.store)?;
         self.steps = st.step;
-        self.applied_steps = st.applied_steps;
-        self.scaler = st.scaler;
-        if let (Some(s), Some(state)) = (&mut self.sched, st.scheduler) {
-            s.load_state(state);
-        }
+        self.opt.load_state(OptimizerStepState {
+            applied_steps: st.applied_steps,
+            scaler: st.scaler,
+            scheduler: st.scheduler,
+        });
         for _ in 0..st.batches_drawn {
             self.batcher.next_batch(&self.data.train);
         }

@@ -29,9 +29,9 @@ pub use placement::{Placement, Tier};
 
 use crate::data::{val_batches, Batcher, Dataset};
 use crate::device::{Device, DeviceError};
-use crate::model::train::{StepMetrics, TrainSettings};
 use crate::model::{Gpt, HostParams, Model, ModelError, Stages};
-use crate::optim::{Adam, LossScaler, LrScheduler, OptimError, StepOutcome};
+use crate::optim::{Grad, OptimError, OptimizerStep, StepScalars};
+use crate::settings::{StepMetrics, TrainSettings};
 use crate::tiers::{NvmeSetup, Recorder, TierError, TierLayout, Tiers};
 use residency::{Phase, Trace};
 use std::path::PathBuf;
@@ -127,13 +127,12 @@ pub struct Engine<D: Device, B: BlockIo, M: Model<D> = Gpt<D>> {
     grads_acc: Option<Vec<f32>>,
     /// One group's gradients on their way from the device to the optimizer.
     grad_scratch: Vec<f32>,
-    adam: Adam,
-    scaler: LossScaler,
-    sched: Option<LrScheduler>,
+    /// Adam, the loss scaler, the LR schedule and the per-step decisions (shared with the
+    /// resident trainer).
+    opt: OptimizerStep,
     batcher: Batcher,
     data: Dataset,
     steps: u64,
-    applied_steps: u64,
     batches_drawn: u64,
     counters: EngineCounters,
     /// Sum of squares of this step's gradients so far (streaming mode).
@@ -213,7 +212,8 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             settings.sub_group_size,
             s.dtype,
         );
-        let stream = streams(s);
+        let opt = s.optimizer(dev.host_pool())?;
+        let stream = opt.streams();
         let grads_acc =
             (!stream || s.gradient_accumulation_steps > 1).then(|| vec![0.0f32; layout.total]);
         let grad_scratch = if stream && s.gradient_accumulation_steps == 1 {
@@ -221,7 +221,6 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         } else {
             Vec::new()
         };
-        let (adam, scaler, sched) = s.optimizer(dev.host_pool())?;
         let pointer = match &start {
             Start::Resume(dir) => Some(checkpoint::read_pointer(dir)?),
             Start::Fresh(_) => None,
@@ -260,12 +259,9 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             io_factory,
             grads_acc,
             grad_scratch,
-            adam,
-            scaler,
-            sched,
+            opt,
             data,
             steps: 0,
-            applied_steps: 0,
             batches_drawn: 0,
             counters: EngineCounters::default(),
             step_sum_sq: 0.0,
@@ -346,9 +342,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
 
     /// The learning rate the next step uses.
     pub fn current_lr(&self) -> f64 {
-        self.sched
-            .as_ref()
-            .map_or(self.settings.train.adam.lr as f64, |s| s.get_lr())
+        self.opt.lr()
     }
 
     /// Counters of the run so far.
@@ -383,20 +377,17 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
 
     /// Whether the update streams group by group during backward (no clipping, no fp16).
     pub fn streams(&self) -> bool {
-        streams(&self.settings.train)
+        self.opt.streams()
     }
 
     /// One optimizer step over `gradient_accumulation_steps` micro-batches.
     pub fn step(&mut self) -> Result<StepMetrics, EngineError> {
         let gas = self.settings.train.gradient_accumulation_steps;
-        let loss_scale = self.scaler.scale();
-        let lr = self.current_lr();
-        let stream = self.streams();
+        let loss_scale = self.opt.loss_scale();
+        let lr = self.opt.lr();
+        // Nothing can skip a streamed step, so its scalars are known before backward.
+        let streamed = self.streams().then(|| self.opt.begin_streamed());
         self.step_sum_sq = 0.0;
-        if stream {
-            // Nothing can skip a streamed step, so its Adam step count is known up front.
-            self.applied_steps += 1;
-        }
         let mut loss_sum = 0.0f64;
         // The last step's held writes go out during this forward, which reads little.
         self.tiers.stop_deferring();
@@ -406,45 +397,28 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             self.trace.begin(Phase::Train);
             loss_sum += self.forward(&x, &y)? as f64;
             let last = mb + 1 == gas;
-            if last {
-                // The updates read optimizer state; their writes wait (pool permitting).
-                self.defer_writes(true)?;
-            } else {
-                self.defer_writes(false)?;
-            }
+            // The updates read optimizer state; their writes wait (pool permitting).
+            self.defer_writes(last)?;
             let grad_scale = (loss_scale / gas as f64) as f32;
-            self.backward(&x, &y, grad_scale, mb, last, lr)?;
+            self.backward(&x, &y, grad_scale, mb, last, streamed)?;
             self.trace.end();
         }
         self.steps += 1;
-        let (grad_norm, skipped) = if stream {
-            self.scaler.update(false)?;
-            (self.step_sum_sq.sqrt() / loss_scale, false)
-        } else {
-            let acc = self
-                .grads_acc
-                .as_deref()
-                .expect("kept whole when not streaming");
-            let stats = self.adam.grad_stats(&[crate::optim::Grad::F32(acc)]);
-            let scaled_norm = stats.sum_sq.sqrt();
-            let outcome = self.scaler.update(stats.non_finite)?;
-            let skipped = outcome == StepOutcome::Skipped;
-            if !skipped {
-                self.applied_steps += 1;
-                self.update_all(lr, scaled_norm, loss_scale)?;
+        let (grad_norm, applied) = match streamed {
+            Some(_) => (self.opt.end_streamed(self.step_sum_sq)?, true),
+            None => {
+                let acc = self
+                    .grads_acc
+                    .as_deref()
+                    .expect("kept whole when not streaming");
+                let d = self.opt.decide(&[Grad::F32(acc)])?;
+                if let Some(scalars) = d.scalars {
+                    self.update_all(scalars)?;
+                }
+                (d.grad_norm, d.scalars.is_some())
             }
-            let norm = if stats.non_finite {
-                f64::NAN
-            } else {
-                scaled_norm / loss_scale
-            };
-            (norm, skipped)
         };
-        if !skipped {
-            if let Some(s) = &mut self.sched {
-                s.step();
-            }
-        }
+        self.opt.finish(applied);
         self.tiers.assert_invariants();
         Ok(StepMetrics {
             step: self.steps,
@@ -452,7 +426,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             lr,
             loss_scale,
             grad_norm,
-            skipped,
+            skipped: !applied,
         })
     }
 
@@ -491,11 +465,11 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         grad_scale: f32,
         mb: usize,
         last: bool,
-        lr: f64,
+        streamed: Option<StepScalars>,
     ) -> Result<(), EngineError> {
         let stages = Arc::clone(&self.stages);
         let ckpt = self.settings.train.activation_checkpointing;
-        let update_after = last && !self.streams();
+        let update_after = last && streamed.is_none();
         for (i, st) in stages.backward.iter().enumerate() {
             for &g in &st.fetch {
                 self.fetch(g)?;
@@ -516,7 +490,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                 self.release(g);
             }
             for &g in &st.grads_out {
-                self.grads_out(g, last, lr)?;
+                self.grads_out(g, last.then_some(streamed).flatten())?;
             }
         }
         Ok(())
@@ -595,11 +569,6 @@ pub fn swap_folder(p: &Placement) -> PathBuf {
         .first()
         .map(|p| p.join(SWAP_DIR))
         .unwrap_or_default()
-}
-
-/// Whether the update can stream group by group: nothing needs the global norm first.
-fn streams(s: &TrainSettings) -> bool {
-    s.gradient_clipping <= 0.0 && !s.fp16
 }
 
 /// The swap store's layout: its folders (every `nvme_path`), chunk size (at least one unit

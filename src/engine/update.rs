@@ -18,7 +18,7 @@
 use super::{Engine, EngineError};
 use crate::device::{Device, HostSlice};
 use crate::model::{HostParams, Model};
-use crate::optim::{combined_grad_scale, Grad, ParamOut, StepScalars};
+use crate::optim::{Grad, ParamOut, StepScalars};
 use crate::timeline::Track;
 use std::ops::Range;
 use std::time::Instant;
@@ -61,9 +61,13 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         self.prefetch_unit(u, true)
     }
 
-    /// Downloads group `gi`'s gradients; when they are final and the update streams, updates
-    /// the group now.
-    pub(super) fn grads_out(&mut self, gi: usize, last: bool, lr: f64) -> Result<(), EngineError> {
+    /// Downloads group `gi`'s gradients; when they are final and the update streams
+    /// (`streamed`: this step's scalars), updates the group now.
+    pub(super) fn grads_out(
+        &mut self,
+        gi: usize,
+        streamed: Option<StepScalars>,
+    ) -> Result<(), EngineError> {
         let r = self.group_range(gi);
         let buf = self.model.take_grads(gi).expect("grads_in installed it");
         let mut host = match self.grads_acc.take() {
@@ -75,10 +79,9 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         self.dev.wait(ev)?;
         self.counters.device_bytes_out += r.len() as u64 * 4;
         self.free.push(buf);
-        let res = if last && self.streams() {
-            self.stream_update(gi, host.slice(r), lr)
-        } else {
-            Ok(())
+        let res = match streamed {
+            Some(scalars) => self.stream_update(gi, host.slice(r), scalars),
+            None => Ok(()),
         };
         match host {
             GradHost::Acc(a) => self.grads_acc = Some(a),
@@ -87,8 +90,13 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         res
     }
 
-    fn stream_update(&mut self, gi: usize, grads: &[f32], lr: f64) -> Result<(), EngineError> {
-        let stats = self.adam.grad_stats(&[Grad::F32(grads)]);
+    fn stream_update(
+        &mut self,
+        gi: usize,
+        grads: &[f32],
+        scalars: StepScalars,
+    ) -> Result<(), EngineError> {
+        let stats = self.opt.adam.grad_stats(&[Grad::F32(grads)]);
         if stats.non_finite {
             return Err(EngineError::NonFinite {
                 group: self.model.groups()[gi].name.clone(),
@@ -96,32 +104,12 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             });
         }
         self.step_sum_sq += stats.sum_sq;
-        let loss_scale = self.scaler.scale();
-        let scalars = StepScalars {
-            lr: lr as f32,
-            step: self.applied_steps,
-            grad_scale: combined_grad_scale(0.0, 0.0, loss_scale),
-        };
         self.update_group(gi, grads, scalars)
     }
 
     /// The update after backward: every group, in backward order (the embeddings, which the
     /// next step fetches first, come last and are freshest).
-    pub(super) fn update_all(
-        &mut self,
-        lr: f64,
-        scaled_norm: f64,
-        loss_scale: f64,
-    ) -> Result<(), EngineError> {
-        let scalars = StepScalars {
-            lr: lr as f32,
-            step: self.applied_steps,
-            grad_scale: combined_grad_scale(
-                scaled_norm,
-                self.settings.train.gradient_clipping,
-                loss_scale,
-            ),
-        };
+    pub(super) fn update_all(&mut self, scalars: StepScalars) -> Result<(), EngineError> {
         let acc = self
             .grads_acc
             .take()
@@ -167,7 +155,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             }
             let r = self.tiers.layout().units[u].range.clone();
             let grad = &grads[r.start - g0..r.end - g0];
-            let adam = &mut self.adam;
+            let adam = &mut self.opt.adam;
             self.tiers
                 .update_unit::<EngineError>(u, |master, m, v, out, out_range| {
                     adam.step(

@@ -7,69 +7,11 @@
 //! statistics, the loss scaler's overflow decision, and Adam. It does not print, time or write
 //! files; `zinf train` does that around it.
 
-use super::{init_params, Gpt, GptConfig, HostParams, ModelError, ParamDtype};
+use super::{init_params, Gpt, HostParams, ModelError};
 use crate::data::{val_batches, Batcher, Dataset};
 use crate::device::{CpuDevice, Device};
-use crate::optim::{
-    combined_grad_scale, Adam, AdamConfig, Grad, LossScaler, LossScalerConfig, LrScheduler,
-    OptimError, ParamOut, SchedulerConfig, StepOutcome, StepScalars,
-};
-
-/// Everything a run needs, resolved from the config and the command line.
-#[derive(Clone, Debug)]
-pub struct TrainSettings {
-    pub model: GptConfig,
-    pub micro_batch: usize,
-    pub gradient_accumulation_steps: usize,
-    pub seq_len: usize,
-    pub gradient_clipping: f64,
-    pub dtype: ParamDtype,
-    pub fp16: bool,
-    pub loss_scaler: LossScalerConfig,
-    pub adam: AdamConfig,
-    pub scheduler: Option<SchedulerConfig>,
-    pub activation_checkpointing: bool,
-    pub seed: u64,
-    pub threads: usize,
-    pub device_memory_budget: u64,
-    pub eval_batches: usize,
-}
-
-impl TrainSettings {
-    /// The CPU Adam, the loss scaler and the LR scheduler these settings describe, fresh.
-    /// Adam runs on `pool` when given (the CPU device's compute pool: one set of threads per
-    /// run), else on a pool of its own of `threads` threads.
-    pub fn optimizer(
-        &self,
-        pool: Option<std::sync::Arc<crate::threads::ThreadPool>>,
-    ) -> Result<(Adam, LossScaler, Option<LrScheduler>), OptimError> {
-        let adam = match pool {
-            Some(p) => Adam::with_pool(self.adam, p),
-            None => Adam::new(self.adam, self.threads)?,
-        };
-        let scaler = LossScaler::new(&self.loss_scaler, self.fp16)?;
-        let sched = self
-            .scheduler
-            .map(|c| LrScheduler::new(c, self.adam.lr as f64))
-            .transpose()?;
-        Ok((adam, scaler, sched))
-    }
-}
-
-/// What one optimizer step reports (the CSV columns).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct StepMetrics {
-    /// 1-based step count, skipped steps included.
-    pub step: u64,
-    /// Mean training loss over the step's micro-batches.
-    pub loss: f32,
-    pub lr: f64,
-    pub loss_scale: f64,
-    /// Global L2 norm of the unscaled gradients, before clipping.
-    pub grad_norm: f64,
-    /// The gradients overflowed and the update was skipped (fp16 only).
-    pub skipped: bool,
-}
+use crate::optim::{Grad, OptimError, OptimizerStep, ParamOut, StepScalars};
+use crate::settings::{StepMetrics, TrainSettings};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
@@ -90,13 +32,10 @@ pub struct Trainer {
     m: Vec<f32>,
     v: Vec<f32>,
     grads: Vec<f32>,
-    adam: Adam,
-    scaler: LossScaler,
-    sched: Option<LrScheduler>,
+    opt: OptimizerStep,
     batcher: Batcher,
     data: Dataset,
     steps: u64,
-    applied_steps: u64,
 }
 
 impl Trainer {
@@ -128,7 +67,7 @@ impl Trainer {
         // The fp32 master starts from the stored (rounded) values, as DeepSpeed's does.
         let master = params.to_f32();
         let n = master.len();
-        let (adam, scaler, sched) = s.optimizer(dev.host_pool())?;
+        let opt = s.optimizer(dev.host_pool())?;
         let batcher = Batcher::new(s.seed, s.micro_batch, s.seq_len);
         Ok(Trainer {
             settings,
@@ -139,13 +78,10 @@ impl Trainer {
             m: vec![0.0; n],
             v: vec![0.0; n],
             grads: vec![0.0; n],
-            adam,
-            scaler,
-            sched,
+            opt,
             batcher,
             data,
             steps: 0,
-            applied_steps: 0,
         })
     }
 
@@ -158,16 +94,14 @@ impl Trainer {
 
     /// The learning rate the next step uses.
     pub fn current_lr(&self) -> f64 {
-        self.sched
-            .as_ref()
-            .map_or(self.settings.adam.lr as f64, |s| s.get_lr())
+        self.opt.lr()
     }
 
     /// One optimizer step over `gradient_accumulation_steps` micro-batches.
     pub fn step(&mut self) -> Result<StepMetrics, TrainError> {
         let gas = self.settings.gradient_accumulation_steps;
-        let loss_scale = self.scaler.scale();
-        let lr = self.current_lr();
+        let loss_scale = self.opt.loss_scale();
+        let lr = self.opt.lr();
         self.model.zero_grads(&self.dev)?;
         let mut loss_sum = 0.0f64;
         for _ in 0..gas {
@@ -177,62 +111,34 @@ impl Trainer {
                 .backward(&self.dev, &x, &y, (loss_scale / gas as f64) as f32)?;
         }
         self.model.download_grads(&self.dev, &mut self.grads)?;
-        let stats = self.adam.grad_stats(&[Grad::F32(&self.grads)]);
-        let scaled_norm = stats.sum_sq.sqrt();
-        let outcome = self.scaler.update(stats.non_finite)?;
+        let d = self.opt.decide(&[Grad::F32(&self.grads)])?;
         self.steps += 1;
-        let skipped = outcome == StepOutcome::Skipped;
-        if !skipped {
-            self.apply_update(lr, scaled_norm, loss_scale)?;
+        if let Some(scalars) = d.scalars {
+            self.apply_update(scalars)?;
         }
+        self.opt.finish(d.scalars.is_some());
         Ok(StepMetrics {
             step: self.steps,
             loss: (loss_sum / gas as f64) as f32,
             lr,
             loss_scale,
-            grad_norm: if stats.non_finite {
-                f64::NAN
-            } else {
-                scaled_norm / loss_scale
-            },
-            skipped,
+            grad_norm: d.grad_norm,
+            skipped: d.scalars.is_none(),
         })
     }
 
-    fn apply_update(
-        &mut self,
-        lr: f64,
-        scaled_norm: f64,
-        loss_scale: f64,
-    ) -> Result<(), TrainError> {
-        self.applied_steps += 1;
-        let scalars = StepScalars {
-            lr: lr as f32,
-            step: self.applied_steps,
-            grad_scale: combined_grad_scale(
-                scaled_norm,
-                self.settings.gradient_clipping,
-                loss_scale,
-            ),
-        };
+    /// Adam over the whole arrays, then the new parameters go to the device.
+    fn apply_update(&mut self, scalars: StepScalars) -> Result<(), TrainError> {
         let grad = Grad::F32(&self.grads);
         let (master, m, v) = (&mut self.master, &mut self.m, &mut self.v);
+        let adam = &mut self.opt.adam;
         match &mut self.params {
-            HostParams::F16(p) => self
-                .adam
-                .step(master, m, v, grad, ParamOut::F16(p), scalars)?,
-            HostParams::Bf16(p) => {
-                self.adam
-                    .step(master, m, v, grad, ParamOut::Bf16(p), scalars)?
-            }
+            HostParams::F16(p) => adam.step(master, m, v, grad, ParamOut::F16(p), scalars)?,
+            HostParams::Bf16(p) => adam.step(master, m, v, grad, ParamOut::Bf16(p), scalars)?,
             HostParams::F32(p) => {
-                self.adam
-                    .step(master, m, v, grad, ParamOut::None, scalars)?;
+                adam.step(master, m, v, grad, ParamOut::None, scalars)?;
                 p.copy_from_slice(master);
             }
-        }
-        if let Some(s) = &mut self.sched {
-            s.step();
         }
         self.model.load_params(&self.dev, &self.params)?;
         Ok(())

@@ -14,6 +14,7 @@ pub mod kernels;
 mod loss_scaler;
 mod lr_schedule;
 mod stats;
+mod step;
 
 #[cfg(test)]
 mod tests;
@@ -29,3 +30,4 @@ pub use lr_schedule::{
     WarmupCosineLRConfig, WarmupDecayLRConfig, WarmupLRConfig, WarmupType,
 };
 pub use stats::{clip_coef, combined_grad_scale, global_norm, grad_stats, GradStats};
+pub use step::{update_streams, Decision, OptimizerStep, OptimizerStepState};

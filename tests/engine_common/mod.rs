@@ -7,9 +7,10 @@ use zinf::data::Dataset;
 use zinf::device::CpuDevice;
 use zinf::engine::timeline::Timeline;
 use zinf::engine::{Engine, EngineSettings, IoFactory, Placement, Start, Tier};
-use zinf::model::train::{StepMetrics, TrainSettings, Trainer};
+use zinf::model::train::Trainer;
 use zinf::model::{GptConfig, ParamDtype};
 use zinf::optim::{AdamConfig, LossScalerConfig};
+use zinf::settings::{StepMetrics, TrainSettings};
 use zinf_swap::fake::{FakeDisk, FakeIo};
 use zinf_swap::{AioBackend, PoolConfig};
 
