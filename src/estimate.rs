@@ -7,6 +7,9 @@
 //! The engine reports its measured peaks beside these figures at start-up.
 
 use crate::config::{Config, OffloadDevice};
+use crate::tiers::layout::{
+    chunk_bytes, is_persistent, opt_store_bytes, store_bytes, DEFAULT_CHUNK_BYTES,
+};
 use serde::Serialize;
 
 /// Parameter statistics the estimate needs, from the model's layout.
@@ -17,33 +20,39 @@ pub struct ModelStats {
     pub largest_tensor: u64,
     /// Elements of the largest group fetched at once (one transformer block, or the embeddings).
     pub largest_group: u64,
-    /// Elements of tensors below `stage3_param_persistence_threshold`, kept resident.
+    /// Elements of groups of at most `stage3_param_persistence_threshold` elements, kept
+    /// resident (the engine's rule, `tiers::layout::is_persistent`).
     pub persistent: u64,
+    /// Bytes one write of every parameter shard moves to the swap store (chunks padded to
+    /// 4 KiB, as the store moves them).
+    pub param_store_bytes: u64,
+    /// Bytes one read (or write) of every optimizer unit's state moves (three fp32 shards a
+    /// unit of at most `sub_group_size` elements, padded).
+    pub opt_store_bytes: u64,
 }
 
 impl ModelStats {
     /// From the config's model and its persistence threshold, via the one parameter layout.
     pub fn from_config(config: &Config) -> ModelStats {
         let layout = crate::model::param_layout(&config.zinf.model);
-        let threshold = config.zero_optimization.param_persistence_threshold as usize;
+        let threshold = config.zero_optimization.param_persistence_threshold;
         let largest_tensor = layout.tensors.iter().map(|t| t.numel()).max().unwrap_or(0);
-        let largest_group = layout
-            .groups
-            .iter()
-            .map(|(_, r)| r.len())
-            .max()
-            .unwrap_or(0);
-        let persistent = layout
-            .tensors
-            .iter()
-            .map(|t| t.numel())
-            .filter(|n| *n < threshold)
-            .sum::<usize>();
+        let group_lens = || layout.groups.iter().map(|(_, r)| r.len() as u64);
+        // Persistent groups by the engine's own rule (whole groups are fetched and kept).
+        let persistent = group_lens().filter(|&n| is_persistent(n, threshold)).sum();
+        let d = config.param_dtype_bytes();
+        let sub_group_size = config.zero_optimization.sub_group_size.max(1);
+        let largest_group = group_lens().max().unwrap_or(0);
+        let chunk = chunk_bytes(DEFAULT_CHUNK_BYTES, sub_group_size.min(largest_group));
         ModelStats {
             params: layout.total as u64,
             largest_tensor: largest_tensor as u64,
-            largest_group: largest_group as u64,
-            persistent: persistent as u64,
+            largest_group,
+            persistent,
+            param_store_bytes: group_lens().map(|n| store_bytes(n * d, chunk)).sum(),
+            opt_store_bytes: group_lens()
+                .map(|n| opt_store_bytes(n, sub_group_size, chunk))
+                .sum(),
         }
     }
 }
@@ -247,8 +256,14 @@ pub fn estimate(
                 format!("{}-bit parameters{versions_note}", 8 * d),
                 mul(&[versions, d, p]),
             );
-            acc(&mut traffic.nvme_read_bytes, mul(&[2, gas, d, p - cached]));
-            acc(&mut traffic.nvme_write_bytes, mul(&[d, p]));
+            // Every fetch of an uncached group reads it, forward and backward (an upper bound:
+            // groups kept between the two, or served from host copies, are not read again).
+            let uncached = (u128::from(model.param_store_bytes) * u128::from(p - cached))
+                .checked_div(u128::from(p))
+                .unwrap_or(0);
+            let uncached = u64::try_from(uncached).unwrap_or(u64::MAX);
+            acc(&mut traffic.nvme_read_bytes, mul(&[2, gas, uncached]));
+            acc(&mut traffic.nvme_write_bytes, model.param_store_bytes);
             acc(
                 &mut traffic.host_to_device_bytes,
                 mul(&[2, gas, d, p - model.persistent.min(p)]),
@@ -327,8 +342,8 @@ pub fn estimate(
                 format!("fp32 master weights, Adam m and v{versions_note}"),
                 mul(&[versions, opt_bytes]),
             );
-            acc(&mut traffic.nvme_read_bytes, opt_bytes);
-            acc(&mut traffic.nvme_write_bytes, opt_bytes);
+            acc(&mut traffic.nvme_read_bytes, model.opt_store_bytes);
+            acc(&mut traffic.nvme_write_bytes, model.opt_store_bytes);
         }
     }
     device.add(

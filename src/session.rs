@@ -190,7 +190,7 @@ pub fn engine_settings(cfg: &Config, train: TrainSettings) -> Result<EngineSetti
         max_in_cpu: z.offload_param.max_in_cpu,
         pipeline_read: z.offload_optimizer.pipeline_read,
         pipeline_write: z.offload_optimizer.pipeline_write,
-        chunk_bytes: 8 << 20,
+        chunk_bytes: crate::tiers::layout::DEFAULT_CHUNK_BYTES,
         double_buffered: cfg.zinf.swap_double_buffered,
     })
 }

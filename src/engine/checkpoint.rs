@@ -140,7 +140,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         if !on_nvme && self.save_store.is_none() {
             let io = (self.io_factory)()?;
             let layout = self.tiers.layout();
-            let chunk = super::chunk_bytes(&self.settings, layout);
+            let chunk = layout.chunk_bytes(self.settings.chunk_bytes);
             let cfg = StoreConfig::new(vec![dir.join("state")]).chunk_bytes(chunk);
             let specs = store_specs(&self.settings, layout);
             self.save_store = Some(Store::create(io, &cfg, &specs)?);

@@ -32,6 +32,7 @@ use crate::device::{Device, DeviceError};
 use crate::model::{Gpt, HostParams, Model, ModelError, Stages};
 use crate::optim::{Grad, OptimError, OptimizerStep, StepScalars};
 use crate::settings::{StepMetrics, TrainSettings};
+use crate::tiers::layout::is_persistent;
 use crate::tiers::{NvmeSetup, Recorder, TierError, TierLayout, Tiers};
 use residency::{Phase, Trace};
 use std::path::PathBuf;
@@ -195,7 +196,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             .iter()
             .map(|g| {
                 settings.placement.params == Tier::Device
-                    || g.range.len() as u64 <= settings.param_persistence_threshold
+                    || is_persistent(g.range.len() as u64, settings.param_persistence_threshold)
             })
             .collect();
         if settings.partition.world_size != 1 {
@@ -581,14 +582,6 @@ fn store_config(settings: &EngineSettings, layout: &TierLayout) -> StoreConfig {
         .map(|p| p.join(SWAP_DIR))
         .collect();
     StoreConfig::new(paths)
-        .chunk_bytes(chunk_bytes(settings, layout))
+        .chunk_bytes(layout.chunk_bytes(settings.chunk_bytes))
         .double_buffered(settings.double_buffered)
-}
-
-/// Bytes per chunk of the swap store: the configured size, raised to hold one unit's fp32.
-fn chunk_bytes(settings: &EngineSettings, layout: &TierLayout) -> u64 {
-    let max_unit = layout.max_unit_len() as u64;
-    settings
-        .chunk_bytes
-        .max((max_unit * 4).next_multiple_of(4096))
 }

@@ -34,6 +34,8 @@ pub struct TierLayout {
     pub group_units: Vec<Range<usize>>,
     /// Storage dtype of parameters (fp16/bf16, or fp32 when neither is on).
     pub dtype: ParamDtype,
+    /// Elements per unit at most (DeepSpeed `sub_group_size`, at least 1).
+    pub sub_group_size: u64,
     /// Elements of the flat parameter array.
     pub total: usize,
 }
@@ -70,6 +72,7 @@ impl TierLayout {
             units,
             group_units,
             dtype,
+            sub_group_size: step as u64,
             total,
         }
     }
@@ -97,6 +100,33 @@ impl TierLayout {
             return Some(u + 1);
         }
         (gi > 0).then(|| self.group_units[gi - 1].start)
+    }
+
+    /// Bytes per chunk of the store for this layout (see [`chunk_bytes`]).
+    pub fn chunk_bytes(&self, configured: u64) -> u64 {
+        chunk_bytes(configured, self.max_unit_len() as u64)
+    }
+
+    /// Store bytes of every group's parameter shard, padded as the store moves them: one
+    /// step's parameter writes when they live on NVMe.
+    pub fn param_store_bytes(&self, chunk: u64) -> u64 {
+        let d = self.dtype.bytes() as u64;
+        self.groups
+            .iter()
+            .map(|g| store_bytes(g.len() as u64 * d, chunk))
+            .sum()
+    }
+
+    /// Store bytes of every unit's three fp32 state shards, padded as the store moves them:
+    /// one step's optimizer reads, and its writes, when the state lives on NVMe.
+    pub fn opt_store_bytes(&self, chunk: u64) -> u64 {
+        self.group_units
+            .iter()
+            .map(|us| {
+                let owned = us.clone().map(|u| self.units[u].range.len() as u64).sum();
+                opt_store_bytes(owned, self.sub_group_size, chunk)
+            })
+            .sum()
     }
 
     /// The shards of the parameters of every group.
@@ -128,6 +158,45 @@ impl TierLayout {
         }
         v
     }
+}
+
+/// Bytes per chunk of the swap store unless one unit's fp32 state needs more (one pool buffer
+/// and one request each).
+pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
+
+/// Alignment of every chunk in the store's extent files and pool buffers (O_DIRECT pages).
+pub const STORE_ALIGN_BYTES: u64 = zinf_aio::PAGE_BYTES as u64;
+
+/// Bytes a shard of `len` bytes moves to or from the store: each chunk of at most `chunk`
+/// bytes padded to [`STORE_ALIGN_BYTES`] (what the store's byte counters count).
+pub fn store_bytes(len: u64, chunk: u64) -> u64 {
+    let rest = len % chunk;
+    (len - rest) + rest.next_multiple_of(STORE_ALIGN_BYTES)
+}
+
+/// Bytes per chunk of the store: `configured`, raised so the fp32 state of the largest unit
+/// (`max_unit_elems`) is one chunk.
+pub fn chunk_bytes(configured: u64, max_unit_elems: u64) -> u64 {
+    configured.max((max_unit_elems * 4).next_multiple_of(STORE_ALIGN_BYTES))
+}
+
+/// Store bytes of the optimizer state (three fp32 tensors) of `owned` elements of one group,
+/// cut into units of at most `sub_group_size` elements as [`TierLayout::new`] cuts them, each
+/// shard padded as the store moves it. Arithmetic only: a tiny `sub_group_size` costs nothing
+/// to price.
+pub fn opt_store_bytes(owned: u64, sub_group_size: u64, chunk: u64) -> u64 {
+    let s = sub_group_size.max(1);
+    let (full, rest) = (owned / s, owned % s);
+    let shard = |elems: u64| 3 * store_bytes(elems * 4, chunk);
+    full * shard(s) + if rest > 0 { shard(rest) } else { 0 }
+}
+
+/// Whether a group of `numel` elements stays on the device for the whole run
+/// (`stage3_param_persistence_threshold`; DeepSpeed compares each parameter's `ds_numel <=
+/// threshold` in `parameter_offload.py`, zinf each group, as it fetches groups). The engine
+/// and `zinf estimate` both use this rule.
+pub fn is_persistent(numel: u64, threshold: u64) -> bool {
+    numel <= threshold
 }
 
 /// Store name of group `gi`'s 16-bit (or fp32) parameters.

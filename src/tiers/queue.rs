@@ -28,6 +28,8 @@ pub struct QueueCounters {
     pub opt_misses: u64,
     /// Shards served from the pool buffer of their pending write instead of a read.
     pub pending_write_hits: u64,
+    /// Bytes those shards would have read (padded chunks, as the store counts reads).
+    pub pending_write_hit_bytes: u64,
     /// Held writes dropped because a newer version of the shard replaced them.
     pub writes_superseded: u64,
     /// Prefetches given up to make room in the pool.
@@ -49,6 +51,7 @@ impl QueueCounters {
             opt_prefetch_hits: self.opt_prefetch_hits - b.opt_prefetch_hits,
             opt_misses: self.opt_misses - b.opt_misses,
             pending_write_hits: self.pending_write_hits - b.pending_write_hits,
+            pending_write_hit_bytes: self.pending_write_hit_bytes - b.pending_write_hit_bytes,
             writes_superseded: self.writes_superseded - b.writes_superseded,
             prefetches_dropped: self.prefetches_dropped - b.prefetches_dropped,
             io_wait_ns: self.io_wait_ns - b.io_wait_ns,
@@ -437,6 +440,12 @@ impl<B: BlockIo> SwapQueue<B> {
         }
         if served.iter().all(Option::is_some) {
             self.counters.pending_write_hits += n as u64;
+            self.counters.pending_write_hit_bytes += served
+                .iter()
+                .flatten()
+                .flat_map(|b| b.buffer_lens())
+                .map(|l| l as u64)
+                .sum::<u64>();
             return Ok(served.into_iter().flatten().collect());
         }
         // Some shard is only on disk: pending ones go out first, then one read of all.
