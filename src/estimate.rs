@@ -39,7 +39,9 @@ impl ModelStats {
         let largest_tensor = layout.tensors.iter().map(|t| t.numel()).max().unwrap_or(0);
         let group_lens = || layout.groups.iter().map(|(_, r)| r.len() as u64);
         // Persistent groups by the engine's own rule (whole groups are fetched and kept).
-        let persistent = group_lens().filter(|&n| is_persistent(n, threshold)).sum();
+        let persistent = group_lens()
+            .filter(|&n| is_persistent(n, threshold))
+            .fold(0, u64::saturating_add);
         let d = config.param_dtype_bytes();
         let sub_group_size = config.zero_optimization.sub_group_size.max(1);
         let largest_group = group_lens().max().unwrap_or(0);
@@ -49,10 +51,12 @@ impl ModelStats {
             largest_tensor: largest_tensor as u64,
             largest_group,
             persistent,
-            param_store_bytes: group_lens().map(|n| store_bytes(n * d, chunk)).sum(),
+            param_store_bytes: group_lens()
+                .map(|n| store_bytes(n.saturating_mul(d), chunk))
+                .fold(0, u64::saturating_add),
             opt_store_bytes: group_lens()
                 .map(|n| opt_store_bytes(n, sub_group_size, chunk))
-                .sum(),
+                .fold(0, u64::saturating_add),
         }
     }
 }

@@ -169,26 +169,36 @@ pub const STORE_ALIGN_BYTES: u64 = zinf_aio::PAGE_BYTES as u64;
 
 /// Bytes a shard of `len` bytes moves to or from the store: each chunk of at most `chunk`
 /// bytes padded to [`STORE_ALIGN_BYTES`] (what the store's byte counters count).
+/// Saturates at `u64::MAX` (an estimate of an absurd config must not overflow).
 pub fn store_bytes(len: u64, chunk: u64) -> u64 {
-    let rest = len % chunk;
-    (len - rest) + rest.next_multiple_of(STORE_ALIGN_BYTES)
+    let rest = len % chunk.max(1);
+    let padded = rest
+        .checked_next_multiple_of(STORE_ALIGN_BYTES)
+        .unwrap_or(u64::MAX);
+    (len - rest).saturating_add(padded)
 }
 
 /// Bytes per chunk of the store: `configured`, raised so the fp32 state of the largest unit
 /// (`max_unit_elems`) is one chunk.
 pub fn chunk_bytes(configured: u64, max_unit_elems: u64) -> u64 {
-    configured.max((max_unit_elems * 4).next_multiple_of(STORE_ALIGN_BYTES))
+    let unit_bytes = max_unit_elems.saturating_mul(4);
+    let aligned = unit_bytes
+        .checked_next_multiple_of(STORE_ALIGN_BYTES)
+        .unwrap_or(u64::MAX);
+    configured.max(aligned)
 }
 
 /// Store bytes of the optimizer state (three fp32 tensors) of `owned` elements of one group,
 /// cut into units of at most `sub_group_size` elements as [`TierLayout::new`] cuts them, each
 /// shard padded as the store moves it. Arithmetic only: a tiny `sub_group_size` costs nothing
 /// to price.
+/// Saturates at `u64::MAX`.
 pub fn opt_store_bytes(owned: u64, sub_group_size: u64, chunk: u64) -> u64 {
-    let s = sub_group_size.max(1);
+    let s = sub_group_size.max(1).min(owned.max(1));
     let (full, rest) = (owned / s, owned % s);
-    let shard = |elems: u64| 3 * store_bytes(elems * 4, chunk);
-    full * shard(s) + if rest > 0 { shard(rest) } else { 0 }
+    let shard = |elems: u64| store_bytes(elems.saturating_mul(4), chunk).saturating_mul(3);
+    let rest_bytes = if rest > 0 { shard(rest) } else { 0 };
+    full.saturating_mul(shard(s)).saturating_add(rest_bytes)
 }
 
 /// Whether a group of `numel` elements stays on the device for the whole run
