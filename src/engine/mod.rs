@@ -391,7 +391,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         self.step_sum_sq = 0.0;
         let mut loss_sum = 0.0f64;
         // The last step's held writes go out during this forward, which reads little.
-        self.tiers.stop_deferring();
+        self.defer_writes(false);
         for mb in 0..gas {
             let (x, y) = self.batcher.next_batch(&self.data.train);
             self.batches_drawn += 1;
@@ -399,7 +399,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             loss_sum += self.forward(&x, &y)? as f64;
             let last = mb + 1 == gas;
             // The updates read optimizer state; their writes wait (pool permitting).
-            self.defer_writes(last)?;
+            self.defer_writes(last);
             let grad_scale = (loss_scale / gas as f64) as f32;
             self.backward(&x, &y, grad_scale, mb, last, streamed)?;
             self.trace.end();
@@ -543,11 +543,10 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         self.tiers.host_bytes() + grads
     }
 
-    /// Holds the store's writes in the pool (`true`) or sends them all (`false`); see
+    /// Holds new writes in the pool (`true`) or writes behind at once (`false`); see
     /// [`crate::tiers::SwapQueue::defer_writes`]. Off without `pipeline_write`.
-    fn defer_writes(&mut self, on: bool) -> Result<(), EngineError> {
-        let on = on && self.settings.pipeline_write;
-        Ok(self.tiers.defer_writes(on)?)
+    fn defer_writes(&mut self, on: bool) {
+        self.tiers.defer_writes(on && self.settings.pipeline_write);
     }
 
     /// Sends a `1/parts` share of the writes held from the last update.

@@ -539,20 +539,11 @@ impl<B: BlockIo> Tiers<B> {
         }
     }
 
-    /// Holds the store's writes in the pool (`true`) or sends them all (`false`); see
+    /// Holds new writes in the pool (`true`) or writes behind at once (`false`); see
     /// [`SwapQueue::defer_writes`].
-    pub fn defer_writes(&mut self, on: bool) -> Result<(), TierError> {
-        let Tiers { homes, rec, .. } = self;
-        if let Some(n) = nvme_of(homes) {
-            n.queue.defer_writes(&mut n.store, rec, on)?;
-        }
-        Ok(())
-    }
-
-    /// Stops holding new writes; the held ones go out with [`Tiers::submit_held`].
-    pub fn stop_deferring(&mut self) {
+    pub fn defer_writes(&mut self, on: bool) {
         if let Some(n) = nvme_of(&mut self.homes) {
-            n.queue.stop_deferring();
+            n.queue.defer_writes(on);
         }
     }
 

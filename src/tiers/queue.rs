@@ -208,16 +208,20 @@ impl<B: BlockIo> SwapQueue<B> {
         })
     }
 
-    /// Frees pool room this queue holds, cheapest first: send held writes, finish the oldest
-    /// write, and, with `drop_reads`, give up the furthest prefetch (parameters first). False
-    /// when nothing was left to free.
+    /// Frees pool room this queue holds, cheapest first: take back writes that have
+    /// completed, send held writes up to the in-flight limit, finish the oldest write, and,
+    /// with `drop_reads`, give up the furthest prefetch (parameters first). False when nothing
+    /// was left to free.
     fn make_room(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
         drop_reads: bool,
     ) -> Result<bool, TierError> {
-        if !self.held.is_empty() {
+        if self.reap_done_writes(store, rec)? {
+            return Ok(true);
+        }
+        if !self.held.is_empty() && self.writes.len() < self.write_limit() {
             self.submit_held_n(store, rec, usize::MAX)?;
             return Ok(true);
         }
@@ -235,6 +239,33 @@ impl<B: BlockIo> SwapQueue<B> {
             }
         }
         Ok(false)
+    }
+
+    /// Writes allowed in flight at once (held writes are submitted at most up to it).
+    fn write_limit(&self) -> usize {
+        self.max_writes.max(1)
+    }
+
+    /// Takes back every write that has completed, without blocking; true when one was.
+    fn reap_done_writes(
+        &mut self,
+        store: &mut Store<B>,
+        rec: &mut Recorder,
+    ) -> Result<bool, TierError> {
+        let mut any = false;
+        let mut i = 0;
+        while i < self.writes.len() {
+            if store.write_done(&self.writes[i].handle) {
+                let w = self.writes.remove(i).expect("index is in range");
+                let id = w.id;
+                drop(self.wait_write(store, rec, w)?);
+                self.table.set(id, ShardState::Home);
+                any = true;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(any)
     }
 
     /// Pool buffers for shard `id`, making room when the pool is full (see the file header).
@@ -605,41 +636,32 @@ impl<B: BlockIo> SwapQueue<B> {
         Ok(())
     }
 
-    /// Holds writes in the pool instead of submitting them (`true`), or submits every held
-    /// write and goes back to writing behind at once (`false`). The engine holds during the
-    /// updates, whose reads of optimizer state then have the drive to themselves, and spreads
-    /// the held writes over the next forward, which reads little
-    /// ([`SwapQueue::submit_held`]). A full pool submits held writes early (`alloc`).
-    pub fn defer_writes(
-        &mut self,
-        store: &mut Store<B>,
-        rec: &mut Recorder,
-        defer: bool,
-    ) -> Result<(), TierError> {
+    /// Holds new writes in the pool instead of submitting them (`true`), or goes back to
+    /// writing behind at once (`false`; writes already held go out as room under the
+    /// in-flight limit allows: [`SwapQueue::submit_held`], `alloc`, or a flush). The engine
+    /// holds during the updates, whose reads of optimizer state then have the drive to
+    /// themselves, and spreads the held writes over the next forward, which reads little.
+    pub fn defer_writes(&mut self, defer: bool) {
         self.defer = defer;
-        if !defer {
-            self.submit_held_n(store, rec, usize::MAX)?;
-        }
-        Ok(())
     }
 
-    /// Stops holding new writes but keeps the held ones for [`SwapQueue::submit_held`].
-    pub fn stop_deferring(&mut self) {
-        self.defer = false;
-    }
-
-    /// Submits a `1/parts` share of the held writes (all of them when `parts` is 1): the
-    /// forward spreads them over its stages so its own reads are never stuck behind a burst.
+    /// Submits a `1/parts` share of the held writes (all of them when `parts` is 1), never
+    /// more than the in-flight limit allows and never waiting: completed writes are taken
+    /// back first. The forward spreads them over its stages so its own reads are never stuck
+    /// behind a burst, and the compute thread never blocks on a write it does not need.
     pub fn submit_held(
         &mut self,
         store: &mut Store<B>,
         rec: &mut Recorder,
         parts: usize,
     ) -> Result<(), TierError> {
-        let n = self.held.len().div_ceil(parts.max(1));
-        self.submit_held_n(store, rec, n)
+        self.reap_done_writes(store, rec)?;
+        let share = self.held.len().div_ceil(parts.max(1));
+        let room = self.write_limit().saturating_sub(self.writes.len());
+        self.submit_held_n(store, rec, share.min(room))
     }
 
+    /// Submits the `n` oldest held writes (each waits for room under the limit).
     fn submit_held_n(
         &mut self,
         store: &mut Store<B>,

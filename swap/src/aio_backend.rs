@@ -182,6 +182,10 @@ impl BlockIo for AioBackend {
         Ok(self.engine.write(self.id(file), offset, buf))
     }
 
+    fn is_done(&self, req: &Request) -> bool {
+        req.is_done()
+    }
+
     fn wait(&self, req: Request) -> std::result::Result<AlignedBuf, IoFault> {
         req.wait().map_err(|e| fault(&e))
     }

@@ -121,6 +121,8 @@ pub trait BlockIo: Send + Sync {
         offset: u64,
         buf: Self::Buf,
     ) -> Result<Self::Pending, IoFault>;
+    /// Whether a request has completed (a `wait` on it returns without blocking).
+    fn is_done(&self, req: &Self::Pending) -> bool;
     /// Waits for one request and hands its buffer back.
     fn wait(&self, req: Self::Pending) -> Result<Self::Buf, IoFault>;
     /// Makes completed writes to `file` durable (fdatasync).

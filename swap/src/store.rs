@@ -622,6 +622,11 @@ impl<B: BlockIo> Store<B> {
         })
     }
 
+    /// Whether every chunk of a write has completed (`wait_write` would not block).
+    pub fn write_done(&self, h: &WriteHandle<B::Pending>) -> bool {
+        h.reqs.iter().all(|r| self.io.is_done(r))
+    }
+
     /// Finishes a write and hands the buffers back. On failure the shard is poisoned: it must be
     /// written again (or the staged state rolled back) before it is read or committed.
     pub fn wait_write(&mut self, h: WriteHandle<B::Pending>) -> Result<ShardBuf<B::Buf>> {
