@@ -22,6 +22,8 @@
 pub mod layout;
 pub mod queue;
 pub mod residency;
+#[cfg(test)]
+mod tests;
 
 pub use layout::{TierLayout, Unit, OPT_STATES};
 pub use queue::{QueueCounters, Recorder, Shards, SwapQueue};
