@@ -23,7 +23,6 @@ use zinf_aio::AioConfig;
 use crate::host::{HostParams, ParamDtype};
 use crate::optim::{Adam, AdamConfig, Grad, ParamOut, StepScalars};
 use crate::tiers::{NvmePlacement, NvmeSetup, Recorder, TierError, TierLayout, Tiers};
-use crate::timeline::{Overlap, Timeline};
 use zinf_swap::{AioBackend, BlockIo, PoolConfig, Store, StoreConfig};
 
 #[derive(clap::Args, Debug)]
@@ -231,22 +230,13 @@ fn open_bench(args: &BenchSwapArgs, dirs: &[PathBuf]) -> anyhow::Result<Bench> {
         intra_op_parallelism: args.threads,
         ..AioConfig::default()
     };
-    let setup = NvmeSetup {
-        io: AioBackend::new(&aio, &pool)?,
-        config: StoreConfig::new(dirs.to_vec()).chunk_bytes(chunk),
-        extra_specs: Vec::new(),
-        max_writes: 3 * write_behind,
-        open: None,
-    };
+    let config = StoreConfig::new(dirs.to_vec()).chunk_bytes(chunk);
+    let setup = NvmeSetup::new(AioBackend::new(&aio, &pool)?, config, 3 * write_behind);
     let place = NvmePlacement {
         params: false,
         optimizer: true,
     };
-    let rec = Recorder {
-        timeline: Timeline::disabled(),
-        overlap: Overlap::default(),
-    };
-    let mut tiers = Tiers::new(layout, place, Some(setup), 0, rec)?;
+    let mut tiers = Tiers::new(layout, place, Some(setup), 0, Recorder::untraced())?;
     for gi in 0..tiers.layout().groups.len() {
         let len = tiers.layout().numel(gi);
         let stored = HostParams::from_f32(ParamDtype::Bf16, &vec![0.5; len]);

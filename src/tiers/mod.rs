@@ -147,6 +147,21 @@ pub struct NvmeSetup<B: BlockIo> {
     pub open: Option<std::path::PathBuf>,
 }
 
+impl<B: BlockIo> NvmeSetup<B> {
+    /// A fresh store laid out by `config` over `io`, holding only the tiers' own shards, with
+    /// `max_writes` write-behinds in flight (a bench, a test; the engine also adds a save's
+    /// shards and may open an existing store).
+    pub fn new(io: B, config: StoreConfig, max_writes: usize) -> Self {
+        NvmeSetup {
+            io,
+            config,
+            extra_specs: Vec::new(),
+            max_writes,
+            open: None,
+        }
+    }
+}
+
 impl<B: BlockIo> Tiers<B> {
     /// Lays out the homes: host arrays of the layout's size (zeros) and, when `place` puts
     /// anything on NVMe, the swap store (`nvme` must then be given: a config error otherwise).

@@ -4,7 +4,6 @@
 //! verification must hold exactly what a plain loop over host arrays computes.
 
 use super::*;
-use crate::timeline::{Overlap, Timeline};
 use zinf_swap::{AioBackend, PoolConfig};
 
 fn backend(budget: u64) -> AioBackend {
@@ -40,22 +39,13 @@ fn optimizer_state_on_disk_matches_a_host_reference() {
         65_536,
         ParamDtype::Bf16,
     );
-    let setup = NvmeSetup {
-        io: backend(4 << 20),
-        config: StoreConfig::new(vec![tmp.path().to_path_buf()]).chunk_bytes(256 << 10),
-        extra_specs: Vec::new(),
-        max_writes: 3,
-        open: None,
-    };
+    let config = StoreConfig::new(vec![tmp.path().to_path_buf()]).chunk_bytes(256 << 10);
+    let setup = NvmeSetup::new(backend(4 << 20), config, 3);
     let place = NvmePlacement {
         params: false,
         optimizer: true,
     };
-    let rec = Recorder {
-        timeline: Timeline::disabled(),
-        overlap: Overlap::default(),
-    };
-    let mut t = Tiers::new(layout.clone(), place, Some(setup), 0, rec).unwrap();
+    let mut t = Tiers::new(layout.clone(), place, Some(setup), 0, Recorder::untraced()).unwrap();
     for (gi, g) in layout.groups.iter().enumerate() {
         let master: Vec<f32> = g.clone().map(|i| i as f32).collect();
         t.init_group(
