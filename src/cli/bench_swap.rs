@@ -55,11 +55,13 @@ pub struct BenchSwapArgs {
     #[arg(long)]
     pub no_pipeline: bool,
     /// Units read ahead of the one updating: the next one even if writes must finish first,
-    /// further ones only while the pool has room (DeepSpeed's pipeline_read is 1).
-    #[arg(long, default_value_t = 1)]
+    /// further ones only while the pool has room. The default is the engine's (2);
+    /// DeepSpeed's pipeline_read is 1.
+    #[arg(long, default_value_t = 2)]
     pub read_ahead: usize,
-    /// Unit writes (three shards each) kept in flight behind (DeepSpeed's pipeline_write is 1).
-    #[arg(long, default_value_t = 1)]
+    /// Unit writes (three shards each) kept in flight behind. The default is the engine's (4:
+    /// 12 shard writes); DeepSpeed's pipeline_write is 1.
+    #[arg(long, default_value_t = 4)]
     pub write_behind: usize,
     /// Repetitions of each measurement (interleaved); medians are reported.
     #[arg(long, default_value_t = 3, value_parser = super::count_usize(1, 1000))]
