@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# swap_vs_fio.sh — puts `zinf bench swap` (an optimizer step over fp32 master/m/v on disk, no-op
-# update: reads and writes of the whole state) beside fio's io_uring O_DIRECT reference on the
-# same folder and block size (../shared/tools/fio_ref.sh).
+# swap_vs_fio.sh — puts `zinf bench swap` (an optimizer step over fp32 master/m/v on disk through
+# zinf's tiers, no-op update: reads and writes of the whole state) beside fio's io_uring O_DIRECT
+# references on the same folder and block size (../shared/tools/fio_ref.sh, fio_concurrent.sh).
 #
-# The step reads and writes the same number of bytes, so the fio reference for it is the
-# harmonic mean of fio's read and write GB/s: 2 / (1/read + 1/write). Prints one JSON line with
-# both numbers and `ratio` = zinf io_gbps / fio reference (target >= 0.9), and `step_over_max`
-# = step_s / max(io_only_s, update_only_s) (target <= 1.1).
+# The step reads and writes the same number of bytes. Two references: per direction, the
+# harmonic mean of fio's read and write GB/s, 2 / (1/read + 1/write) (`ratio`); and a reader
+# and a writer running together (fio_concurrent.sh, `ratio_concurrent`), which is what the
+# pipelined step does. Prints one JSON line with the numbers, both ratios (target >= 0.9), and
+# `step_over_max` = step_s / max(io_only_s, update_only_s) (target <= 1.1).
 #
 # Usage: scripts/swap_vs_fio.sh DIR [PARAMS=5e7] [BS=1m] [QD=32]   (ROUNDS env, default 2)
 # Builds zinf in release. Leaves no file behind.
@@ -17,6 +18,9 @@ params=${2:-5e7}; bs=${3:-1m}; qd=${4:-32}; rounds=${ROUNDS:-2}
 bs_bytes=$(python3 -c "s='$bs'.lower(); m={'k':1<<10,'m':1<<20,'g':1<<30}; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))")
 fio_ref=${FIO_REF:-../shared/tools/fio_ref.sh}
 [ -x "$fio_ref" ] || fio_ref=/work/shared/tools/fio_ref.sh
+fio_cc=${FIO_CONCURRENT:-../shared/tools/fio_concurrent.sh}
+[ -x "$fio_cc" ] || fio_cc=/work/shared/tools/fio_concurrent.sh
+[ -x "$fio_cc" ] || fio_cc=scripts/fio_concurrent.sh
 cargo build --release -q
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 # Interleave: zinf, fio, zinf, fio ... so drift on a shared machine hits both alike.
@@ -24,23 +28,27 @@ for _ in $(seq "$rounds"); do
   ./target/release/zinf bench swap --params "$params" --dir "$dir" --block-size "$bs_bytes" \
     --queue-depth "$qd" --json 2>/dev/null | sed 's/^/zinf /' >> "$out"
   REPS=1 "$fio_ref" "$dir" "$bs" "$qd" 1 2g 6 | sed 's/^/fio /' >> "$out"
+  REPS=1 "$fio_cc" "$dir" "$bs" "$qd" 2g 6 | sed 's/^/fio /' >> "$out"
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys
-z, fr, fw = [], [], []
+z, fr, fw, fc = [], [], [], []
 for line in open(sys.argv[1]):
     tool, js = line.split(" ", 1)
     j = json.loads(js)
     if tool == "zinf": z.append(j)
     elif j["rw"] == "read": fr.append(j["gbps"])
+    elif j["rw"] == "read+write": fc.append(j["gbps"])
     else: fw.append(j["gbps"])
 med = lambda xs: statistics.median(xs)
 r, w = med(fr), med(fw)
 ref = 2 / (1 / r + 1 / w)
 io = med([j["io_gbps"] for j in z])
+cc = med(fc)
 print(json.dumps({
     "zinf_io_gbps": round(io, 3), "fio_read_gbps": r, "fio_write_gbps": w,
     "fio_step_ref_gbps": round(ref, 3), "ratio": round(io / ref, 3),
+    "fio_concurrent_gbps": cc, "ratio_concurrent": round(io / cc, 3),
     "step_s": round(med([j["step_s"] for j in z]), 4),
     "io_only_s": round(med([j["io_only_s"] for j in z]), 4),
     "update_only_s": round(med([j["update_only_s"] for j in z]), 4),

@@ -1,12 +1,16 @@
-//! `zinf bench swap`: one optimizer step over fp32 master/m/v state on disk, through the swap
-//! store's pipelined optimizer swapper on zinf-aio. It times the step with a no-op update (the
-//! I/O alone), the update alone in memory, and the step with an Adam update, and reports
-//! `step_s`, `io_only_s`, `update_only_s`, bytes moved, `io_gbps` and the peak RSS.
+//! `zinf bench swap`: one optimizer step over fp32 master/m/v state on disk, through the path a
+//! training step takes — `Tiers` (`src/tiers/`) with the optimizer state on NVMe, its bounded
+//! request queue and the swap store on zinf-aio. It times the step with a no-op update (the I/O
+//! alone), the update alone in memory, and the step with an Adam update, and reports `step_s`,
+//! `io_only_s`, `update_only_s`, bytes moved, `io_gbps` and the peak RSS.
 //!
-//! The update is the real CPU AdamW (`crate::optim::Adam`, SIMD kernel chosen at run time) with
-//! bf16 gradients from host memory and the bf16 parameter copy-out, as a training step runs it.
-//! Gradients are one sub-group's worth, reused for every sub-group, so host memory stays at the
-//! pool plus a few sub-group buffers whatever `--params` is.
+//! The step drives the tiers as `src/engine/update.rs` does: units in update order, each one's
+//! successors read ahead (`prefetch_opt`), Adam run where the state lives (`update_unit`),
+//! written behind, then every write finished (`flush`). The update is the real CPU AdamW
+//! (`crate::optim::Adam`, SIMD kernel chosen at run time) with bf16 gradients from host memory
+//! and the bf16 parameter copy-out into the tiers' host array. Gradients are one unit's worth,
+//! reused for every unit, so host memory stays at the pool, the bf16 parameters (2 bytes per
+//! parameter) and a few unit buffers whatever `--params` is.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,10 +20,10 @@ use anyhow::Context;
 use half::bf16;
 use zinf_aio::AioConfig;
 
+use crate::host::{HostParams, ParamDtype};
 use crate::optim::{Adam, AdamConfig, Grad, ParamOut, StepScalars};
-use zinf_swap::{
-    AioBackend, OptimizerLayout, OptimizerSwapper, PoolConfig, Store, StoreConfig, SubGroup,
-};
+use crate::tiers::{NvmePlacement, NvmeSetup, Recorder, TierError, TierLayout, Tiers};
+use zinf_swap::{AioBackend, BlockIo, PoolConfig, Store, StoreConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchSwapArgs {
@@ -29,7 +33,7 @@ pub struct BenchSwapArgs {
     /// Folder for the extent files; repeat to stripe over several drives.
     #[arg(long, required = true)]
     pub dir: Vec<PathBuf>,
-    /// Elements per sub-group (DeepSpeed `sub_group_size`).
+    /// Elements per optimizer unit (DeepSpeed `sub_group_size`).
     #[arg(long, default_value = "4e6", value_parser = super::count_in(1, super::bench_adam::MAX_PARAMS))]
     pub sub_group_size: u64,
     /// aio `block_size` in bytes: 4096 to 1 GiB.
@@ -50,11 +54,14 @@ pub struct BenchSwapArgs {
     /// Turn off pipeline_read and pipeline_write (for comparison).
     #[arg(long)]
     pub no_pipeline: bool,
-    /// Sub-groups read ahead of the one updating (DeepSpeed's pipeline_read is 1).
-    #[arg(long, default_value_t = 1)]
+    /// Units read ahead of the one updating: the next one even if writes must finish first,
+    /// further ones only while the pool has room. The default is the engine's (2);
+    /// DeepSpeed's pipeline_read is 1.
+    #[arg(long, default_value_t = 2)]
     pub read_ahead: usize,
-    /// Sub-group writes kept in flight behind (DeepSpeed's pipeline_write is 1).
-    #[arg(long, default_value_t = 1)]
+    /// Unit writes (three shards each) kept in flight behind. The default is the engine's (4:
+    /// 12 shard writes); DeepSpeed's pipeline_write is 1.
+    #[arg(long, default_value_t = 4)]
     pub write_behind: usize,
     /// Repetitions of each measurement (interleaved); medians are reported.
     #[arg(long, default_value_t = 3, value_parser = super::count_usize(1, 1000))]
@@ -70,24 +77,28 @@ pub struct BenchSwapArgs {
     pub keep: bool,
 }
 
-/// One AdamW step on one sub-group: bf16 gradient in, bf16 parameter copy out.
-fn adam_update(adam: &mut Adam, sg: SubGroup<'_>, grads: &[bf16], out: &mut [bf16], step: u64) {
-    let n = sg.master.len();
+/// One AdamW step on one unit: bf16 gradient in, bf16 parameter copy out.
+fn adam_update(
+    adam: &mut Adam,
+    (master, m, v): (&mut [f32], &mut [f32], &mut [f32]),
+    grads: &[bf16],
+    out: &mut [bf16],
+    step: u64,
+) -> Result<(), crate::optim::OptimError> {
     let scalars = StepScalars {
         lr: 1e-3,
         step,
         grad_scale: 1.0,
     };
-    // Lengths match by construction (all slices are cut to the sub-group's length).
+    let n = master.len();
     adam.step(
-        sg.master,
-        sg.exp_avg,
-        sg.exp_avg_sq,
+        master,
+        m,
+        v,
         Grad::Bf16(&grads[..n]),
-        ParamOut::Bf16(&mut out[..n]),
+        ParamOut::Bf16(out),
         scalars,
     )
-    .expect("adam step on equal-length slices");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -95,56 +106,88 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// What one measured step took and moved.
+struct StepTimes {
+    step_s: f64,
+    bytes_read: u64,
+    bytes_written: u64,
+}
+
 struct Bench {
-    store: Store<AioBackend>,
-    sw: OptimizerSwapper,
+    tiers: Tiers<AioBackend>,
     adam: Adam,
+    /// One unit's gradients, reused for every unit.
     grads: Vec<bf16>,
-    out_bf16: Vec<bf16>,
+    read_ahead: usize,
     step: u64,
 }
 
 impl Bench {
-    /// One optimizer step over the store (update or no-op), committed; returns seconds (of
-    /// which the commit), bytes read and bytes written.
-    fn step(&mut self, adam: bool) -> anyhow::Result<(f64, f64, u64, u64)> {
-        let t = Instant::now();
-        self.step += 1;
-        let (grads, out, step) = (&self.grads, &mut self.out_bf16, self.step);
-        let opt = &mut self.adam;
-        let st = self.sw.for_each_subgroup(&mut self.store, |_, sg| {
-            if adam {
-                adam_update(opt, sg, grads, out, step);
-            }
-        })?;
-        let c = Instant::now();
-        self.store.commit()?;
-        let commit_s = c.elapsed().as_secs_f64();
-        Ok((
-            t.elapsed().as_secs_f64(),
-            commit_s,
-            st.bytes_read,
-            st.bytes_written,
-        ))
+    fn store(&self) -> &Store<AioBackend> {
+        &self.tiers.nvme().expect("optimizer state on NVMe").store
     }
 
-    /// The update alone over every sub-group's worth of state, in memory (no I/O).
-    fn update_only(&mut self, layout: &OptimizerLayout) -> f64 {
-        let n = layout.sub_group_size as usize;
-        let (mut p, mut m, mut v) = (vec![0.5f32; n], vec![0f32; n], vec![0f32; n]);
-        let t = Instant::now();
-        for k in 0..layout.sub_groups() {
-            let len = layout.range(k).len();
-            let sg = SubGroup {
-                range: layout.range(k),
-                master: &mut p[..len],
-                exp_avg: &mut m[..len],
-                exp_avg_sq: &mut v[..len],
+    /// Starts reading the `read_ahead` units after `u` in update order: the next one even if
+    /// writes must finish first, the others only if the pool has room (`engine/update.rs`).
+    fn prefetch_after(&mut self, u: usize) -> Result<(), TierError> {
+        let mut at = u;
+        for k in 0..self.read_ahead {
+            let Some(n) = self.tiers.layout().next_unit(at) else {
+                break;
             };
-            adam_update(&mut self.adam, sg, &self.grads, &mut self.out_bf16, 1);
+            self.tiers.prefetch_opt(n, k == 0)?;
+            at = n;
+        }
+        Ok(())
+    }
+
+    /// One optimizer step over the tiers (Adam or a no-op), every write finished.
+    fn step(&mut self, adam: bool) -> anyhow::Result<StepTimes> {
+        let t = Instant::now();
+        let (r0, w0) = self.tiers.nvme_bytes();
+        self.step += 1;
+        for gi in (0..self.tiers.layout().groups.len()).rev() {
+            self.tiers.begin_group_update();
+            for u in self.tiers.layout().group_units[gi].clone() {
+                self.prefetch_after(u)?;
+                let (opt, grads, step) = (&mut self.adam, &self.grads, self.step);
+                self.tiers
+                    .update_unit::<anyhow::Error>(u, |master, m, v, out, range| {
+                        let HostParams::Bf16(p) = out else {
+                            unreachable!("the bench lays out bf16 parameters")
+                        };
+                        if adam {
+                            adam_update(opt, (master, m, v), grads, &mut p[range], step)?;
+                        }
+                        Ok(())
+                    })?;
+            }
+            self.tiers.finish_group_update(gi)?;
+        }
+        self.tiers.flush()?;
+        let (r1, w1) = self.tiers.nvme_bytes();
+        Ok(StepTimes {
+            step_s: t.elapsed().as_secs_f64(),
+            bytes_read: r1 - r0,
+            bytes_written: w1 - w0,
+        })
+    }
+
+    /// The update alone over every unit's worth of state, in memory (no I/O): one unit's
+    /// arrays reused.
+    fn update_only(&mut self) -> anyhow::Result<f64> {
+        let layout = self.tiers.layout();
+        let n = layout.max_unit_len();
+        let lens: Vec<usize> = layout.units.iter().map(|u| u.range.len()).collect();
+        let (mut p, mut m, mut v) = (vec![0.5f32; n], vec![0f32; n], vec![0f32; n]);
+        let mut out = vec![bf16::ZERO; n];
+        let t = Instant::now();
+        for len in lens {
+            let state = (&mut p[..len], &mut m[..len], &mut v[..len]);
+            adam_update(&mut self.adam, state, &self.grads, &mut out[..len], 1)?;
         }
         std::hint::black_box(&p);
-        t.elapsed().as_secs_f64()
+        Ok(t.elapsed().as_secs_f64())
     }
 }
 
@@ -161,16 +204,23 @@ impl Drop for Cleanup {
     }
 }
 
+/// The parameters as groups of `sub_group_size` elements, one unit each.
+fn bench_layout(params: u64, sub_group_size: u64) -> TierLayout {
+    let (n, g) = (params as usize, sub_group_size as usize);
+    let groups = (0..n).step_by(g).map(|s| s..(s + g).min(n)).collect();
+    TierLayout::new(groups, |r| r, sub_group_size, ParamDtype::Bf16)
+}
+
 fn open_bench(args: &BenchSwapArgs, dirs: &[PathBuf]) -> anyhow::Result<Bench> {
-    let layout = OptimizerLayout::new("optimizer", args.params, args.sub_group_size)?;
-    let sw = match args.no_pipeline {
-        true => OptimizerSwapper::new(layout.clone()).pipeline(false, false),
-        false => OptimizerSwapper::new(layout.clone()).depth(args.read_ahead, args.write_behind),
+    let layout = bench_layout(args.params, args.sub_group_size);
+    let (read_ahead, write_behind) = match args.no_pipeline {
+        true => (0, 0),
+        false => (args.read_ahead, args.write_behind),
     };
-    let stages = (1 + sw.read_ahead + sw.write_behind) as u64;
-    let need = 3
-        * stages
-        * zinf_swap::aio_backend::pool_reserve_bytes(layout.min_chunk_bytes(4096), u64::MAX);
+    // One pool buffer per shard; each unit's three fp32 tensors are one chunk apiece.
+    let chunk = (layout.max_unit_len() as u64 * 4).next_multiple_of(4096);
+    let stages = (1 + read_ahead + write_behind) as u64;
+    let need = 3 * stages * zinf_swap::aio_backend::pool_reserve_bytes(chunk, u64::MAX);
     let pool = PoolConfig {
         budget_bytes: Some(args.pool_bytes.unwrap_or(need)),
         pin_memory: args.pin_memory,
@@ -182,10 +232,20 @@ fn open_bench(args: &BenchSwapArgs, dirs: &[PathBuf]) -> anyhow::Result<Bench> {
         intra_op_parallelism: args.threads,
         ..AioConfig::default()
     };
-    let backend = AioBackend::new(&aio, &pool)?;
-    let cfg = StoreConfig::new(dirs.to_vec()).chunk_bytes(layout.min_chunk_bytes(4096));
-    let mut store = Store::create(backend, &cfg, &layout.specs())?;
-    let n = args.sub_group_size.min(args.params) as usize;
+    let config = StoreConfig::new(dirs.to_vec()).chunk_bytes(chunk);
+    let setup = NvmeSetup::new(AioBackend::new(&aio, &pool)?, config, 3 * write_behind);
+    let place = NvmePlacement {
+        params: false,
+        optimizer: true,
+    };
+    let mut tiers = Tiers::new(layout, place, Some(setup), 0, Recorder::untraced())?;
+    for gi in 0..tiers.layout().groups.len() {
+        let len = tiers.layout().numel(gi);
+        let stored = HostParams::from_f32(ParamDtype::Bf16, &vec![0.5; len]);
+        tiers.init_group(gi, &stored, &stored.to_f32())?;
+    }
+    tiers.commit()?;
+    let n = tiers.layout().max_unit_len();
     let grads: Vec<bf16> = (0..n)
         .map(|i| bf16::from_f32(((i % 1000) as f32 - 500.0) * 1e-4))
         .collect();
@@ -193,15 +253,11 @@ fn open_bench(args: &BenchSwapArgs, dirs: &[PathBuf]) -> anyhow::Result<Bench> {
         weight_decay: 0.01,
         ..AdamConfig::default()
     };
-    let adam = Adam::new(adam_cfg, args.adam_threads)?;
-    sw.initialize(&mut store, |_, sg| sg.master.fill(0.5))?;
-    store.commit()?;
     Ok(Bench {
-        store,
-        sw,
-        adam,
+        tiers,
+        adam: Adam::new(adam_cfg, args.adam_threads)?,
         grads,
-        out_bf16: vec![bf16::ZERO; n],
+        read_ahead,
         step: 0,
     })
 }
@@ -216,29 +272,33 @@ pub fn run(args: &BenchSwapArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let _cleanup = Cleanup(dirs.clone(), args.keep);
     let mut b = open_bench(args, &dirs).context("setting up the swap store")?;
-    let layout = b.sw.layout().clone();
     let (mut io_s, mut upd_s, mut step_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut commit_s = Vec::new();
     let (mut bytes_read, mut bytes_written) = (0, 0);
     for _ in 0..args.reps {
-        let (s, c, r, w) = b.step(false)?;
-        io_s.push(s);
-        commit_s.push(c);
-        (bytes_read, bytes_written) = (r, w);
-        upd_s.push(b.update_only(&layout));
-        step_s.push(b.step(true)?.0);
+        let io = b.step(false)?;
+        io_s.push(io.step_s);
+        (bytes_read, bytes_written) = (io.bytes_read, io.bytes_written);
+        // The store's commit (sync, manifest), timed apart: a training step does not commit.
+        let c = Instant::now();
+        b.tiers.commit()?;
+        commit_s.push(c.elapsed().as_secs_f64());
+        upd_s.push(b.update_only()?);
+        step_s.push(b.step(true)?.step_s);
     }
+    b.tiers.assert_invariants();
     let (io_only_s, update_only_s, step_s) = (median(io_s), median(upd_s), median(step_s));
     let io_gbps = (bytes_read + bytes_written) as f64 / io_only_s / 1e9;
     let overlap = step_s / io_only_s.max(update_only_s);
-    let c = zinf_swap::Counters::gather(&b.store, None);
+    let store = b.store();
+    let q = b.tiers.queue_counters();
     let report = serde_json::json!({
         "params": args.params,
         "sub_group_size": args.sub_group_size,
-        "sub_groups": layout.sub_groups(),
-        "read_ahead": b.sw.read_ahead,
-        "write_behind": b.sw.write_behind,
-        "backend": b.store.io().engine().backend().to_string(),
+        "sub_groups": b.tiers.layout().units.len(),
+        "read_ahead": b.read_ahead,
+        "write_behind": if args.no_pipeline { 0 } else { args.write_behind },
+        "backend": store.io().engine().backend().to_string(),
         "adam_kernel": b.adam.kernel().name(),
         "adam_threads": b.adam.threads(),
         "reps": args.reps,
@@ -250,10 +310,12 @@ pub fn run(args: &BenchSwapArgs) -> anyhow::Result<ExitCode> {
         "bytes_written": bytes_written,
         "io_gbps": io_gbps,
         "commit_s": median(commit_s),
-        "pool_budget_bytes": c.pool_budget_bytes,
-        "pool_pinned": c.pool_pinned,
-        "pool_peak_bytes": b.store.io().pool().stats().peak_bytes,
-        "pool_wait_s": c.pool_wait_ns as f64 / 1e9,
+        "opt_prefetch_hits": q.opt_prefetch_hits,
+        "opt_misses": q.opt_misses,
+        "pool_budget_bytes": store.io().pool_budget_bytes(),
+        "pool_pinned": store.io().pool_pinned(),
+        "pool_peak_bytes": store.io().pool().stats().peak_bytes,
+        "pool_wait_s": q.pool_wait_ns as f64 / 1e9,
         "peak_rss_bytes": crate::engine::summary::peak_rss_bytes().unwrap_or(0),
     });
     if args.json {
@@ -266,10 +328,11 @@ pub fn run(args: &BenchSwapArgs) -> anyhow::Result<ExitCode> {
 
 fn print_text(r: &serde_json::Value) {
     println!(
-        "optimizer step over {} params on disk ({} sub-groups, pipeline {}, {})",
+        "optimizer step over {} params on disk ({} units, read ahead {}, write behind {}, {})",
         r["params"],
         r["sub_groups"],
-        r["pipeline"],
+        r["read_ahead"],
+        r["write_behind"],
         r["backend"].as_str().unwrap_or("?")
     );
     for k in [

@@ -19,7 +19,6 @@ use crate::model::{GptConfig, Model};
 use crate::optim::{LossScaler, LrSchedulerState, OptimizerStepState};
 use crate::tiers::layout::dtype_tag;
 use crate::tiers::{HostOpt, Recorder, SwapQueue, TierLayout, OPT_STATES};
-use crate::timeline::{Overlap, Timeline};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use zinf_swap::{BlockIo, ShardSpec, Store, StoreConfig};
@@ -149,10 +148,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         let Engine {
             tiers, save_store, ..
         } = self;
-        let mut rec = Recorder {
-            timeline: Timeline::disabled(),
-            overlap: Overlap::default(),
-        };
+        let mut rec = Recorder::untraced();
         let parts = tiers.parts();
         let store = match (parts.nvme, save_store.as_mut()) {
             (Some(n), _) => &mut n.store,
@@ -200,10 +196,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             let io = (self.io_factory)()?;
             self.save_store = Some(Store::open(io, &ptr.store, false)?);
         }
-        let mut rec = Recorder {
-            timeline: Timeline::disabled(),
-            overlap: Overlap::default(),
-        };
+        let mut rec = Recorder::untraced();
         let Engine {
             tiers, save_store, ..
         } = self;

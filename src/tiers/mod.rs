@@ -22,6 +22,8 @@
 pub mod layout;
 pub mod queue;
 pub mod residency;
+#[cfg(test)]
+mod tests;
 
 pub use layout::{TierLayout, Unit, OPT_STATES};
 pub use queue::{QueueCounters, Recorder, Shards, SwapQueue};
@@ -143,6 +145,21 @@ pub struct NvmeSetup<B: BlockIo> {
     pub max_writes: usize,
     /// Open this existing store (a resume) instead of creating a fresh one.
     pub open: Option<std::path::PathBuf>,
+}
+
+impl<B: BlockIo> NvmeSetup<B> {
+    /// A fresh store laid out by `config` over `io`, holding only the tiers' own shards, with
+    /// `max_writes` write-behinds in flight (a bench, a test; the engine also adds a save's
+    /// shards and may open an existing store).
+    pub fn new(io: B, config: StoreConfig, max_writes: usize) -> Self {
+        NvmeSetup {
+            io,
+            config,
+            extra_specs: Vec::new(),
+            max_writes,
+            open: None,
+        }
+    }
 }
 
 impl<B: BlockIo> Tiers<B> {

@@ -68,6 +68,15 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder that writes no trace (a save, a resume, a bench): spans go to the overlap
+    /// account only.
+    pub fn untraced() -> Self {
+        Recorder {
+            timeline: Timeline::disabled(),
+            overlap: Overlap::default(),
+        }
+    }
+
     /// Records one request (`verb` "read" or "write" of shard `name`) that was in flight from
     /// `start` to `end`; its label is built only when a trace is being written.
     fn io(&mut self, verb: &str, name: &str, bytes: u64, start: Instant, end: Instant) {

@@ -31,7 +31,7 @@ impl std::fmt::Display for Op {
     }
 }
 
-/// Errors of the swap store and the swappers.
+/// Errors of the swap store and its block I/O.
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
     /// The block device failed (EIO, ENOSPC, a short transfer, a crashed device, ...).

@@ -10,7 +10,7 @@
 //!   `open` refuses the store with `SwapError::Dirty`, and `rollback` cannot restore old bytes.
 //!
 //! Requests are asynchronous (`read_begin`/`wait_read`, `write_begin`/`wait_write`) so the
-//! swappers can keep the disk busy. The store moves bytes: dtypes are tags it never interprets.
+//! caller (zinf's `tiers` queue) can keep the disk busy. The store moves bytes: dtypes are tags it never interprets.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -708,8 +708,8 @@ impl<B: BlockIo> Store<B> {
         Ok(self.manifest.commit)
     }
 
-    /// Drops every staged (uncommitted) write: reads see the committed version again. A
-    /// `ParamSwapper` over this store must `clear_cache` too. Single-slot, the committed bytes
+    /// Drops every staged (uncommitted) write: reads see the committed version again; a
+    /// caller's host copies of shards (a cache) must be dropped too. Single-slot, the committed bytes
     /// of a shard written since the last commit are gone: the store then refuses further work
     /// (as after a failed commit); with nothing written, this does nothing.
     pub fn rollback(&mut self) {
