@@ -588,34 +588,25 @@ impl<B: BlockIo> SwapQueue<B> {
         rec: &mut Recorder,
         id: usize,
     ) -> Result<(), TierError> {
-        match self.table.get(id) {
-            ShardState::Held => {
-                let i = self.held.iter().position(|h| h.id == id);
-                drop(self.held.remove(i.expect("a held shard is in the hold")));
-                self.counters.writes_superseded += 1;
-                self.table.set(id, ShardState::InHand);
-                self.table.set(id, ShardState::Home);
-            }
-            ShardState::Writing => {
-                let i = self.writes.iter().position(|w| w.id == id);
-                let w = self.writes.remove(i.expect("a writing shard is in flight"));
-                drop(self.wait_write(store, rec, w.expect("position is in range"))?);
-                self.table.set(id, ShardState::Home);
-            }
-            ShardState::Reading => {
-                // A prefetch of an older version: give it up.
-                for k in 0..2 {
-                    let ids = &self.ids;
-                    if let Some(i) = self.reads[k]
-                        .iter()
-                        .position(|r| ids.of(r.what).contains(&id))
-                    {
-                        let r = self.reads[k].remove(i).expect("position is in range");
-                        self.drop_read(store, r);
-                    }
+        if self.table.get(id) == ShardState::Reading {
+            // A prefetch of an older version: give it up.
+            for k in 0..2 {
+                let ids = &self.ids;
+                if let Some(i) = self.reads[k]
+                    .iter()
+                    .position(|r| ids.of(r.what).contains(&id))
+                {
+                    let r = self.reads[k].remove(i).expect("position is in range");
+                    self.drop_read(store, r);
                 }
             }
-            ShardState::Home | ShardState::InHand => {}
+            return Ok(());
+        }
+        let superseded = self.table.get(id) == ShardState::Held;
+        if let Some(buf) = self.take_pending(store, rec, id)? {
+            drop(buf);
+            self.counters.writes_superseded += u64::from(superseded);
+            self.table.set(id, ShardState::Home);
         }
         Ok(())
     }
