@@ -5,10 +5,12 @@
 # fio's read and write GB/s on the same folder (../shared/tools/fio_ref.sh, 8 MiB blocks, queue
 # depth 32, the config's aio settings).
 #
-# Targets: peak RSS <= 8 GiB; losses finite and the last below the first; and
-# step_s_median / max(compute per step, I/O per step at fio speed) <= 1.3, where I/O per step
-# = bytes_read/steps / fio_read + bytes_written/steps / fio_write (one drive does both, so the
-# two add). Prints one JSON line, then a table with pass/fail per target; exits 1 if one fails.
+# Targets (issue #11): peak RSS <= 8 GiB; losses finite and the last below the first; and
+# step_s_median / max(compute per step, I/O per step) <= 1.3, where I/O per step = bytes moved
+# per step / the GB/s of a fio reader and writer running together on DIR (how a step uses the
+# drive). The per-direction figure (reads at fio read speed plus writes at fio write speed) is
+# given beside it. Prints one JSON line, then a table with pass/fail per target; exits 1 if
+# one fails.
 #
 # Usage: scripts/demo_larger_than_ram.sh [DIR=/work/benchdir/zinf_demo] [STEPS=3]
 # CONFIG env: another config to run the same way (a smaller one for a quick check);
@@ -58,9 +60,12 @@ fi
 
 echo "demo: fio reference on $dir (8m blocks, qd 32)" >&2
 REPS=${FIO_REPS:-1} "$fio_ref" "$dir" 8m 32 > "$tmp/fio.jsonl"
-# The steps read and write at the same time; on this disk the two do not add up, so the
-# concurrent figure is given beside the per-direction one (scripts/fio_concurrent.sh).
-REPS=${FIO_REPS:-1} scripts/fio_concurrent.sh "$dir" 8m 32 > "$tmp/fiocc.json"
+# The steps read and write at the same time; on this disk the two do not add up, so the target
+# is against a reader and a writer running together (../shared/tools/fio_concurrent.sh, with
+# huge-page buffers; scripts/fio_concurrent.sh omits them and understates the disk by ~40%).
+fio_cc=${FIO_CONCURRENT:-../shared/tools/fio_concurrent.sh}
+[ -x "$fio_cc" ] || fio_cc=/work/shared/tools/fio_concurrent.sh
+REPS=${FIO_REPS:-1} "$fio_cc" "$dir" 8m 32 > "$tmp/fiocc.json"
 
 # The config with DIR as nvme_path of both offload sections.
 python3 - "$cfg_src" "$dir" "$tmp/config.json" <<'PY'
@@ -112,7 +117,7 @@ targets = {
     "peak_rss_le_8gib": s["peak_rss_bytes"] <= 8 << 30,
     "losses_finite_and_falling": bool(losses) and all(math.isfinite(x) for x in losses)
                                  and losses[-1] < losses[0],
-    "step_over_max_le_1p3": ratio <= 1.3,
+    "step_over_max_concurrent_le_1p3": ratio_cc <= 1.3,
 }
 out = {
     "params": s["params"], "model_state_bytes": 16 * s["params"], "host_ram_bytes": mem_total,
@@ -146,11 +151,12 @@ rows = [
     ("NVMe read / written per step", f"{gb(s['bytes_read'] / n)} / {gb(s['bytes_written'] / n)}", ""),
     ("fio read / write", f"{fio['read']:.3f} / {fio['write']:.3f} GB/s", ""),
     ("I/O per step at fio speed", f"{io:.2f} s", ""),
-    ("step / max(compute, I/O)", f"{ratio:.3f}", f"<= 1.3: {ok('step_over_max_le_1p3')}"),
+    ("step / max(compute, I/O)", f"{ratio:.3f}", "(info: per-direction fio, read + write apart)"),
     ("step / max(compute+Adam, I/O)", f"{ratio_cpu:.3f}", "(info: one CPU does both)"),
     ("fio reader+writer together", f"{cc:.3f} GB/s", ""),
     ("I/O per step at that speed", f"{io_cc:.2f} s", ""),
-    ("step / max(compute, that I/O)", f"{ratio_cc:.3f}", "(info: how the steps use the drive)"),
+    ("step / max(compute, that I/O)", f"{ratio_cc:.3f}",
+     f"<= 1.3: {ok('step_over_max_concurrent_le_1p3')}"),
     ("overlap fraction", f"{s['overlap_fraction']:.3f}", ""),
     ("I/O wait / pool wait", f"{s['io_wait_s']:.1f} s / {s['pool_wait_s']:.1f} s", ""),
 ]
