@@ -1,16 +1,22 @@
 //! What a run will cost before it starts: bytes per tier (device, pinned host, pageable host,
-//! NVMe) at peak, NVMe capacity against the free space under `nvme_path`, bytes moved per
-//! optimizer step, the step time those bytes imply, and DeepSpeed's own
+//! NVMe) at peak, the swap store's size against the free space under each `nvme_path`, bytes
+//! moved per optimizer step, the step time those bytes imply, and DeepSpeed's own
 //! `estimate_zero3_model_states_mem_needs_all_live` table beside ours.
 //!
-//! This is arithmetic over the config and the model's parameter layout; it allocates nothing.
-//! The engine reports its measured peaks beside these figures at start-up.
+//! Every figure is worked out from the run's own plan ([`crate::session::Session`]): its
+//! placement, the tiers' layout (units, padding, chunk size), its pinned pool, and the swap
+//! store `Engine::new` would create ([`crate::engine::swap_store`]). So the estimate, the
+//! refusals of `zinf config check` / `zinf train`, and the engine's allocations are one set of
+//! facts; `tests/engine_estimate.rs` checks them against the engine's counters.
+//!
+//! This is arithmetic; it allocates nothing of the run.
 
-use crate::config::{Config, OffloadDevice};
-use crate::tiers::layout::{
-    chunk_bytes, is_persistent, opt_store_bytes, store_bytes, DEFAULT_CHUNK_BYTES,
-};
+use crate::config::Config;
+use crate::engine::Tier as Placed;
+use crate::session::Session;
+use crate::tiers::layout::{is_persistent, store_bytes};
 use serde::Serialize;
+use std::path::Path;
 
 /// Parameter statistics the estimate needs, from the model's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,37 +32,35 @@ pub struct ModelStats {
     /// Bytes one write of every parameter shard moves to the swap store (chunks padded to
     /// 4 KiB, as the store moves them).
     pub param_store_bytes: u64,
-    /// Bytes one read (or write) of every optimizer unit's state moves (three fp32 shards a
-    /// unit of at most `sub_group_size` elements, padded).
+    /// Bytes one read (or write) of every optimizer unit's state moves (three fp32 shards per
+    /// unit, padded).
     pub opt_store_bytes: u64,
+    /// Optimizer units (DeepSpeed sub-groups) of this rank.
+    pub units: u64,
 }
 
 impl ModelStats {
-    /// From the config's model and its persistence threshold, via the one parameter layout.
-    pub fn from_config(config: &Config) -> ModelStats {
-        let layout = crate::model::param_layout(&config.zinf.model);
-        let threshold = config.zero_optimization.param_persistence_threshold;
-        let largest_tensor = layout.tensors.iter().map(|t| t.numel()).max().unwrap_or(0);
-        let group_lens = || layout.groups.iter().map(|(_, r)| r.len() as u64);
-        // Persistent groups by the engine's own rule (whole groups are fetched and kept).
-        let persistent = group_lens()
+    /// From the plan's layout: the same units, padding and chunk size the engine uses.
+    pub fn from_session(s: &Session) -> ModelStats {
+        let layout = &s.layout;
+        let model = crate::model::param_layout(&s.settings.train.model);
+        let largest_tensor = model.tensors.iter().map(|t| t.numel()).max().unwrap_or(0);
+        let threshold = s.settings.param_persistence_threshold;
+        let persistent = layout
+            .groups
+            .iter()
+            .map(|g| g.len() as u64)
             .filter(|&n| is_persistent(n, threshold))
             .fold(0, u64::saturating_add);
-        let d = config.param_dtype_bytes();
-        let sub_group_size = config.zero_optimization.sub_group_size.max(1);
-        let largest_group = group_lens().max().unwrap_or(0);
-        let chunk = chunk_bytes(DEFAULT_CHUNK_BYTES, sub_group_size.min(largest_group));
+        let chunk = layout.chunk_bytes(s.settings.chunk_bytes);
         ModelStats {
             params: layout.total as u64,
             largest_tensor: largest_tensor as u64,
-            largest_group,
+            largest_group: layout.max_group_len() as u64,
             persistent,
-            param_store_bytes: group_lens()
-                .map(|n| store_bytes(n.saturating_mul(d), chunk))
-                .fold(0, u64::saturating_add),
-            opt_store_bytes: group_lens()
-                .map(|n| opt_store_bytes(n, sub_group_size, chunk))
-                .fold(0, u64::saturating_add),
+            param_store_bytes: layout.param_store_bytes(chunk),
+            opt_store_bytes: layout.opt_store_bytes(chunk),
+            units: layout.units.len() as u64,
         }
     }
 }
@@ -75,6 +79,24 @@ pub struct Tier {
 }
 
 impl Tier {
+    /// The items as `what bytes` pairs joined by commas, largest first (for one-line
+    /// messages).
+    pub fn summary(&self) -> String {
+        let mut items: Vec<&Item> = self.items.iter().collect();
+        items.sort_by_key(|i| std::cmp::Reverse(i.bytes));
+        items
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {}",
+                    i.what,
+                    crate::engine::summary::human_bytes(i.bytes)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn add(&mut self, what: impl Into<String>, bytes: u64) {
         if bytes > 0 {
             self.bytes = self.bytes.saturating_add(bytes);
@@ -107,6 +129,8 @@ pub struct DeepSpeedRow {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NvmeSpace {
+    /// The config key(s) that name this folder, e.g. `zero_optimization.offload_param.nvme_path`.
+    pub key: String,
     pub path: String,
     pub needed_bytes: u64,
     /// Free bytes on the filesystem of `path` (or its nearest existing parent); none if unknown.
@@ -127,34 +151,41 @@ pub struct Estimate {
     /// (NVMe bytes per step) / bandwidth: no step can be faster than this.
     pub min_step_s_nvme: f64,
     pub deepspeed_all_live: Vec<DeepSpeedRow>,
+    /// Host bytes of the HF export at the end of the run (0 when it is skipped), counted in
+    /// `pageable_host`.
+    pub export_bytes: u64,
     pub warnings: Vec<String>,
 }
 
-/// Bytes of fp32 activations kept for backward for one micro-batch (llm.c's accounting:
-/// per block 18·B·T·C + 2·B·NH·T² + 4·B·T floats, plus embeddings and logits/probabilities).
-pub fn activation_bytes(config: &Config) -> u64 {
-    // u128: a config may ask for a batch and context whose activations overflow u64; the
-    // estimate then says u64::MAX bytes (and the budget warning), never wraps or panics.
-    let m = &config.zinf.model;
-    let (b, t) = (
-        u128::from(config.train_micro_batch_size_per_gpu),
-        u128::from(config.zinf.data.seq_len),
+impl Estimate {
+    /// Pinned plus pageable host bytes at peak.
+    pub fn host_bytes(&self) -> u64 {
+        self.pinned_host
+            .bytes
+            .saturating_add(self.pageable_host.bytes)
+    }
+
+    /// The host items of both kinds, for one-line messages.
+    pub fn host_summary(&self) -> String {
+        let mut all = self.pinned_host.clone();
+        for i in &self.pageable_host.items {
+            all.add(i.what.clone(), i.bytes);
+        }
+        all.summary()
+    }
+}
+
+/// Bytes of fp32 device memory the model allocates for one micro-batch: activations kept for
+/// backward, the logits and the backward scratch ([`crate::model::gpt::activation_elems`],
+/// exactly what GPT-2's buffers take). Saturates at `u64::MAX`.
+pub fn activation_bytes(s: &crate::settings::TrainSettings) -> u64 {
+    let elems = crate::model::gpt::activation_elems(
+        &s.model,
+        s.micro_batch,
+        s.seq_len,
+        s.activation_checkpointing,
     );
-    let (c, nh, v, l) = (
-        m.n_embd as u128,
-        m.n_head as u128,
-        m.vocab_size as u128,
-        m.n_layer as u128,
-    );
-    let per_block = 18 * b * t * c + 2 * b * nh * t * t + 4 * b * t;
-    let blocks_kept = if config.activation_checkpointing.enabled {
-        // Only each block's input is kept; one block's full set lives during recompute.
-        l * b * t * c + per_block
-    } else {
-        l * per_block
-    };
-    let outer = 2 * b * t * c + 2 * b * t * v;
-    u64::try_from(4 * (blocks_kept + outer)).unwrap_or(u64::MAX)
+    u64::try_from(elems.saturating_mul(4)).unwrap_or(u64::MAX)
 }
 
 /// The product of byte counts and multipliers, saturating at `u64::MAX` instead of wrapping.
@@ -167,32 +198,29 @@ fn acc(total: &mut u64, bytes: u64) {
     *total = total.saturating_add(bytes);
 }
 
-/// Computes the estimate. `free_bytes` answers the free space under a path (statvfs in the CLI,
-/// a fixed number in tests); `host_ram` is physical memory for the pinned-memory warning.
+/// Computes the estimate of the run `s` plans (`config` is the config it was planned from).
+/// `free_bytes` answers the free space under a folder (statvfs in the CLI, a fixed number in
+/// tests); `host_ram` is physical memory for the host-memory warnings.
+///
+/// Where the engine keeps each kind of state (`src/tiers/`): parameters live in host memory
+/// unless on NVMe — with `offload_param: none` they are also kept whole on the device; the
+/// fp32 master weights and Adam moments live in host memory unless on NVMe — zinf always
+/// runs its CPU Adam, so `offload_optimizer: none` means host memory, not device memory;
+/// gradients leave the device group by group.
 pub fn estimate(
     config: &Config,
-    model: ModelStats,
+    s: &Session,
     nvme_gbps: f64,
     host_ram: Option<u64>,
-    free_bytes: &dyn Fn(&str) -> Option<u64>,
+    free_bytes: &dyn Fn(&Path) -> Option<u64>,
 ) -> Estimate {
-    let z = &config.zero_optimization;
+    let model = ModelStats::from_session(s);
+    let st = &s.settings;
+    let t = &st.train;
+    let pl = &st.placement;
     let p = model.params;
-    let d = config.param_dtype_bytes();
-    let gas = config.gradient_accumulation_steps;
-    let stage3 = z.stage == 3;
-    // The swap store keeps two versions of each shard unless single-slot mode is asked for.
-    let (versions, versions_note) = if config.zinf.swap_double_buffered {
-        (2, ", two versions")
-    } else {
-        (1, "")
-    };
-    let param_dev = if stage3 {
-        z.offload_param.device
-    } else {
-        OffloadDevice::None
-    };
-    let opt_dev = z.offload_optimizer.device;
+    let d = t.dtype.bytes() as u64;
+    let gas = t.gradient_accumulation_steps as u64;
     let (mut device, mut pinned, mut pageable, mut nvme) = (
         Tier::default(),
         Tier::default(),
@@ -202,177 +230,148 @@ pub fn estimate(
     let mut traffic = Traffic::default();
     let mut warnings = Vec::new();
 
-    // Parameters.
-    let working = if param_dev == OffloadDevice::None {
-        p
-    } else {
-        z.prefetch_bucket_size
-            .saturating_add(model.largest_group)
-            .min(p)
-            .max(model.largest_group)
-    };
-    match param_dev {
-        OffloadDevice::None => device.add(
-            format!("{}-bit parameters (all resident)", 8 * d),
-            mul(&[d, p]),
+    // Device (its buffers are fp32: half precision is widened on upload): the parameters —
+    // all of them when resident, else the groups one stage uses at once (two of the
+    // largest: GPT-2's tied head reads the embeddings beside ln_f) and the persistent ones;
+    // the gradients of the groups one backward stage writes; the activations. Groups kept
+    // for reuse (stage3_max_reuse_distance) are not counted: the engine evicts them when the
+    // budget is short, so this is what the run needs, not what it may use.
+    let live = mul(&[2, model.largest_group]).min(p);
+    match pl.params {
+        Placed::Device => device.add(
+            "parameters, fp32 (offload_param none: all resident)",
+            mul(&[4, p]),
         ),
         _ => device.add(
-            format!(
-                "{}-bit parameters: live working set and persistent ones",
-                8 * d
-            ),
-            mul(&[d, working.saturating_add(model.persistent).min(p)]),
+            "parameters, fp32: the groups in use and the persistent ones",
+            mul(&[4, live.saturating_add(model.persistent).min(p)]),
         ),
     }
     device.add(
-        "fp32 compute copy of the live parameter groups",
-        4 * working.min(2 * model.largest_group),
+        "fp32 gradients of the groups in backward at once",
+        mul(&[4, live]),
     );
-    let host_params = if z.offload_param.pin_memory {
-        &mut pinned
-    } else {
-        &mut pageable
-    };
-    match param_dev {
-        OffloadDevice::None => {}
-        OffloadDevice::Cpu => {
-            host_params.add(
+    device.add(
+        "activations, logits and backward scratch (fp32, one micro-batch)",
+        activation_bytes(t),
+    );
+
+    // Host: the parameters' home, the optimizer state, the gradients, the pool, the export.
+    let pinned_if = |pin: bool| pin;
+    match &pl.params {
+        Placed::Device => pageable.add(
+            format!(
+                "{}-bit parameters' host copy (the CPU Adam writes it; offload_param none)",
+                8 * d
+            ),
+            mul(&[d, p]),
+        ),
+        Placed::Cpu { pin_memory } => {
+            let tier = if pinned_if(*pin_memory) {
+                &mut pinned
+            } else {
+                &mut pageable
+            };
+            tier.add(
                 format!("{}-bit parameters (offload_param cpu)", 8 * d),
                 mul(&[d, p]),
             );
-            acc(
-                &mut traffic.host_to_device_bytes,
-                mul(&[2, gas, d, p - model.persistent.min(p)]),
-            );
         }
-        OffloadDevice::Nvme => {
-            let buffers = mul(&[z.offload_param.buffer_count, z.offload_param.buffer_size, d]);
-            host_params.add(
-                "parameter swap buffers (buffer_count × buffer_size)",
-                buffers,
+        Placed::Nvme { .. } => {
+            pageable.add(
+                "staging buffer of one parameter group (the one updated last)",
+                mul(&[d, model.largest_group]),
             );
-            let cached = z.offload_param.max_in_cpu.min(p);
-            host_params.add(
+            pageable.add(
                 "parameters cached in host memory (max_in_cpu)",
-                mul(&[cached, d]),
-            );
-            nvme.add(
-                format!("{}-bit parameters{versions_note}", 8 * d),
-                mul(&[versions, d, p]),
-            );
-            // Every fetch of an uncached group reads it, forward and backward (an upper bound:
-            // groups kept between the two, or served from host copies, are not read again).
-            let uncached = (u128::from(model.param_store_bytes) * u128::from(p - cached))
-                .checked_div(u128::from(p))
-                .unwrap_or(0);
-            let uncached = u64::try_from(uncached).unwrap_or(u64::MAX);
-            acc(&mut traffic.nvme_read_bytes, mul(&[2, gas, uncached]));
-            acc(&mut traffic.nvme_write_bytes, model.param_store_bytes);
-            acc(
-                &mut traffic.host_to_device_bytes,
-                mul(&[2, gas, d, p - model.persistent.min(p)]),
+                mul(&[d, st.max_in_cpu.min(p)]),
             );
         }
     }
-
-    // Gradients and optimizer state (fp32 master, m, v: 12 bytes per parameter).
     let opt_bytes = mul(&[12, p]);
-    match opt_dev {
-        OffloadDevice::None => {
-            device.add("fp32 gradients", mul(&[4, p]));
-            device.add("fp32 master weights, Adam m and v", opt_bytes);
-        }
-        _ => {
-            device.add(
-                "fp32 gradients of one block in flight",
-                mul(&[4, model.largest_group]),
-            );
-            let host = if z.offload_optimizer.pin_memory {
+    match &pl.optimizer {
+        Placed::Device => pageable.add(
+            "fp32 master weights, Adam m and v (offload_optimizer none: zinf's CPU Adam keeps \
+             them in host memory)",
+            opt_bytes,
+        ),
+        Placed::Cpu { pin_memory } => {
+            let tier = if *pin_memory {
                 &mut pinned
             } else {
                 &mut pageable
             };
-            // The engine keeps whole-model gradients only when the update must wait for the
-            // global norm (clipping, fp16) or sums micro-batches; otherwise each group's
-            // gradients stream into its update (one group of scratch).
-            let streams =
-                crate::optim::update_streams(config.gradient_clipping, config.fp16.enabled);
-            let whole = !streams || gas > 1;
-            if whole {
-                host.add(
-                    "fp32 gradients, accumulated across micro-batches",
-                    mul(&[4, p]),
-                );
-            } else {
-                host.add(
-                    "fp32 gradients of one group on their way to the update",
-                    mul(&[4, model.largest_group]),
-                );
-            }
-            acc(&mut traffic.device_to_host_bytes, mul(&[gas, 4, p]));
-            if param_dev == OffloadDevice::None {
-                // The updated 16-bit parameters go back to their resident device copy.
-                acc(&mut traffic.host_to_device_bytes, mul(&[d, p]));
-            }
-        }
-    }
-    match opt_dev {
-        OffloadDevice::None => {}
-        OffloadDevice::Cpu => {
-            let host = if z.offload_optimizer.pin_memory {
-                &mut pinned
-            } else {
-                &mut pageable
-            };
-            host.add(
+            tier.add(
                 "fp32 master weights, Adam m and v (offload_optimizer cpu)",
                 opt_bytes,
             );
         }
-        OffloadDevice::Nvme => {
-            let oo = &z.offload_optimizer;
-            let stages = 1 + u64::from(oo.pipeline_read) + u64::from(oo.pipeline_write);
-            let sub_group = z.sub_group_size.min(p);
-            let host = if oo.pin_memory {
-                &mut pinned
-            } else {
-                &mut pageable
-            };
-            host.add(
-                format!("optimizer swap buffers: {stages} sub-groups × 12 B × sub_group_size"),
-                mul(&[stages, 12, sub_group]),
-            );
-            nvme.add(
-                format!("fp32 master weights, Adam m and v{versions_note}"),
-                mul(&[versions, opt_bytes]),
-            );
-            acc(&mut traffic.nvme_read_bytes, model.opt_store_bytes);
-            acc(&mut traffic.nvme_write_bytes, model.opt_store_bytes);
-        }
+        Placed::Nvme { .. } => {}
     }
-    device.add(
-        "activations kept for backward (fp32, one micro-batch)",
-        activation_bytes(config),
-    );
-    if let Some(budget) = config.zinf.pinned_memory_budget {
-        if budget < pinned.bytes {
-            warnings.push(format!(
-                "zinf.pinned_memory_budget ({budget} B) is below the {} B this placement pins; \
-                 swaps will wait for buffers (slower, not an error)",
-                pinned.bytes
-            ));
-        }
+    // The engine keeps whole-model gradients only when the update must wait for the global
+    // norm (clipping, fp16) or sums micro-batches; otherwise each group's gradients stream
+    // into its update (one group of scratch).
+    let streams = crate::optim::update_streams(t.gradient_clipping, t.fp16);
+    if !streams || gas > 1 {
+        pageable.add(
+            "fp32 gradients, whole (accumulated, or waiting for the global norm)",
+            mul(&[4, p]),
+        );
+    } else {
+        pageable.add(
+            "fp32 gradients of one group on their way to the update",
+            mul(&[4, model.largest_group]),
+        );
     }
-    check_limits(
-        config,
-        model,
-        &device,
-        &pinned,
-        &pageable,
-        host_ram,
-        &mut warnings,
+    let place = pl.on_nvme();
+    if place.any() {
+        let tier = if s.pin_pool {
+            &mut pinned
+        } else {
+            &mut pageable
+        };
+        tier.add(
+            "the swap store's pool (NVMe reads, held and in-flight writes)",
+            s.pool_bytes,
+        );
+    }
+    let export_bytes = export_bytes(config, s);
+    pageable.add(
+        "HF export at the end (the parameters, their tensors, the safetensors file)",
+        export_bytes,
     );
-    let nvme_space = nvme_space(config, p, d, free_bytes, &mut warnings);
+
+    // Traffic per step.
+    let fetched = mul(&[2, gas, d, p - model.persistent.min(p)]);
+    match pl.params {
+        // Updated 16-bit parameters go back to their resident device copy once a step.
+        Placed::Device => acc(&mut traffic.host_to_device_bytes, mul(&[d, p])),
+        _ => acc(&mut traffic.host_to_device_bytes, fetched),
+    }
+    acc(&mut traffic.device_to_host_bytes, mul(&[gas, 4, p]));
+    if place.params {
+        // Every fetch of an uncached group reads it, forward and backward (an upper bound:
+        // groups kept between the two, or served from host copies, are not read again).
+        let cached = st.max_in_cpu.min(p);
+        let uncached = (u128::from(model.param_store_bytes) * u128::from(p - cached))
+            .checked_div(u128::from(p))
+            .unwrap_or(0);
+        let uncached = u64::try_from(uncached).unwrap_or(u64::MAX);
+        acc(&mut traffic.nvme_read_bytes, mul(&[2, gas, uncached]));
+        acc(&mut traffic.nvme_write_bytes, model.param_store_bytes);
+    }
+    if place.optimizer {
+        acc(&mut traffic.nvme_read_bytes, model.opt_store_bytes);
+        acc(&mut traffic.nvme_write_bytes, model.opt_store_bytes);
+    }
+
+    // NVMe: the swap store Engine::new creates, shard by shard.
+    let nvme_space = if place.any() {
+        nvme_tier(config, s, &mut nvme, free_bytes)
+    } else {
+        Vec::new()
+    };
+    check_limits(config, model, &pinned, &pageable, host_ram, &mut warnings);
     let nvme_bytes = traffic
         .nvme_read_bytes
         .saturating_add(traffic.nvme_write_bytes);
@@ -388,27 +387,101 @@ pub fn estimate(
         nvme_gbps,
         min_step_s_nvme: nvme_bytes as f64 / (nvme_gbps * 1e9),
         deepspeed_all_live: deepspeed_all_live(p, model.largest_tensor),
+        export_bytes,
         warnings,
     }
+}
+
+/// Host bytes the HF export at the end of a run takes: the parameters copied out, their
+/// tensors, and the safetensors file built in memory (three copies of the 16-bit
+/// parameters); 0 when the run skips it (parameters on NVMe larger than a quarter of
+/// `zinf.host_memory_budget`, default 8 GiB).
+pub fn export_bytes(config: &Config, s: &Session) -> u64 {
+    let params = s.layout.total as u64 * s.settings.train.dtype.bytes() as u64;
+    if s.settings.placement.params.is_nvme() && params > export_limit_bytes(config) {
+        0
+    } else {
+        params.saturating_mul(3)
+    }
+}
+
+/// The most parameter bytes a run exports to HF format when they live on NVMe: a quarter
+/// of `zinf.host_memory_budget` (8 GiB when unset), since the export holds three copies.
+pub fn export_limit_bytes(config: &Config) -> u64 {
+    config.zinf.host_memory_budget.unwrap_or(8 << 30) / 4
+}
+
+/// Fills the NVMe tier with the swap store's shards by kind (both versions when double
+/// buffered) and returns the bytes its extent files take under each `nvme_path`.
+fn nvme_tier(
+    config: &Config,
+    s: &Session,
+    nvme: &mut Tier,
+    free_bytes: &dyn Fn(&Path) -> Option<u64>,
+) -> Vec<NvmeSpace> {
+    let (store, specs) = crate::engine::swap_store(&s.settings, &s.layout);
+    let slots = if store.double_buffered { 2 } else { 1 };
+    let versions = if slots == 2 { ", two versions" } else { "" };
+    let mut by_kind = [0u64; 3];
+    for spec in &specs {
+        let kind = if spec.name.starts_with("param.") {
+            0
+        } else if spec.name.starts_with("opt.") {
+            1
+        } else {
+            2
+        };
+        acc(
+            &mut by_kind[kind],
+            mul(&[slots, store_bytes(spec.len_bytes, store.chunk_bytes)]),
+        );
+    }
+    let d = s.settings.train.dtype.bytes();
+    nvme.add(format!("{}-bit parameters{versions}", 8 * d), by_kind[0]);
+    nvme.add(
+        format!("fp32 master weights, Adam m and v{versions}"),
+        by_kind[1],
+    );
+    nvme.add(
+        format!("room for a save of the host-resident state (--save){versions}"),
+        by_kind[2],
+    );
+    let per_path =
+        zinf_swap::disk_bytes_per_path(&specs, &store, crate::tiers::layout::STORE_ALIGN_BYTES)
+            .unwrap_or_default();
+    let z = &config.zero_optimization;
+    per_path
+        .into_iter()
+        .map(|(folder, needed_bytes)| {
+            // The store lives in `nvme_path/zinf_swap`; report the configured folder.
+            let path = folder.parent().unwrap_or(&folder).to_path_buf();
+            let names = |o: &Option<String>| o.as_deref().map(Path::new) == Some(path.as_path());
+            let mut keys = Vec::new();
+            if s.settings.placement.params.is_nvme() && names(&z.offload_param.nvme_path) {
+                keys.push("zero_optimization.offload_param.nvme_path");
+            }
+            if s.settings.placement.optimizer.is_nvme() && names(&z.offload_optimizer.nvme_path) {
+                keys.push("zero_optimization.offload_optimizer.nvme_path");
+            }
+            NvmeSpace {
+                key: keys.join(" and "),
+                path: path.display().to_string(),
+                needed_bytes,
+                available_bytes: free_bytes(&path),
+            }
+        })
+        .collect()
 }
 
 fn check_limits(
     config: &Config,
     model: ModelStats,
-    device: &Tier,
     pinned: &Tier,
     pageable: &Tier,
     host_ram: Option<u64>,
     warnings: &mut Vec<String>,
 ) {
     let z = &config.zero_optimization;
-    if device.bytes > config.zinf.device_memory_budget {
-        warnings.push(format!(
-            "device peak {} B exceeds zinf.device_memory_budget {} B: offload more, enable \
-             activation_checkpointing, or lower train_micro_batch_size_per_gpu",
-            device.bytes, config.zinf.device_memory_budget
-        ));
-    }
     if let Some(ram) = host_ram {
         if pinned.bytes > ram {
             warnings.push(format!(
@@ -423,16 +496,8 @@ fn check_limits(
             ));
         }
     }
-    if let Some(budget) = config.zinf.host_memory_budget {
-        if pinned.bytes.saturating_add(pageable.bytes) > budget {
-            warnings.push(format!(
-                "host memory {} B exceeds zinf.host_memory_budget {budget} B",
-                pinned.bytes.saturating_add(pageable.bytes)
-            ));
-        }
-    }
     if z.stage == 3
-        && z.offload_param.device == OffloadDevice::Nvme
+        && z.offload_param.device == crate::config::OffloadDevice::Nvme
         && z.offload_param.buffer_size < model.largest_tensor
     {
         warnings.push(format!(
@@ -442,53 +507,6 @@ fn check_limits(
             z.offload_param.buffer_size, model.largest_tensor, model.largest_tensor
         ));
     }
-}
-
-fn nvme_space(
-    config: &Config,
-    p: u64,
-    d: u64,
-    free_bytes: &dyn Fn(&str) -> Option<u64>,
-    warnings: &mut Vec<String>,
-) -> Vec<NvmeSpace> {
-    let z = &config.zero_optimization;
-    let versions = if config.zinf.swap_double_buffered {
-        2
-    } else {
-        1
-    };
-    let mut needs: Vec<(String, u64)> = Vec::new();
-    let mut need = |path: &Option<String>, bytes: u64| {
-        let path = path.clone().unwrap_or_default();
-        match needs.iter_mut().find(|(p, _)| *p == path) {
-            Some((_, b)) => acc(b, bytes),
-            None => needs.push((path, bytes)),
-        }
-    };
-    if z.stage == 3 && z.offload_param.device == OffloadDevice::Nvme {
-        need(&z.offload_param.nvme_path, mul(&[versions, d, p]));
-    }
-    if z.offload_optimizer.device == OffloadDevice::Nvme {
-        need(&z.offload_optimizer.nvme_path, mul(&[versions, 12, p]));
-    }
-    needs
-        .into_iter()
-        .map(|(path, needed_bytes)| {
-            let available_bytes = free_bytes(&path);
-            if let Some(avail) = available_bytes {
-                if avail < needed_bytes {
-                    warnings.push(format!(
-                        "{path} has {avail} B free but the offloaded state needs {needed_bytes} B"
-                    ));
-                }
-            }
-            NvmeSpace {
-                path,
-                needed_bytes,
-                available_bytes,
-            }
-        })
-        .collect()
 }
 
 /// DeepSpeed's `estimate_zero3_model_states_mem_needs` for 1 GPU on 1 node, with its
@@ -531,8 +549,12 @@ pub fn deepspeed_all_live(total_params: u64, largest_layer_params: u64) -> Vec<D
 }
 
 /// Free bytes on the filesystem holding `path`, walking up to the nearest existing folder.
-pub fn statvfs_free_bytes(path: &str) -> Option<u64> {
-    let mut dir = std::path::Path::new(if path.is_empty() { "." } else { path });
+pub fn statvfs_free_bytes(path: &Path) -> Option<u64> {
+    let mut dir = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
     loop {
         if dir.exists() {
             break;

@@ -1,14 +1,17 @@
 //! `Session`: the library entry point that turns a resolved DeepSpeed config (plus the few
-//! things a command line overrides) into a ready engine: config → settings → placement and
-//! budget checks → data → device → tiers → engine.
+//! things a command line overrides) into a ready engine: config → settings → placement →
+//! layout and pool → estimate → refusals → data → device → tiers → engine.
 //!
 //! Every check that can refuse a run — optimizer type, placement rules, the pinned pool's
-//! size, the host memory budget, the swap folder — is a pure function that runs in
-//! [`Session::plan`], **before anything is allocated**; [`Session::build`] only allocates.
-//! `zinf train` is this plus flags, printing and a progress bar (`cli/train.rs`).
+//! size, the device and host budgets, the NVMe free space — runs in [`Session::plan`]
+//! ([`Session::draft`] + [`crate::estimate::estimate`] + [`Session::refusals`]), **before
+//! anything is allocated**; [`Session::build`] only allocates. `zinf config check` and `zinf
+//! estimate` run the same pre-flight; `zinf train` is it plus flags, printing and a progress
+//! bar (`cli/train.rs`).
 //!
-//! The device is chosen in one place ([`open_device`]): the CPU backend today; `zinf.device`
-//! (`cpu` / `cuda` / `auto`) comes with the CUDA backend.
+//! The device is chosen in one place ([`open_device`]) from `zinf.device`: `cpu` and `auto`
+//! open the CPU backend today (logged); `cuda` is refused with what to do until the CUDA
+//! backend runs the model's ops.
 
 use crate::config::Config;
 use crate::data::{builtin_corpus, load_tokens, Dataset, Tokenizer};
@@ -19,6 +22,7 @@ use crate::engine::{
 use crate::model::checkpoint::load_hf;
 use crate::model::{param_layout, ParamDtype};
 use crate::settings::TrainSettings;
+use crate::tiers::layout::MIN_SUB_GROUP_SIZE;
 use crate::tiers::{NvmePlacement, TierLayout};
 use crate::timeline::Timeline;
 use std::path::{Path, PathBuf};
@@ -59,15 +63,16 @@ pub struct Overrides {
     pub trace: bool,
 }
 
-/// A checked plan of a run: everything [`Session::build`] needs, nothing allocated yet.
+/// A plan of a run: everything [`Session::build`] needs, nothing allocated yet.
+/// [`Session::plan`] returns it only when [`Session::refusals`] found nothing.
 pub struct Session {
     pub settings: EngineSettings,
+    /// The tiers' layout: the model's groups cut into this rank's optimizer units.
+    pub layout: TierLayout,
     /// Bytes of the pinned pool of the swap store (0 when nothing is on NVMe).
     pub pool_bytes: u64,
     /// Whether the pool is locked in RAM (`pin_memory`).
     pub pin_pool: bool,
-    /// Host bytes the tiers and gradient buffers will hold outside the pool.
-    pub host_bytes: u64,
     init: Option<crate::model::HostParams>,
     resume: Option<PathBuf>,
     trace: bool,
@@ -75,10 +80,49 @@ pub struct Session {
 }
 
 impl Session {
-    /// Checks the run the config and overrides describe, before anything is allocated:
-    /// settings, placement, pool size and host budget. `--init-from` reads the checkpoint's
-    /// shape (and its parameters, which a fresh run starts from).
-    pub fn plan(cfg: &Config, o: &Overrides) -> Result<Self, SessionError> {
+    /// The whole pre-flight of a run, before anything is allocated: settings, placement, the
+    /// layout and pool size ([`Session::draft`]), then `zinf estimate`'s figures for them
+    /// ([`crate::estimate::estimate`], free space from `statvfs`), then every refusal
+    /// ([`Session::refusals`]). `zinf config check` and `zinf estimate` run the same.
+    /// Returns the plan and its estimate, or a [`SessionError::Config`] listing every
+    /// refusal.
+    pub fn plan(
+        cfg: &Config,
+        o: &Overrides,
+    ) -> Result<(Self, crate::estimate::Estimate), SessionError> {
+        let s = Session::draft(cfg, o)?;
+        let est = crate::estimate::estimate(
+            cfg,
+            &s,
+            2.0,
+            crate::config::host_memory_bytes(),
+            &crate::estimate::statvfs_free_bytes,
+        );
+        let refused = s.refusals(cfg, &est);
+        if !refused.is_empty() {
+            return Err(SessionError::Config(refused.join("\n")));
+        }
+        Ok((s, est))
+    }
+
+    /// Settings, placement, layout and pool size of the run the config and overrides
+    /// describe. Refuses only what leaves nothing to plan (an optimizer zinf does not run, a
+    /// placement DeepSpeed refuses); budgets and space are [`Session::refusals`]' job.
+    /// `--init-from` reads the checkpoint's shape (and its parameters, which a fresh run
+    /// starts from).
+    pub fn draft(cfg: &Config, o: &Overrides) -> Result<Self, SessionError> {
+        if cfg.zinf.device == "cuda" {
+            return Err(SessionError::Config(
+                "zinf.device: \"cuda\": the CUDA backend does not run the model's ops yet \
+                 (it compiles with --features cuda); use \"cpu\" or \"auto\""
+                    .into(),
+            ));
+        }
+        if cfg.zinf.device == "auto" {
+            tracing::info!(
+                "zinf.device: auto -> cpu (the CUDA backend does not run the model's ops yet)"
+            );
+        }
         let mut train = train_settings(cfg, o.threads)?;
         let init = match &o.init_from {
             Some(dir) => {
@@ -94,18 +138,18 @@ impl Session {
             None => None,
         };
         let settings = engine_settings(cfg, train)?;
-        let pool_bytes = pool_bytes(cfg, &settings);
-        let host_bytes = host_bytes(&settings);
-        check_host_budget(cfg, host_bytes, pool_bytes)?;
+        let layout = tier_layout(&settings);
+        warn_unit_cost(&settings, &layout);
+        let pool_bytes = pool_bytes(cfg, &settings, &layout);
         let z = &cfg.zero_optimization;
         let pin_pool = matches!(settings.placement.params, Tier::Nvme { .. })
             && z.offload_param.pin_memory
             || z.offload_optimizer.pin_memory;
         Ok(Session {
             settings,
+            layout,
             pool_bytes,
             pin_pool,
-            host_bytes,
             init,
             resume: o.resume.clone(),
             trace: o.trace,
@@ -113,10 +157,86 @@ impl Session {
         })
     }
 
+    /// Everything `zinf train` would refuse before step 1, each as "JSON path: what is
+    /// wrong; what to do": the pinned pool too small for one shard, the device peak over
+    /// `zinf.device_memory_budget`, host state over `zinf.host_memory_budget`, and a swap
+    /// store larger than the free space under its `nvme_path` (a store of an earlier unsaved
+    /// run there, which a fresh run removes, counts as free). `est` is this plan's estimate.
+    pub fn refusals(&self, cfg: &Config, est: &crate::estimate::Estimate) -> Vec<String> {
+        use crate::engine::summary::human_bytes;
+        let mut out = Vec::new();
+        let place = self.settings.placement.on_nvme();
+        if place.any() {
+            let need = self.layout.min_pool_bytes(
+                place,
+                self.layout.chunk_bytes(self.settings.chunk_bytes),
+                self.pool_bytes,
+            );
+            if self.pool_bytes < need {
+                out.push(format!(
+                    "zinf.pinned_memory_budget: the pinned pool of {} cannot hold the largest \
+                     shard the engine moves at once ({}); raise it to at least {} (or drop the \
+                     key: zinf sizes the pool itself), or lower zero_optimization.sub_group_size",
+                    human_bytes(self.pool_bytes),
+                    human_bytes(need),
+                    human_bytes(need)
+                ));
+            }
+        }
+        let budget = self.settings.train.device_memory_budget;
+        if est.device.bytes > budget {
+            out.push(format!(
+                "zinf.device_memory_budget: the device peak of this run is {} ({}), above the \
+                 {} budget; raise the budget, offload parameters (offload_param), enable \
+                 activation_checkpointing, or lower train_micro_batch_size_per_gpu",
+                human_bytes(est.device.bytes),
+                est.device.summary(),
+                human_bytes(budget)
+            ));
+        }
+        if let Some(budget) = cfg.zinf.host_memory_budget {
+            let host = est.host_bytes();
+            if host > budget {
+                out.push(format!(
+                    "zinf.host_memory_budget: the run holds {} in host memory ({}), above the \
+                     {} budget; offload more to nvme, or raise the budget",
+                    human_bytes(host),
+                    est.host_summary(),
+                    human_bytes(budget)
+                ));
+            }
+        }
+        for s in &est.nvme_space {
+            if let Some(free) = s.available_bytes {
+                let reclaimed = if self.resume.is_none() {
+                    unsaved_store_bytes(Path::new(&s.path))
+                } else {
+                    0
+                };
+                if s.needed_bytes > free.saturating_add(reclaimed) {
+                    out.push(format!(
+                        "{}: the swap store needs {} under {} but its drive has {} free; free \
+                         space there, point nvme_path at a larger drive, or set \
+                         zinf.swap_double_buffered false (one version: half the space)",
+                        s.key,
+                        human_bytes(s.needed_bytes),
+                        s.path,
+                        human_bytes(free.saturating_add(reclaimed))
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Allocates the run: prepares the swap folder, opens the device, builds the tiers and the
-    /// engine (a fresh start from the seed or `--init-from`, or a resume).
+    /// engine (a fresh start from the seed or `--init-from`, or a resume). When a fresh
+    /// start fails (a disk that filled up meanwhile), the swap store it began is removed:
+    /// nothing is left allocated on the drive.
     pub fn build(self, data: Dataset) -> Result<Engine<CpuDevice, AioBackend>, SessionError> {
-        prepare_swap_folder(&self.settings.placement, self.resume.is_some())?;
+        let placement = self.settings.placement.clone();
+        let fresh = self.resume.is_none();
+        prepare_swap_folder(&placement, !fresh)?;
         let timeline = if self.trace {
             Timeline::enabled()
         } else {
@@ -128,12 +248,59 @@ impl Session {
             None => Start::Fresh(self.init),
         };
         let io = aio_factory(self.aio, self.pool_bytes, self.pin_pool);
-        Ok(Engine::new(self.settings, dev, data, io, start, timeline)?)
+        match Engine::new(self.settings, dev, data, io, start, timeline) {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                if fresh {
+                    remove_swap_folders(&placement);
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 
-/// The device, chosen in one place: the CPU backend with the run's threads and device memory
-/// budget.
+/// Removes the swap store folders of a fresh run that failed to start (best effort: the error
+/// that stopped the start is the one reported).
+fn remove_swap_folders(p: &Placement) {
+    for path in p.nvme_paths() {
+        let folder = path.join(crate::engine::SWAP_DIR);
+        if folder.exists() {
+            match std::fs::remove_dir_all(&folder) {
+                Ok(()) => tracing::info!(
+                    "removed the swap store the failed start began in {}",
+                    folder.display()
+                ),
+                Err(e) => tracing::warn!("could not remove {}: {e}", folder.display()),
+            }
+        }
+    }
+}
+
+/// Bytes of the store of an earlier unsaved run under `nvme_path` (a fresh run removes it
+/// first); 0 when there is none or it holds a save.
+fn unsaved_store_bytes(nvme_path: &Path) -> u64 {
+    let folder = nvme_path.join(crate::engine::SWAP_DIR);
+    if folder.join(checkpoint::SAVED_MARKER).exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(&folder) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            // Allocated blocks, not the apparent length: what removing it gives back.
+            m.blocks().saturating_mul(512)
+        })
+        .sum()
+}
+
+/// The device, chosen in one place (`zinf.device`; [`Session::draft`] refuses `"cuda"` until
+/// the CUDA backend runs the model's ops): the CPU backend with the run's threads and device
+/// memory budget, which it enforces as a GPU's memory would be.
 pub fn open_device(s: &TrainSettings) -> CpuDevice {
     CpuDevice::new(s.threads, s.device_memory_budget)
 }
@@ -182,7 +349,7 @@ pub fn engine_settings(cfg: &Config, train: TrainSettings) -> Result<EngineSetti
         train,
         placement: Placement::from_config(cfg)?,
         partition: Partition::single(),
-        sub_group_size: z.sub_group_size.max(1),
+        sub_group_size: sub_group_size(z.sub_group_size),
         prefetch_bucket_size: z.prefetch_bucket_size,
         max_live_parameters: z.max_live_parameters,
         max_reuse_distance: z.max_reuse_distance,
@@ -195,59 +362,99 @@ pub fn engine_settings(cfg: &Config, train: TrainSettings) -> Result<EngineSetti
     })
 }
 
-/// The tiers' layout for these settings: the model's groups cut into this rank's units.
+/// DeepSpeed's `zero_optimization.sub_group_size`, raised to
+/// [`MIN_SUB_GROUP_SIZE`] elements with a warning: below it a unit costs more in padding and
+/// requests than it saves in memory, and the unit count would grow with 1/`sub_group_size`
+/// instead of with the model.
+pub fn sub_group_size(configured: u64) -> u64 {
+    if configured < MIN_SUB_GROUP_SIZE {
+        tracing::warn!(
+            "zero_optimization.sub_group_size {configured}: below {MIN_SUB_GROUP_SIZE} elements \
+             every optimizer unit costs three store requests and up to 12 KiB of padding for \
+             little memory saved; using {MIN_SUB_GROUP_SIZE} (DeepSpeed's default is 1e9)"
+        );
+        MIN_SUB_GROUP_SIZE
+    } else {
+        configured
+    }
+}
+
+/// Warns when cutting groups into optimizer units on NVMe costs more than 1% of the state in
+/// padding (beyond one unit per group) or makes more than 100,000 units: what a small
+/// `sub_group_size` costs per step.
+fn warn_unit_cost(s: &EngineSettings, layout: &TierLayout) {
+    if !s.placement.optimizer.is_nvme() {
+        return;
+    }
+    let state = layout.total as u64 * 12;
+    let chunk = layout.chunk_bytes(s.chunk_bytes);
+    let moved = layout.opt_store_bytes(chunk);
+    let one_per_group: u64 = layout
+        .groups
+        .iter()
+        .map(|g| 3 * crate::tiers::layout::store_bytes(g.len() as u64 * 4, chunk))
+        .sum();
+    let padding = moved.saturating_sub(one_per_group);
+    let units = layout.units.len() as u64;
+    if padding > state / 100 || units > 100_000 {
+        use crate::engine::summary::human_bytes;
+        tracing::warn!(
+            "zero_optimization.sub_group_size {}: {units} optimizer units, {} store requests \
+             each way per step and {} of padding ({:.1}% of the {} optimizer state) read and \
+             written every step; a larger sub_group_size (DeepSpeed's default is 1e9) costs \
+             only pinned memory",
+            s.sub_group_size,
+            3 * units,
+            human_bytes(padding),
+            100.0 * padding as f64 / state.max(1) as f64,
+            human_bytes(state)
+        );
+    }
+}
+
+/// The tiers' layout for these settings: the model's groups cut into this rank's units,
+/// whole tensors grouped as DeepSpeed groups them into sub-groups.
 pub fn tier_layout(s: &EngineSettings) -> TierLayout {
     let layout = param_layout(&s.train.model);
     let part = s.partition;
+    let tensor_starts: Vec<usize> = layout.tensors.iter().map(|t| t.offset).collect();
     TierLayout::new(
         layout.groups.iter().map(|(_, r)| r.clone()).collect(),
+        &tensor_starts,
         |r| part.owned(r),
         s.sub_group_size,
         s.train.dtype,
     )
 }
 
-/// Host bytes the run holds outside the pinned pool (what [`Engine::host_state_bytes`]
-/// reports once built): the tiers' host arrays plus the fp32 gradient accumulators (kept
-/// whole when the update waits for the global norm or micro-batches accumulate) or one
-/// group's gradient scratch (streaming).
-pub fn host_bytes(s: &EngineSettings) -> u64 {
-    let layout = tier_layout(s);
-    let tiers = crate::tiers::host_bytes(&layout, s.placement.on_nvme(), s.max_in_cpu);
-    let t = &s.train;
-    let streams = crate::optim::update_streams(t.gradient_clipping, t.fp16);
-    let grads = if !streams || t.gradient_accumulation_steps > 1 {
-        layout.total as u64 * 4
-    } else {
-        layout.max_group_len() as u64 * 4
-    };
-    tiers + grads
-}
-
 /// The pinned pool: `zinf.pinned_memory_budget`, else DeepSpeed's buffers (offload_param
 /// `buffer_count x buffer_size` elements, offload_optimizer `buffer_count` sub-groups of fp32),
 /// capped at twice what the engine's pipeline can hold at once and raised to what it needs.
-pub fn pool_bytes(cfg: &Config, s: &EngineSettings) -> u64 {
+pub fn pool_bytes(cfg: &Config, s: &EngineSettings, layout: &TierLayout) -> u64 {
     if let Some(b) = cfg.zinf.pinned_memory_budget {
         return b;
     }
     let z = &cfg.zero_optimization;
     let d = s.train.dtype.bytes() as u64;
-    let layout = tier_layout(s);
     let group = layout.max_group_len() as u64;
     let unit = layout.max_unit_len() as u64;
     let NvmePlacement { params, optimizer } = s.placement.on_nvme();
-    let mut ds = 0;
-    let mut need = 0;
+    let mut ds = 0u64;
+    let mut need = 0u64;
     if params {
-        ds += z.offload_param.buffer_count * z.offload_param.buffer_size * d;
-        need += 3 * group * d;
+        ds = ds.saturating_add(
+            z.offload_param
+                .buffer_count
+                .saturating_mul(z.offload_param.buffer_size)
+                .saturating_mul(d),
+        );
+        need = need.saturating_add(3 * group * d);
     }
     if optimizer {
-        ds += z.offload_optimizer.buffer_count * unit * 4;
-        need += 3 * 3 * unit * 4;
+        ds = ds.saturating_add(z.offload_optimizer.buffer_count.saturating_mul(unit * 4));
+        need = need.saturating_add(3 * 3 * unit * 4);
     }
-    ds.min(2 * need).max(need)
+    ds.min(need.saturating_mul(2)).max(need)
 }
 
 /// Builds the aio backend of the swap store with a pool of `pool` bytes.
@@ -261,23 +468,6 @@ pub fn aio_factory(aio: zinf_aio::AioConfig, pool: u64, pin: bool) -> IoFactory<
         };
         AioBackend::new(&aio, &pc)
     })
-}
-
-/// Refuses a run whose host state would not fit `zinf.host_memory_budget`.
-pub fn check_host_budget(cfg: &Config, host_bytes: u64, pool: u64) -> Result<(), SessionError> {
-    use crate::engine::summary::human_bytes;
-    if let Some(budget) = cfg.zinf.host_memory_budget {
-        if host_bytes > budget {
-            return Err(SessionError::Config(format!(
-                "host memory budget exceeded: the tiers need {} in host memory (plus a {} pinned \
-                 pool), zinf.host_memory_budget is {}; offload more to nvme, or raise the budget",
-                human_bytes(host_bytes),
-                human_bytes(pool),
-                human_bytes(budget)
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// A fresh run may reuse a swap folder only when no save lives in it.

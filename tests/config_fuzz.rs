@@ -13,7 +13,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
 use serde_json::{json, Value};
 use zinf::config::{Config, ConfigError};
-use zinf::estimate::{estimate, ModelStats};
+use zinf::estimate::estimate;
+use zinf::session::{Overrides, Session};
 
 /// Every config a user could start from: `configs/` and `tests/data/configs/`.
 fn seeds() -> Vec<Value> {
@@ -193,10 +194,19 @@ fn check_and_estimate(text: &[u8]) -> Result<(), ConfigError> {
     let _ = (c.zinf.model.num_params(), c.param_dtype_name());
     let _ = c.lr_scheduler();
     let _ = c.loss_scaler();
-    let e = estimate(c, ModelStats::from_config(c), 2.0, Some(16 << 30), &|_| {
-        Some(1 << 40)
-    });
+    // train's pre-flight: a refused plan is exit 2 with a message, like a config error.
+    let plan = match Session::draft(c, &Overrides::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return Ok(());
+        }
+    };
+    let e = estimate(c, &plan, 2.0, Some(16 << 30), &|_| Some(1 << 40));
     serde_json::to_string(&e).expect("estimate serializes");
+    for r in plan.refusals(c, &e) {
+        assert!(!r.is_empty());
+    }
     Ok(())
 }
 

@@ -6,9 +6,9 @@ mod engine_common;
 
 use engine_common::{dataset, fake_factory};
 use zinf::config::Config;
+use zinf::device::Device;
 use zinf::engine::{Engine, Start};
-use zinf::estimate::{estimate, ModelStats};
-use zinf::session::{host_bytes, open_device, Overrides, Session};
+use zinf::session::{open_device, Overrides, Session};
 use zinf::timeline::Timeline;
 use zinf_swap::fake::FakeDisk;
 
@@ -49,10 +49,12 @@ fn estimate_and_engine_counters_agree_per_placement() {
         ("none", "nvme"),
         ("cpu", "cpu"),
         ("nvme", "cpu"),
+        ("none", "cpu"),
+        ("none", "none"),
     ] {
         let dir = engine_common::tempdir(&format!("estimate-{p}-{o}"));
         let cfg = config(p, o, dir.to_str().expect("utf-8 path"));
-        let plan = Session::plan(&cfg, &Overrides::default()).expect("plan");
+        let (plan, est) = Session::plan(&cfg, &Overrides::default()).expect("plan");
         let s = plan.settings.clone();
         let disk = FakeDisk::new(7);
         let dev = open_device(&s.train);
@@ -71,10 +73,7 @@ fn estimate_and_engine_counters_agree_per_placement() {
             e.step().expect("step");
         }
         let c = e.counters().since(&before);
-        let est = estimate(&cfg, ModelStats::from_config(&cfg), 2.0, None, &|_| {
-            Some(u64::MAX)
-        });
-        let t = est.traffic_per_step;
+        let t = est.traffic_per_step.clone();
         let per_step = |x: u64| x / 2;
         let (read, written) = (per_step(c.nvme_bytes_read), per_step(c.nvme_bytes_written));
         let served = per_step(c.queue.pending_write_hit_bytes);
@@ -115,13 +114,33 @@ fn estimate_and_engine_counters_agree_per_placement() {
         // backward (GPT-2's ln_f) and twice when released in between: equal within one group
         // per micro-batch, never above.
         let d_in = per_step(c.device_bytes_in);
-        let largest_group_bytes =
-            cfg.param_dtype_bytes() * ModelStats::from_config(&cfg).largest_group;
+        let largest_group_bytes = cfg.param_dtype_bytes() * est.model.largest_group;
         assert!(
             d_in <= t.host_to_device_bytes && t.host_to_device_bytes - d_in <= largest_group_bytes,
             "{p}/{o}: uploaded {d_in}, estimate {}",
             t.host_to_device_bytes
         );
-        assert_eq!(e.host_state_bytes(), host_bytes(&s), "{p}/{o}: host bytes");
+        // Host memory: the tiers' arrays and gradient buffers the engine holds, plus the pool
+        // and the export at the end, are exactly the estimate's host items.
+        assert_eq!(
+            e.host_state_bytes()
+                + plan.pool_bytes * u64::from(o == "nvme" || p == "nvme")
+                + est.export_bytes,
+            est.host_bytes(),
+            "{p}/{o}: host bytes: {}",
+            est.host_summary()
+        );
+        // Device memory: the estimate is what train's pre-flight holds the budget to, so it
+        // must not be below the engine's peak, and not far above it (a refused run that
+        // would have fit). Its items are upper bounds: the fp32 copies of two live groups
+        // and all activations at once.
+        let peak = e.dev.budget().peak_bytes();
+        eprintln!("{p}/{o}: device peak {peak}, estimate {}", est.device.bytes);
+        assert!(
+            peak <= est.device.bytes && est.device.bytes <= peak + peak / 4,
+            "{p}/{o}: device peak {peak}, estimate {} ({})",
+            est.device.bytes,
+            est.device.summary()
+        );
     }
 }

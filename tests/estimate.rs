@@ -2,7 +2,8 @@
 //! against DeepSpeed's `estimate_zero3_model_states_mem_needs` formula.
 
 use zinf::config::Config;
-use zinf::estimate::{deepspeed_all_live, estimate, Estimate, ModelStats};
+use zinf::estimate::{deepspeed_all_live, estimate, Estimate};
+use zinf::session::{Overrides, Session};
 
 const P_124M: u64 = 124_439_808;
 const P_1P5B: u64 = 1_557_611_200;
@@ -15,7 +16,8 @@ fn config(name: &str) -> Config {
 }
 
 fn run(c: &Config, free: Option<u64>, ram: Option<u64>) -> Estimate {
-    estimate(c, ModelStats::from_config(c), 2.0, ram, &move |_| free)
+    let plan = Session::draft(c, &Overrides::default()).expect("plan");
+    estimate(c, &plan, 2.0, ram, &move |_| free)
 }
 
 #[test]
@@ -27,8 +29,11 @@ fn gpt2_124m_cpu_offload_by_hand() {
     // At most the 1e5 persistence threshold, by the engine's rule (whole groups: it fetches
     // and keeps groups, not tensors): only ln_f's group (2·768); each block is 7.1M.
     assert_eq!(e.model.persistent, 1536);
-    // Pinned host: bf16 params (2 B) + fp32 grads (4 B) + master/m/v (12 B) = 18 B/param.
-    assert_eq!(e.pinned_host.bytes, 18 * P_124M);
+    // Pinned host (pin_memory on both): bf16 params (2 B) + master/m/v (12 B) = 14 B/param.
+    assert_eq!(e.pinned_host.bytes, 14 * P_124M);
+    // Pageable: whole fp32 gradients (4 B: clipping waits for the global norm, and two
+    // micro-batches accumulate) and the HF export (3 copies of 2 B).
+    assert_eq!(e.pageable_host.bytes, 10 * P_124M);
     assert_eq!(e.nvme.bytes, 0);
     let t = &e.traffic_per_step;
     // 2 micro-batches: forward + backward fetch of every non-persistent bf16 param each.
@@ -66,27 +71,47 @@ fn gpt2_1p5b_nvme_offload_by_hand() {
         t.nvme_write_bytes,
         2 * P_1P5B + PARAM_PAD + 12 * P_1P5B + OPT_PAD
     );
-    // Two versions of everything on disk for crash safety: 2·(2 + 12) B/param.
-    assert_eq!(e.nvme.bytes, 28 * P_1P5B);
+    // Two versions of every shard on disk for crash safety, padded as the store lays them
+    // out: 2·(2 + 12) B/param, the padding, and the 64 KiB shard of a save's run state.
+    const STATE_SHARD: u64 = 64 << 10;
+    let store = 2 * (14 * P_1P5B + PARAM_PAD + OPT_PAD + STATE_SHARD);
+    assert_eq!(e.nvme.bytes, store);
     assert_eq!(e.nvme_space.len(), 1);
-    assert_eq!(e.nvme_space[0].needed_bytes, 28 * P_1P5B);
+    assert_eq!(e.nvme_space[0].path, "/tmp/zinf_nvme");
+    assert!(
+        e.nvme_space[0].needed_bytes >= store && e.nvme_space[0].needed_bytes - store < 1 << 20,
+        "the extent file holds the shards ({} B for {store} B of shards)",
+        e.nvme_space[0].needed_bytes
+    );
     let expect_s = (t.nvme_read_bytes + t.nvme_write_bytes) as f64 / 2e9;
     assert!((42 * P_1P5B) as f64 / 2e9 < expect_s && expect_s < 42.01 * P_1P5B as f64 / 2e9);
     assert!((e.min_step_s_nvme - expect_s).abs() < 1e-9);
-    // Pinned: param buffers 5 × 8.1e7 × 2 B, fp32 grads, 3 pipelined sub-groups × 12 B × 5e7.
-    assert_eq!(
-        e.pinned_host.bytes,
-        5 * 81_000_000 * 2 + 4 * P_1P5B + 3 * 12 * 50_000_000
-    );
+    // Pinned: the swap store's pool, zinf.pinned_memory_budget (10 GiB), and nothing else
+    // (pin_memory pins the pool; the parameters' staging and the gradients are pageable).
+    assert_eq!(e.pinned_host.bytes, 10 << 30);
+    // Pageable: the staging buffer of the largest group (the embeddings, fp16), no
+    // max_in_cpu cache, whole fp32 gradients (clipping waits for the global norm), and the
+    // HF export (3 × 2 B/param: 3.1 GB of parameters is under a quarter of the 12 GiB
+    // host_memory_budget).
+    let embed = 50257 * 1600 + 1024 * 1600;
+    assert_eq!(e.model.largest_group, embed);
+    assert_eq!(e.export_bytes, 6 * P_1P5B);
+    assert_eq!(e.pageable_host.bytes, 2 * embed + 4 * P_1P5B + 6 * P_1P5B);
 }
 
 #[test]
-fn short_nvme_space_and_oversized_pinned_memory_warn() {
+fn short_nvme_space_is_refused_and_oversized_pinned_memory_warns() {
     let c = config("gpt2_1p5b_nvme.json");
-    let e = run(&c, Some(10 << 30), Some(4 << 30));
+    let plan = Session::draft(&c, &Overrides::default()).expect("plan");
+    let e = estimate(&c, &plan, 2.0, Some(4 << 30), &|_| Some(10 << 30));
     let w = e.warnings.join("\n");
-    assert!(w.contains("/tmp/zinf_nvme has"), "{w}");
     assert!(w.contains("exceeds this machine's RAM"), "{w}");
+    let refused = plan.refusals(&c, &e).join("\n");
+    assert!(
+        refused.contains("zero_optimization.offload_param.nvme_path and zero_optimization.offload_optimizer.nvme_path: the swap store needs"),
+        "{refused}"
+    );
+    assert!(refused.contains("/tmp/zinf_nvme"), "{refused}");
 }
 
 #[test]

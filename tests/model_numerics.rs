@@ -375,3 +375,22 @@ fn activation_checkpointing_needs_less_device_memory() {
         "checkpointing keeps one block's activations, not four"
     );
 }
+
+/// `zinf estimate` prices the device's activations with `gpt::activation_elems`; it must be
+/// exactly what the model allocates, with and without activation checkpointing.
+#[test]
+fn activation_elems_is_what_the_model_allocates() {
+    use zinf::device::Device;
+    use zinf::model::gpt::activation_elems;
+    let cfg = tiny();
+    for (b, t, ckpt) in [(2, 8, false), (3, 5, true), (1, 1, false)] {
+        let dev = CpuDevice::new(1, 1 << 30);
+        let m = zinf::model::Gpt::without_groups(&dev, cfg, b, t, ckpt).expect("model");
+        assert_eq!(
+            u128::from(dev.budget().used_bytes()),
+            4 * activation_elems(&cfg, b, t, ckpt),
+            "b {b}, t {t}, checkpointing {ckpt}"
+        );
+        drop(m);
+    }
+}

@@ -126,10 +126,13 @@ fn over_budget_device_memory_fails_before_any_step() {
     )
     .unwrap_err();
     let msg = format!("{err:#}");
+    // Refused by the pre-flight (the estimate's device peak), before anything is allocated.
     assert!(
-        msg.contains("device memory budget exceeded") && msg.contains("asked for"),
+        msg.contains("zinf.device_memory_budget: the device peak of this run is")
+            && msg.contains("above the 4.00 MiB budget"),
         "{msg}"
     );
+    assert_eq!(zinf::cli::exit_code(&err), zinf::cli::EXIT_BAD_INPUT);
     assert!(
         !dir.path().join("o/metrics.csv").exists(),
         "no step may have run"

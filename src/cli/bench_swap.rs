@@ -208,7 +208,7 @@ impl Drop for Cleanup {
 fn bench_layout(params: u64, sub_group_size: u64) -> TierLayout {
     let (n, g) = (params as usize, sub_group_size as usize);
     let groups = (0..n).step_by(g).map(|s| s..(s + g).min(n)).collect();
-    TierLayout::new(groups, |r| r, sub_group_size, ParamDtype::Bf16)
+    TierLayout::new(groups, &[], |r| r, sub_group_size, ParamDtype::Bf16)
 }
 
 fn open_bench(args: &BenchSwapArgs, dirs: &[PathBuf]) -> anyhow::Result<Bench> {

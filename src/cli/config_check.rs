@@ -1,8 +1,14 @@
 //! `zinf config check FILE [--json]`: validate a DeepSpeed config and print it resolved (every
 //! default filled in, every `"auto"` resolved), or every problem found with its JSON path.
+//! It runs `zinf train`'s whole pre-flight ([`Session::draft`] and [`Session::refusals`]:
+//! placement, pinned pool, device and host budgets, the swap store against the free space
+//! under each `nvme_path`), so a config it passes is one `train` starts.
 //! Exit status 0 when valid, 2 when not (or the file cannot be read).
 
 use crate::config::Config;
+use crate::engine::summary::human_bytes;
+use crate::estimate::{estimate, statvfs_free_bytes};
+use crate::session::{Overrides, Session};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,36 +22,77 @@ pub struct CheckArgs {
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    match Config::load(&args.file) {
-        Ok(loaded) => {
-            loaded.log();
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&loaded.config)?);
-            } else {
-                let c = &loaded.config;
-                println!("{}: valid", args.file.display());
-                println!(
-                    "  batch {} = micro {} × accumulation {}; {} params ({}), ZeRO stage {}",
-                    c.train_batch_size,
-                    c.train_micro_batch_size_per_gpu,
-                    c.gradient_accumulation_steps,
-                    c.zinf.model.num_params(),
-                    c.param_dtype_name(),
-                    c.zero_optimization.stage
-                );
-                println!(
-                    "  offload_param: {}, offload_optimizer: {}",
-                    c.zero_optimization.offload_param.device,
-                    c.zero_optimization.offload_optimizer.device
-                );
-                println!("  (--json prints every resolved key)");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    let loaded = match Config::load(&args.file) {
+        Ok(l) => l,
         // A missing or unreadable file is bad input too: exit 2, like every config error.
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(super::EXIT_BAD_INPUT))
+            return Ok(ExitCode::from(super::EXIT_BAD_INPUT));
         }
+    };
+    loaded.log();
+    let c = &loaded.config;
+    let plan = match Session::draft(c, &Overrides::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.file.display());
+            return Ok(ExitCode::from(super::exit_code(&e.into())));
+        }
+    };
+    let est = estimate(
+        c,
+        &plan,
+        2.0,
+        crate::config::host_memory_bytes(),
+        &statvfs_free_bytes,
+    );
+    let refused = plan.refusals(c, &est);
+    if !refused.is_empty() {
+        eprintln!(
+            "error: {}: {} problem(s) zinf train would refuse before its first step:",
+            args.file.display(),
+            refused.len()
+        );
+        for r in &refused {
+            eprintln!("  {r}");
+        }
+        return Ok(ExitCode::from(super::EXIT_BAD_INPUT));
     }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(c)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}: valid", args.file.display());
+    println!(
+        "  batch {} = micro {} × accumulation {}; {} params ({}), ZeRO stage {}",
+        c.train_batch_size,
+        c.train_micro_batch_size_per_gpu,
+        c.gradient_accumulation_steps,
+        c.zinf.model.num_params(),
+        c.param_dtype_name(),
+        c.zero_optimization.stage
+    );
+    println!(
+        "  offload_param: {}, offload_optimizer: {}",
+        c.zero_optimization.offload_param.device, c.zero_optimization.offload_optimizer.device
+    );
+    println!(
+        "  device peak {} of a {} budget; host {} (pinned pool {}); swap store {}",
+        human_bytes(est.device.bytes),
+        human_bytes(plan.settings.train.device_memory_budget),
+        human_bytes(est.host_bytes()),
+        human_bytes(plan.pool_bytes),
+        human_bytes(est.nvme.bytes)
+    );
+    for s in &est.nvme_space {
+        println!(
+            "  {} {}: needs {}, {} free",
+            s.key,
+            s.path,
+            human_bytes(s.needed_bytes),
+            s.available_bytes.map_or("unknown".into(), human_bytes)
+        );
+    }
+    println!("  (--json prints every resolved key; `zinf estimate` itemizes the bytes)");
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,8 @@
 //! moves per step, whether the NVMe folder has room, and DeepSpeed's own estimate beside ours.
 
 use crate::config::Config;
-use crate::estimate::{estimate, statvfs_free_bytes, Estimate, ModelStats, Tier};
+use crate::estimate::{estimate, statvfs_free_bytes, Estimate, Tier};
+use crate::session::{Overrides, Session};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,13 +31,15 @@ pub fn run(args: &EstimateArgs) -> anyhow::Result<ExitCode> {
     loaded.log();
     let config = &loaded.config;
     let host_ram = crate::config::host_memory_bytes();
-    let e = estimate(
-        config,
-        ModelStats::from_config(config),
-        args.nvme_gbps,
-        host_ram,
-        &statvfs_free_bytes,
-    );
+    // The same plan `zinf train` makes; what it would refuse is an error here too.
+    let plan = match Session::draft(config, &Overrides::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(super::exit_code(&e.into())));
+        }
+    };
+    let e = estimate(config, &plan, args.nvme_gbps, host_ram, &statvfs_free_bytes);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
@@ -45,7 +48,15 @@ pub fn run(args: &EstimateArgs) -> anyhow::Result<ExitCode> {
     for w in &e.warnings {
         tracing::warn!("{w}");
     }
-    Ok(ExitCode::SUCCESS)
+    let refused = plan.refusals(config, &e);
+    if refused.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("error: zinf train would refuse this config:");
+    for r in &refused {
+        eprintln!("  {r}");
+    }
+    Ok(ExitCode::from(super::EXIT_BAD_INPUT))
 }
 
 fn gib(bytes: u64) -> String {
@@ -75,7 +86,8 @@ fn print_human(e: &Estimate) {
             .map(gib)
             .unwrap_or_else(|| "unknown".into());
         println!(
-            "  nvme_path {:?}: needs {}, free {}",
+            "  {} {:?}: the swap store needs {}, free {}",
+            s.key,
             s.path,
             gib(s.needed_bytes),
             avail

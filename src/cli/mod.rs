@@ -88,9 +88,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<Interrupted>() {
             return EXIT_INTERRUPTED;
         }
+        use crate::engine::EngineError;
+        use crate::session::SessionError;
+        // `SessionError::Engine` is transparent: the chain skips the engine error inside it.
         let refused_plan = matches!(
-            cause.downcast_ref::<crate::session::SessionError>(),
-            Some(crate::session::SessionError::Config(_))
+            cause.downcast_ref::<SessionError>(),
+            Some(SessionError::Config(_) | SessionError::Engine(EngineError::Config(_)))
         ) || matches!(
             cause.downcast_ref::<crate::engine::EngineError>(),
             Some(crate::engine::EngineError::Config(_))

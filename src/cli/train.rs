@@ -162,7 +162,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         resume: args.resume.clone(),
         trace: args.trace.is_some() || cfg.zinf.trace.is_some(),
     };
-    let plan = Session::plan(cfg, &overrides)?;
+    let (plan, est) = Session::plan(cfg, &overrides)?;
     let data = load_data(cfg, args.data.clone(), plan.settings.train.seq_len)?;
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir(cfg));
     let trace_path = args
@@ -172,7 +172,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
     let mut engine = plan.build(data)?;
     let steps = args.steps.unwrap_or(cfg.zinf.train_steps);
     let start_step = engine.steps();
-    let est = log_start(&engine, cfg, steps);
+    let est = log_start(&engine, cfg, steps, &est);
     let csv_path =
         (cfg.csv_monitor.enabled || args.out.is_some()).then(|| out_dir.join("metrics.csv"));
     let mut csv = match &csv_path {
@@ -193,7 +193,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         None => None,
     };
     // The export builds the safetensors file in memory: about three copies of the parameters.
-    let export_limit = cfg.zinf.host_memory_budget.unwrap_or(8 << 30) / 4;
+    let export_limit = crate::estimate::export_limit_bytes(cfg);
     match engine.export_params(export_limit)? {
         Some(p) => save_hf(&out_dir, &engine.settings.train.model, &p)?,
         None => tracing::info!(
@@ -289,7 +289,12 @@ fn default_out_dir(cfg: &Config) -> PathBuf {
     Path::new(base).join(&m.job_name)
 }
 
-fn log_start(e: &Engine<CpuDevice, AioBackend>, cfg: &Config, steps: u64) -> EstimatePeaks {
+fn log_start(
+    e: &Engine<CpuDevice, AioBackend>,
+    cfg: &Config,
+    steps: u64,
+    est: &crate::estimate::Estimate,
+) -> EstimatePeaks {
     let s = &e.settings.train;
     let pl = &e.settings.placement;
     tracing::info!(
@@ -302,37 +307,38 @@ fn log_start(e: &Engine<CpuDevice, AioBackend>, cfg: &Config, steps: u64) -> Est
         s.dtype,
         e.dev.name(),
     );
-    let where_ = |t: &Tier| match t {
+    // Where the state lives, as the estimate counts it and the tiers hold it.
+    let params = match &pl.params {
         Tier::Nvme { path } => format!("nvme ({})", path.display()),
-        other => other.name().to_string(),
+        Tier::Cpu { .. } => "host memory (offload_param cpu)".into(),
+        Tier::Device => "the device (offload_param none), host copy for the update".into(),
+    };
+    let optimizer = match &pl.optimizer {
+        Tier::Nvme { path } => format!("nvme ({})", path.display()),
+        Tier::Cpu { .. } => "host memory (offload_optimizer cpu)".into(),
+        Tier::Device => "host memory (offload_optimizer none: zinf runs the CPU Adam)".into(),
     };
     tracing::info!(
-        "placement: parameters on {}, optimizer state on {}; update {}",
-        where_(&pl.params),
-        where_(&pl.optimizer),
+        "placement: parameters on {params}, optimizer state on {optimizer}; update {}",
         if e.streams() {
             "streams group by group during backward"
         } else {
             "runs after backward (clipping/fp16 need the global norm)"
         }
     );
-    let stats = crate::estimate::ModelStats::from_config(cfg);
-    let est = crate::estimate::estimate(
-        cfg,
-        stats,
-        2.0,
-        crate::config::host_memory_bytes(),
-        &crate::estimate::statvfs_free_bytes,
-    );
-    let host_est = est.pinned_host.bytes + est.pageable_host.bytes;
     tracing::info!(
-        "budgets: device {} (estimate {}), pinned pool {} (estimate {}), host state {} (estimate {}{}), NVMe estimate {}",
+        "budgets: device {} (estimate {}), pinned pool {}, host state {} (estimate {} with the \
+         pool{}{}), NVMe estimate {}",
         human_bytes(e.dev.budget().budget_bytes()),
         human_bytes(est.device.bytes),
         human_bytes(e.pool_budget_bytes()),
-        human_bytes(est.pinned_host.bytes),
         human_bytes(e.host_state_bytes()),
-        human_bytes(host_est),
+        human_bytes(est.host_bytes()),
+        if est.export_bytes > 0 {
+            " and the export"
+        } else {
+            ""
+        },
         cfg.zinf
             .host_memory_budget
             .map_or(String::new(), |b| format!(", budget {}", human_bytes(b))),
@@ -346,7 +352,7 @@ fn log_start(e: &Engine<CpuDevice, AioBackend>, cfg: &Config, steps: u64) -> Est
         s.gradient_accumulation_steps,
         s.activation_checkpointing
     );
-    (est.device.bytes, host_est, est.nvme.bytes)
+    (est.device.bytes, est.host_bytes(), est.nvme.bytes)
 }
 
 fn open_csv(path: &Path, append: bool) -> anyhow::Result<std::fs::File> {
@@ -512,7 +518,8 @@ fn print_summary(s: &Summary) {
         s.tokens, s.elapsed_s, s.tokens_per_s, s.step_s_median
     );
     println!(
-        "memory         peak RSS {} (estimate {} host), device peak {} of {} (estimate {}), pinned pool {}",
+        "memory         peak RSS {} (estimate {} host + the device's peak: the CPU backend's \
+         device memory is RAM), device peak {} of {} (estimate {}), pinned pool {}",
         human_bytes(s.peak_rss_bytes),
         human_bytes(s.estimate_host_bytes),
         human_bytes(s.device_peak_bytes),

@@ -311,7 +311,7 @@ impl Config {
         };
         let config = read_root(&value, &mut diag);
         if let Some(c) = config.as_ref().filter(|_| diag.errors.is_empty()) {
-            let free = crate::estimate::statvfs_free_bytes;
+            let free = |p: &str| crate::estimate::statvfs_free_bytes(std::path::Path::new(p));
             if let Err(issue) = c.check_fits(host_memory_bytes(), &free) {
                 diag.errors.push(issue);
             }

@@ -654,6 +654,25 @@ fn finish_scheduler(
             format!("required by {kind:?}"),
         );
     }
+    if matches!(kind, WarmupDecayLR | WarmupCosineLR) {
+        let get = |k: &str| params.get(k).and_then(Value::as_u64);
+        if let (Some(total), Some(warmup)) = (get("total_num_steps"), get("warmup_num_steps")) {
+            if total <= warmup {
+                let after = if kind == WarmupCosineLR {
+                    "the lr stays at cos_min_ratio × lr (DeepSpeed divides by zero here)"
+                } else {
+                    "the lr drops to 0 (DeepSpeed's WarmupDecayLR does the same)"
+                };
+                diag.warn(
+                    "scheduler.params.warmup_num_steps",
+                    format!(
+                        "{warmup} is not below total_num_steps {total}: no decay phase; after \
+                         the warmup {after}"
+                    ),
+                );
+            }
+        }
+    }
     if kind == OneCycle {
         let first = params
             .get("cycle_first_step_size")

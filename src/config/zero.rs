@@ -200,6 +200,24 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
             "partial offloading is only supported with stage 3",
         );
     }
+    explain_zero_sizes(
+        &[
+            ("reduce_bucket_size", reduce_bucket_size),
+            ("stage3_prefetch_bucket_size", prefetch_bucket_size),
+            (
+                "stage3_param_persistence_threshold",
+                param_persistence_threshold,
+            ),
+            (
+                "stage3_model_persistence_threshold",
+                model_persistence_threshold,
+            ),
+            ("stage3_max_live_parameters", max_live_parameters),
+            ("stage3_max_reuse_distance", max_reuse_distance),
+            ("offload_param.max_in_cpu", offload_param.max_in_cpu),
+        ],
+        diag,
+    );
     ZeroConfig {
         stage,
         contiguous_gradients,
@@ -214,6 +232,40 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
         gather_16bit_weights_on_model_save: gather_16bit,
         offload_param,
         offload_optimizer,
+    }
+}
+
+/// Says what a DeepSpeed size set to 0 means, so none is silently ignored: each is a
+/// meaningful setting (DeepSpeed's own meaning where it has one), logged with the resolved
+/// keys.
+fn explain_zero_sizes(sizes: &[(&str, u64)], diag: &mut Diagnostics) {
+    for &(key, v) in sizes {
+        if v != 0 {
+            continue;
+        }
+        let meaning = match key {
+            "reduce_bucket_size" => {
+                "every gradient is reduced on its own (no bucketing); zinf runs one rank today, \
+                 so nothing is reduced"
+            }
+            "stage3_prefetch_bucket_size" => {
+                "no read-ahead beyond the next parameter group (zinf always reads that one ahead)"
+            }
+            "stage3_param_persistence_threshold" => {
+                "no parameter group stays on the device between uses"
+            }
+            "stage3_model_persistence_threshold" => {
+                "no budget for persistent parameters (zinf keeps groups by \
+                 stage3_param_persistence_threshold only)"
+            }
+            "stage3_max_live_parameters" => {
+                "only the groups in use stay on the device: nothing kept or read ahead"
+            }
+            "stage3_max_reuse_distance" => "a released group is never kept for reuse",
+            "offload_param.max_in_cpu" => "no NVMe parameters are cached in host memory",
+            _ => continue,
+        };
+        diag.resolved(&format!("zero_optimization.{key}"), format!("0: {meaning}"));
     }
 }
 

@@ -29,6 +29,9 @@ pub struct ZinfConfig {
     pub train_steps: u64,
     pub model: GptConfig,
     pub data: DataConfig,
+    /// The compute device: `"cpu"`, `"cuda"` or `"auto"` (the default: the GPU when the CUDA
+    /// backend can run the model, else the CPU; chosen in `session::open_device`).
+    pub device: &'static str,
     /// Bytes of device memory the engine may use (the CPU backend enforces it like HBM).
     pub device_memory_budget: u64,
     /// Bytes of pinned host memory for swap buffers; none = DeepSpeed's buffer_count × buffer_size.
@@ -55,6 +58,11 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
     let train_steps = s.u64("train_steps", 100, diag);
     let model = read_model(&mut s, diag);
     let data = read_data(&mut s, &model, diag);
+    // "auto" is a choice of its own here (resolved when the device is opened), not a default.
+    let device = match s.raw("device") {
+        Some(v) if super::reader::is_auto(v) => "auto",
+        _ => s.choice("device", &["cpu", "cuda", "auto"], "auto", diag),
+    };
     let device_memory_budget = match size(&mut s, "device_memory_budget", diag) {
         Some(Auto::Set(b)) => b,
         _ => {
@@ -103,6 +111,7 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
         train_steps,
         model,
         data,
+        device,
         device_memory_budget,
         pinned_memory_budget,
         host_memory_budget,

@@ -39,7 +39,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use timeline::{Overlap, Timeline, Track};
-use zinf_swap::{BlockIo, Store, StoreConfig, SwapError};
+use zinf_swap::{BlockIo, ShardSpec, Store, StoreConfig, SwapError};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -207,8 +207,14 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             )));
         }
         let part = settings.partition;
+        let tensor_starts: Vec<usize> = model
+            .groups()
+            .iter()
+            .flat_map(|g| g.tensor_starts.iter().copied())
+            .collect();
         let layout = TierLayout::new(
             model.groups().iter().map(|g| g.range.clone()).collect(),
+            &tensor_starts,
             |r| part.owned(r),
             settings.sub_group_size,
             s.dtype,
@@ -573,6 +579,15 @@ pub fn swap_folder(p: &Placement) -> PathBuf {
 
 /// The swap store's layout: its folders (every `nvme_path`), chunk size (at least one unit
 /// of fp32 state, so a unit is one chunk), and slots.
+/// The swap store a run creates: its layout over the `nvme_path` folders and every shard in
+/// it (the tiers' own, then a save's), as [`Engine::new`] creates it. `zinf estimate` and
+/// the session's free-space check price exactly this.
+pub fn swap_store(settings: &EngineSettings, layout: &TierLayout) -> (StoreConfig, Vec<ShardSpec>) {
+    let mut specs = layout.tier_specs(settings.placement.on_nvme());
+    specs.extend(checkpoint::store_specs(settings, layout));
+    (store_config(settings, layout), specs)
+}
+
 fn store_config(settings: &EngineSettings, layout: &TierLayout) -> StoreConfig {
     let paths = settings
         .placement

@@ -62,8 +62,9 @@ impl Placement {
                     path: PathBuf::from(p),
                 }),
                 _ => Err(EngineError::Config(format!(
-                    "zero_optimization.{key}.device is \"nvme\" but {key}.nvme_path is not set: \
-                     name a folder on the drive to offload to"
+                    "zero_optimization.{key}.nvme_path: {} but {key}.device is \"nvme\": name a \
+                     folder on the drive to offload to",
+                    if path.is_some() { "empty" } else { "not set" }
                 ))),
             },
         };

@@ -53,6 +53,33 @@ impl<B> BlockActs<B> {
     }
 }
 
+/// Elements of fp32 device memory [`Gpt::without_groups`] allocates for a micro-batch of `b`
+/// sequences of `t` tokens: the activations kept for backward (every block's, or with
+/// activation checkpointing one block's, recomputed in turn), the residual stream, the logits,
+/// and the backward scratch shared by all blocks. Exactly what those allocations sum to (a
+/// test holds them together); `zinf estimate` prices the device with it. u128: an absurd
+/// config must not overflow.
+pub fn activation_elems(cfg: &GptConfig, b: usize, t: usize, checkpointing: bool) -> u128 {
+    let (b, t) = (b as u128, t as u128);
+    let (c, v, nh, l) = (
+        cfg.n_embd as u128,
+        cfg.vocab_size as u128,
+        cfg.n_head as u128,
+        cfg.n_layer as u128,
+    );
+    let n = b * t;
+    let att = b * nh * t * t;
+    // BlockActs: ln1, atty, resid2, ln2 (C each), qkv (3C), fch and fch_gelu (4C each); four
+    // LayerNorm means/rstds; the attention matrix.
+    let block = 15 * n * c + 4 * n + att;
+    let kept = if checkpointing { 1 } else { l };
+    // TopActs: L + 1 residuals, tmp, ln_f (C each), ln_f mean/rstd and losses, the logits.
+    let top = (l + 3) * n * c + 3 * n + n * v;
+    // GradScratch: dres, dln, datty (C), dqkv (3C), dfch, dfch_gelu (4C), datt, dlogits.
+    let scratch = 14 * n * c + att + n * v;
+    kept * block + top + scratch
+}
+
 /// Gradient scratch shared by all blocks during backward.
 pub struct GradScratch<B> {
     dres: B,      // (B,T,C) gradient of the residual stream
@@ -170,6 +197,12 @@ impl<D: Device> Gpt<D> {
             .map(|(g, r)| GroupSpec {
                 name: group_name(*g),
                 range: r.clone(),
+                tensor_starts: layout
+                    .tensors
+                    .iter()
+                    .filter(|t| t.group == *g)
+                    .map(|t| t.offset)
+                    .collect(),
             })
             .collect();
         Ok(Gpt {

@@ -25,6 +25,9 @@ pub struct GroupSpec {
     /// Elements of the flat parameter array (the same offsets serve device buffers, pinned
     /// buffers and NVMe extents).
     pub range: Range<usize>,
+    /// Flat offsets where the group's tensors begin, ascending (the first is
+    /// `range.start`): optimizer units group whole tensors, as DeepSpeed's sub-groups do.
+    pub tensor_starts: Vec<usize>,
 }
 
 /// One step of forward or backward, with the groups the engine moves around it.

@@ -12,8 +12,9 @@ use zinf_swap::ShardSpec;
 /// `fp32` master and Adam's `exp_avg` / `exp_avg_sq` (torch.optim.Adam state names).
 pub const OPT_STATES: [&str; 3] = ["fp32", "exp_avg", "exp_avg_sq"];
 
-/// One optimizer unit: a slice of one parameter group of at most `sub_group_size` elements
-/// (DeepSpeed's sub-group). Units are what the optimizer reads, updates and writes in one go.
+/// One optimizer unit: whole tensors of one parameter group grouped up to `sub_group_size`
+/// elements (DeepSpeed's sub-group), or a piece of a tensor larger than that. Units are what
+/// the optimizer reads, updates and writes in one go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unit {
     /// Index of the group in layout order.
@@ -42,27 +43,29 @@ pub struct TierLayout {
 
 impl TierLayout {
     /// Cuts the `owned` part of every group (this rank's partition) into units of at most
-    /// `sub_group_size` elements.
+    /// `sub_group_size` elements, as DeepSpeed forms sub-groups
+    /// (`deepspeed/runtime/zero/stage3.py`, `_create_fp16_sub_groups`): whole tensors are
+    /// grouped in order until the next one would not fit; a tensor larger than
+    /// `sub_group_size` is cut into pieces of that size (DeepSpeed keeps it whole; the store
+    /// can move any range, and a bounded unit keeps the pinned pool bounded). `tensor_starts`
+    /// are the flat offsets where tensors begin (empty: each group is one tensor). So the unit
+    /// count is at most tensors + elements ÷ `sub_group_size`: the session raises a tiny
+    /// `sub_group_size` to [`MIN_SUB_GROUP_SIZE`] so it stays linear in the model.
     pub fn new(
         groups: Vec<Range<usize>>,
+        tensor_starts: &[usize],
         owned: impl Fn(Range<usize>) -> Range<usize>,
         sub_group_size: u64,
         dtype: ParamDtype,
     ) -> Self {
-        let step = sub_group_size.max(1) as usize;
+        let size = usize::try_from(sub_group_size.max(1)).unwrap_or(usize::MAX);
         let mut units = Vec::new();
         let mut group_units = Vec::with_capacity(groups.len());
         for (gi, g) in groups.iter().enumerate() {
             let first = units.len();
             let r = owned(g.clone());
-            let mut s = r.start;
-            while s < r.end {
-                let e = (s + step).min(r.end);
-                units.push(Unit {
-                    group: gi,
-                    range: s..e,
-                });
-                s = e;
+            for range in cut_units(r, tensor_starts, size) {
+                units.push(Unit { group: gi, range });
             }
             group_units.push(first..units.len());
         }
@@ -72,7 +75,7 @@ impl TierLayout {
             units,
             group_units,
             dtype,
-            sub_group_size: step as u64,
+            sub_group_size: size as u64,
             total,
         }
     }
@@ -120,13 +123,60 @@ impl TierLayout {
     /// Store bytes of every unit's three fp32 state shards, padded as the store moves them:
     /// one step's optimizer reads, and its writes, when the state lives on NVMe.
     pub fn opt_store_bytes(&self, chunk: u64) -> u64 {
-        self.group_units
+        self.units
             .iter()
-            .map(|us| {
-                let owned = us.clone().map(|u| self.units[u].range.len() as u64).sum();
-                opt_store_bytes(owned, self.sub_group_size, chunk)
-            })
+            .map(|u| 3 * store_bytes(u.range.len() as u64 * 4, chunk))
             .sum()
+    }
+
+    /// The fewest pinned-pool bytes that can serve this layout: the largest set of buffers
+    /// the engine holds at once for one request — a group's parameter shard (parameters on
+    /// NVMe), or a unit's three fp32 state shards (optimizer on NVMe) — each chunk of `chunk`
+    /// bytes reserved as the aio pool of `pool_capacity` bytes reserves it
+    /// ([`zinf_swap::pool_reserve_bytes`]). A smaller pool fails at its first fetch; the
+    /// session refuses it before the run starts.
+    pub fn min_pool_bytes(
+        &self,
+        place: super::NvmePlacement,
+        chunk: u64,
+        pool_capacity: u64,
+    ) -> u64 {
+        let reserve = |len: u64| -> u64 {
+            let chunk = chunk.max(1);
+            let (full, rest) = (len / chunk, len % chunk);
+            let one = |l: u64| {
+                let padded = l
+                    .checked_next_multiple_of(STORE_ALIGN_BYTES)
+                    .unwrap_or(u64::MAX);
+                zinf_swap::pool_reserve_bytes(padded, pool_capacity)
+            };
+            let rest_bytes = if rest > 0 { one(rest) } else { 0 };
+            full.saturating_mul(one(chunk)).saturating_add(rest_bytes)
+        };
+        let params = if place.params {
+            reserve(self.max_group_len() as u64 * self.dtype.bytes() as u64)
+        } else {
+            0
+        };
+        let opt = if place.optimizer {
+            reserve(self.max_unit_len() as u64 * 4).saturating_mul(3)
+        } else {
+            0
+        };
+        params.max(opt)
+    }
+
+    /// The tiers' own shards of the store for placement `place`: every group's parameters
+    /// (parameters on NVMe), then every unit's optimizer state (optimizer on NVMe).
+    pub fn tier_specs(&self, place: super::NvmePlacement) -> Vec<ShardSpec> {
+        let mut specs = Vec::new();
+        if place.params {
+            specs.extend(self.param_specs());
+        }
+        if place.optimizer {
+            specs.extend(self.opt_specs());
+        }
+        specs
     }
 
     /// The shards of the parameters of every group.
@@ -188,17 +238,45 @@ pub fn chunk_bytes(configured: u64, max_unit_elems: u64) -> u64 {
     configured.max(aligned)
 }
 
-/// Store bytes of the optimizer state (three fp32 tensors) of `owned` elements of one group,
-/// cut into units of at most `sub_group_size` elements as [`TierLayout::new`] cuts them, each
-/// shard padded as the store moves it. Arithmetic only: a tiny `sub_group_size` costs nothing
-/// to price.
-/// Saturates at `u64::MAX`.
-pub fn opt_store_bytes(owned: u64, sub_group_size: u64, chunk: u64) -> u64 {
-    let s = sub_group_size.max(1).min(owned.max(1));
-    let (full, rest) = (owned / s, owned % s);
-    let shard = |elems: u64| store_bytes(elems.saturating_mul(4), chunk).saturating_mul(3);
-    let rest_bytes = if rest > 0 { shard(rest) } else { 0 };
-    full.saturating_mul(shard(s)).saturating_add(rest_bytes)
+/// The smallest `sub_group_size` the session passes on (elements): 16 KiB of fp32 per state
+/// tensor, four store pages, so padding stays small and the unit count stays at most
+/// tensors + elements ÷ 4096. A config asking for less is raised to it with a warning.
+pub const MIN_SUB_GROUP_SIZE: u64 = 4096;
+
+/// The units of one owned range: the pieces between tensor starts, grouped in order while
+/// they fit in `size` elements; a piece larger than `size` is cut into `size`-element units
+/// (the last one may then take the following pieces). See [`TierLayout::new`].
+pub fn cut_units(owned: Range<usize>, tensor_starts: &[usize], size: usize) -> Vec<Range<usize>> {
+    let size = size.max(1);
+    // Boundaries of the pieces: the owned range's ends and every tensor start inside it.
+    let first = tensor_starts.partition_point(|&s| s <= owned.start);
+    let inner = tensor_starts[first..]
+        .iter()
+        .copied()
+        .take_while(|&s| s < owned.end);
+    let mut units = Vec::new();
+    let mut unit_start = owned.start;
+    let mut piece_start = owned.start;
+    for piece_end in inner.chain(std::iter::once(owned.end)) {
+        if piece_end <= piece_start {
+            continue;
+        }
+        // The piece does not fit after what the unit holds: close the unit first.
+        if piece_start > unit_start && piece_end - unit_start > size {
+            units.push(unit_start..piece_start);
+            unit_start = piece_start;
+        }
+        // A piece larger than a unit: whole units of it, the rest stays open.
+        while piece_end - unit_start > size {
+            units.push(unit_start..unit_start + size);
+            unit_start += size;
+        }
+        piece_start = piece_end;
+    }
+    if owned.end > unit_start {
+        units.push(unit_start..owned.end);
+    }
+    units
 }
 
 /// Whether a group of `numel` elements stays on the device for the whole run
@@ -234,7 +312,7 @@ mod tests {
 
     #[test]
     fn units_tile_each_owned_range_and_follow_backward_order() {
-        let l = TierLayout::new(vec![0..10, 10..13, 13..30], |r| r, 4, ParamDtype::Bf16);
+        let l = TierLayout::new(vec![0..10, 10..13, 13..30], &[], |r| r, 4, ParamDtype::Bf16);
         let ranges: Vec<_> = l.units.iter().map(|u| u.range.clone()).collect();
         assert_eq!(
             ranges,
@@ -258,5 +336,30 @@ mod tests {
         }
         assert_eq!(order, vec![4, 5, 6, 7, 8, 3, 0, 1, 2]);
         assert_eq!(l.param_specs()[2].len_bytes, 17 * 2);
+    }
+
+    #[test]
+    fn units_group_whole_tensors_as_deepspeed_sub_groups() {
+        // One group of tensors 0..3, 3..5, 5..15, 15..16, 16..18 with sub_group_size 6:
+        // 3+2 fit; the 10-element tensor starts a new unit and is cut at 6; its last 4 take
+        // the next 1 (5 elements) but not the 2 after (7 > 6).
+        let starts = [0, 3, 5, 15, 16];
+        assert_eq!(
+            cut_units(0..18, &starts, 6),
+            vec![0..5, 5..11, 11..16, 16..18]
+        );
+        // A big size: one unit. Size 1: one unit per element of a tensor, each tensor alone.
+        assert_eq!(cut_units(0..18, &starts, 100), vec![0..18]);
+        assert_eq!(cut_units(3..5, &starts, 1), vec![3..4, 4..5]);
+        // An owned range that starts inside a tensor (a rank's partition).
+        assert_eq!(cut_units(4..16, &starts, 6), vec![4..5, 5..11, 11..16]);
+        // The unit count stays linear in tensors + elements ÷ size, whatever the size.
+        let many: Vec<usize> = (0..1000).map(|i| i * 64).collect();
+        let units = cut_units(0..64_000, &many, MIN_SUB_GROUP_SIZE as usize);
+        assert_eq!(units.len(), 16);
+        assert!(units.iter().all(|u| u.len() <= MIN_SUB_GROUP_SIZE as usize));
+        let l = TierLayout::new(vec![0..9, 9..18], &starts, |r| r, 6, ParamDtype::F32);
+        assert_eq!(l.units.len(), 4);
+        assert_eq!(l.max_unit_len(), 6);
     }
 }

@@ -178,13 +178,7 @@ impl<B: BlockIo> Tiers<B> {
         let make_nvme = |n: Option<NvmeSetup<B>>| -> Result<Nvme<B>, TierError> {
             let n =
                 n.ok_or_else(|| TierError::Config("state on NVMe needs a swap store".into()))?;
-            let mut specs = Vec::new();
-            if place.params {
-                specs.extend(layout.param_specs());
-            }
-            if place.optimizer {
-                specs.extend(layout.opt_specs());
-            }
+            let mut specs = layout.tier_specs(place);
             specs.extend(n.extra_specs);
             let store = match &n.open {
                 Some(dir) => Store::open(n.io, dir, false)?,

@@ -35,6 +35,7 @@ fn optimizer_state_on_disk_matches_a_host_reference() {
     // Two groups of several units each, the last unit of each shorter.
     let layout = TierLayout::new(
         vec![0..100_000, 100_000..n],
+        &[],
         |r| r,
         65_536,
         ParamDtype::Bf16,

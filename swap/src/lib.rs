@@ -13,10 +13,11 @@ pub mod fake;
 pub mod manifest;
 pub mod store;
 
-pub use aio_backend::{AioBackend, PoolConfig};
+pub use aio_backend::{pool_reserve_bytes, AioBackend, PoolConfig};
 pub use blockio::{BlockIo, FaultKind, FileNo, IoFault};
 pub use error::{Op, Result, SwapError};
 pub use manifest::{Manifest, ShardSpec};
 pub use store::{
-    disk_bytes_needed, IoCounters, ReadHandle, ShardBuf, Store, StoreConfig, WriteHandle,
+    disk_bytes_needed, disk_bytes_per_path, IoCounters, ReadHandle, ShardBuf, Store, StoreConfig,
+    WriteHandle,
 };

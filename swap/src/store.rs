@@ -64,6 +64,20 @@ impl StoreConfig {
 /// so a caller can check free space before `Store::create`; `alignment` is the backend's
 /// (`BlockIo::alignment`). Fails as `create` would on a layout it refuses.
 pub fn disk_bytes_needed(specs: &[ShardSpec], cfg: &StoreConfig, alignment: u64) -> Result<u64> {
+    Ok(disk_bytes_per_path(specs, cfg, alignment)?
+        .iter()
+        .map(|(_, b)| b)
+        .sum())
+}
+
+/// Bytes the extent files of a store of `specs` laid out by `cfg` will take under each of
+/// `cfg.paths`, in that order (what a free-space check compares with each drive's free space
+/// before `Store::create`). Fails as `create` would on a layout it refuses.
+pub fn disk_bytes_per_path(
+    specs: &[ShardSpec],
+    cfg: &StoreConfig,
+    alignment: u64,
+) -> Result<Vec<(PathBuf, u64)>> {
     let m = lay_out(
         specs,
         &cfg.paths,
@@ -71,7 +85,13 @@ pub fn disk_bytes_needed(specs: &[ShardSpec], cfg: &StoreConfig, alignment: u64)
         alignment,
         cfg.slots_per_shard(),
     )?;
-    Ok(m.disk_bytes())
+    // One extent file per path, in order.
+    Ok(cfg
+        .paths
+        .iter()
+        .zip(&m.files)
+        .map(|(p, f)| (p.clone(), f.len_bytes))
+        .collect())
 }
 
 /// Byte and time counters of one store (one tier).
