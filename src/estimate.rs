@@ -154,6 +154,8 @@ pub struct Estimate {
     /// Host bytes of the HF export at the end of the run (0 when it is skipped), counted in
     /// `pageable_host`.
     pub export_bytes: u64,
+    /// Disk bytes one `--save DIR` takes (every parameter and optimizer state shard, once).
+    pub save_bytes: u64,
     pub warnings: Vec<String>,
 }
 
@@ -388,6 +390,7 @@ pub fn estimate(
         min_step_s_nvme: nvme_bytes as f64 / (nvme_gbps * 1e9),
         deepspeed_all_live: deepspeed_all_live(p, model.largest_tensor),
         export_bytes,
+        save_bytes: crate::engine::checkpoint::save_bytes(st, &s.layout),
         warnings,
     }
 }
@@ -422,15 +425,9 @@ fn nvme_tier(
     let (store, specs) = crate::engine::swap_store(&s.settings, &s.layout);
     let slots = if store.double_buffered { 2 } else { 1 };
     let versions = if slots == 2 { ", two versions" } else { "" };
-    let mut by_kind = [0u64; 3];
+    let mut by_kind = [0u64; 2];
     for spec in &specs {
-        let kind = if spec.name.starts_with("param.") {
-            0
-        } else if spec.name.starts_with("opt.") {
-            1
-        } else {
-            2
-        };
+        let kind = usize::from(!spec.name.starts_with("param."));
         acc(
             &mut by_kind[kind],
             mul(&[slots, store_bytes(spec.len_bytes, store.chunk_bytes)]),
@@ -441,10 +438,6 @@ fn nvme_tier(
     nvme.add(
         format!("fp32 master weights, Adam m and v{versions}"),
         by_kind[1],
-    );
-    nvme.add(
-        format!("room for a save of the host-resident state (--save){versions}"),
-        by_kind[2],
     );
     let per_path =
         zinf_swap::disk_bytes_per_path(&specs, &store, crate::tiers::layout::STORE_ALIGN_BYTES)

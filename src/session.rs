@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::data::{builtin_corpus, load_tokens, Dataset, Tokenizer};
 use crate::device::CpuDevice;
 use crate::engine::{
-    checkpoint, Engine, EngineError, EngineSettings, IoFactory, Partition, Placement, Start, Tier,
+    swap_lock::SwapLock, Engine, EngineError, EngineSettings, IoFactory, Partition, Placement,
+    Start, Tier,
 };
 use crate::model::checkpoint::load_hf;
 use crate::model::{param_layout, ParamDtype};
@@ -207,17 +208,20 @@ impl Session {
             }
         }
         for s in &est.nvme_space {
+            if let Some(pid) = SwapLock::holder(Path::new(&s.path)) {
+                out.push(format!(
+                    "{}: {} is in use by another zinf run (pid {pid}); give this run another \
+                     nvme_path, or stop that run first",
+                    s.key, s.path
+                ));
+                continue;
+            }
             if let Some(free) = s.available_bytes {
-                let reclaimed = if self.resume.is_none() {
-                    unsaved_store_bytes(Path::new(&s.path))
-                } else {
-                    0
-                };
+                let reclaimed = stale_store_bytes(Path::new(&s.path));
                 if s.needed_bytes > free.saturating_add(reclaimed) {
                     out.push(format!(
                         "{}: the swap store needs {} under {} but its drive has {} free; free \
-                         space there, point nvme_path at a larger drive, or set \
-                         zinf.swap_double_buffered false (one version: half the space)",
+                         space there, or point nvme_path at a larger drive",
                         s.key,
                         human_bytes(s.needed_bytes),
                         s.path,
@@ -234,9 +238,9 @@ impl Session {
     /// start fails (a disk that filled up meanwhile), the swap store it began is removed:
     /// nothing is left allocated on the drive.
     pub fn build(self, data: Dataset) -> Result<Engine<CpuDevice, AioBackend>, SessionError> {
-        let placement = self.settings.placement.clone();
-        let fresh = self.resume.is_none();
-        prepare_swap_folder(&placement, !fresh)?;
+        // The folder is this run's from here on; an earlier run's scratch store is removed.
+        let lock = SwapLock::acquire(&self.settings.placement)
+            .map_err(|e| SessionError::Config(e.to_string()))?;
         let timeline = if self.trace {
             Timeline::enabled()
         } else {
@@ -248,42 +252,18 @@ impl Session {
             None => Start::Fresh(self.init),
         };
         let io = aio_factory(self.aio, self.pool_bytes, self.pin_pool);
-        match Engine::new(self.settings, dev, data, io, start, timeline) {
-            Ok(e) => Ok(e),
-            Err(e) => {
-                if fresh {
-                    remove_swap_folders(&placement);
-                }
-                Err(e.into())
-            }
-        }
+        // A start that fails drops the lock, which removes the store it began: a disk that
+        // filled up meanwhile is left as it was.
+        let mut engine = Engine::new(self.settings, dev, data, io, start, timeline)?;
+        engine.hold_swap_lock(lock);
+        Ok(engine)
     }
 }
 
-/// Removes the swap store folders of a fresh run that failed to start (best effort: the error
-/// that stopped the start is the one reported).
-fn remove_swap_folders(p: &Placement) {
-    for path in p.nvme_paths() {
-        let folder = path.join(crate::engine::SWAP_DIR);
-        if folder.exists() {
-            match std::fs::remove_dir_all(&folder) {
-                Ok(()) => tracing::info!(
-                    "removed the swap store the failed start began in {}",
-                    folder.display()
-                ),
-                Err(e) => tracing::warn!("could not remove {}: {e}", folder.display()),
-            }
-        }
-    }
-}
-
-/// Bytes of the store of an earlier unsaved run under `nvme_path` (a fresh run removes it
-/// first); 0 when there is none or it holds a save.
-fn unsaved_store_bytes(nvme_path: &Path) -> u64 {
+/// Bytes of a swap store an earlier run left under `nvme_path` (the next run removes it
+/// first); 0 when there is none.
+fn stale_store_bytes(nvme_path: &Path) -> u64 {
     let folder = nvme_path.join(crate::engine::SWAP_DIR);
-    if folder.join(checkpoint::SAVED_MARKER).exists() {
-        return 0;
-    }
     let Ok(entries) = std::fs::read_dir(&folder) else {
         return 0;
     };
@@ -457,50 +437,19 @@ pub fn pool_bytes(cfg: &Config, s: &EngineSettings, layout: &TierLayout) -> u64 
     ds.min(need.saturating_mul(2)).max(need)
 }
 
-/// Builds the aio backend of the swap store with a pool of `pool` bytes.
+/// Builds the aio backend of a store: the swap store's with a pool of `pool` bytes (pinned
+/// when `pin`), or a save's with the pool it asks for.
 pub fn aio_factory(aio: zinf_aio::AioConfig, pool: u64, pin: bool) -> IoFactory<AioBackend> {
-    Box::new(move || {
+    Box::new(move |save_pool: Option<u64>| {
+        let bytes = save_pool.unwrap_or(pool);
         let pc = PoolConfig {
             buffer_count: 1,
-            buffer_size: pool,
-            budget_bytes: Some(pool),
-            pin_memory: pin,
+            buffer_size: bytes,
+            budget_bytes: Some(bytes),
+            pin_memory: pin && save_pool.is_none(),
         };
         AioBackend::new(&aio, &pc)
     })
-}
-
-/// A fresh run may reuse a swap folder only when no save lives in it.
-pub fn prepare_swap_folder(p: &Placement, resuming: bool) -> Result<(), SessionError> {
-    if resuming || p.nvme_paths().is_empty() {
-        return Ok(());
-    }
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SessionError::Io { path, source }
-    };
-    for path in p.nvme_paths() {
-        let folder = path.join(crate::engine::SWAP_DIR);
-        let marker = folder.join(checkpoint::SAVED_MARKER);
-        if marker.exists() {
-            let what = std::fs::read_to_string(&marker).unwrap_or_default();
-            return Err(SessionError::Config(format!(
-                "{} holds a saved run ({}); continue it with --resume DIR, or delete the folder \
-                 to start fresh",
-                folder.display(),
-                what.trim()
-            )));
-        }
-        if folder.exists() {
-            tracing::info!(
-                "removing the swap store of an earlier unsaved run in {}",
-                folder.display()
-            );
-            std::fs::remove_dir_all(&folder).map_err(io_err(&folder))?;
-        }
-        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
-    }
-    Ok(())
 }
 
 /// The token data: `path` (UTF-8 text or llm.c `.bin`), else the built-in generated corpus;

@@ -1,6 +1,6 @@
 //! The engine through `zinf train`: a child process killed with SIGKILL at a random moment
 //! (mid-step or mid-save) resumes from its last save and continues bit-identically; the trace
-//! and the summary JSON carry what a user reads; a fresh run will not wipe a saved swap store.
+//! and the summary JSON carry what a user reads.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -164,25 +164,4 @@ fn trace_and_summary_json_carry_the_promised_figures() {
     assert!(events
         .iter()
         .any(|e| e["ph"] == "X" && e["name"].as_str().unwrap_or("").starts_with("read param")));
-}
-
-#[test]
-fn a_fresh_run_does_not_wipe_a_saved_swap_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let nvme = dir.path().join("nvme");
-    let cfg = nvme_config(dir.path(), &nvme, 2);
-    let mut a = args(&cfg, &dir.path().join("out"));
-    a.save = Some(dir.path().join("save"));
-    train(&a, &AtomicBool::new(false)).unwrap();
-    let err = train(
-        &args(&cfg, &dir.path().join("out2")),
-        &AtomicBool::new(false),
-    )
-    .expect_err("the saved store must survive")
-    .to_string();
-    assert!(
-        err.contains("--resume") && err.contains("zinf_swap"),
-        "{err}"
-    );
-    assert!(nvme.join("zinf_swap").join("zinf-saved.json").exists());
 }

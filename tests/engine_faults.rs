@@ -5,8 +5,10 @@
 mod engine_common;
 
 use engine_common::*;
-use zinf::engine::{Start, Tier};
+use zinf::engine::{Engine, Start, Tier};
 use zinf::model::ParamDtype;
+use zinf::session::open_device;
+use zinf::timeline::Timeline;
 use zinf_swap::fake::{FakeDisk, FakeIo, Faults};
 use zinf_swap::Store;
 
@@ -56,14 +58,13 @@ fn resume_after_a_crash_continues_bit_identically() {
     }
 }
 
-/// File and offset of the live copy of a shard's first chunk.
-fn live_extent(disk: &FakeDisk, shard: &str) -> (std::path::PathBuf, u64) {
-    let store = Store::open(
-        FakeIo::new(disk, POOL),
-        std::path::Path::new("/nvme/zinf_swap"),
-        false,
-    )
-    .expect("open");
+/// File and offset of the live copy of a shard's first chunk in the store in `folder`.
+fn live_extent(
+    disk: &FakeDisk,
+    folder: &std::path::Path,
+    shard: &str,
+) -> (std::path::PathBuf, u64) {
+    let store = Store::open(FakeIo::new(disk, POOL), folder, false).expect("open");
     let m = store.manifest();
     let s = m.shards.iter().find(|s| s.name == shard).expect("shard");
     let e = s.slots[s.live as usize][0];
@@ -80,13 +81,20 @@ fn a_corrupted_shard_on_resume_is_reported_by_name_not_trained_on() {
         engine_run(&mut e, 2);
         e.save(&dir).expect("save");
     }
-    let (path, offset) = live_extent(&disk, "param.g2");
+    // A bit flips in the save's copy of block 1's parameters.
+    let (path, offset) = live_extent(&disk, &dir.join("step-00000002"), "param.g2");
     disk.flip_bit(&path, offset + 100, 3);
-    let mut e = fake_engine(s, &disk, POOL, Start::Resume(dir.clone()));
-    let err = e
-        .step()
-        .expect_err("a corrupted shard must stop the step")
-        .to_string();
+    let err = match Engine::new(
+        s,
+        open_device(&train_settings(ParamDtype::Bf16, 1.0, 1)),
+        dataset(),
+        fake_factory(&disk, POOL),
+        Start::Resume(dir.clone()),
+        Timeline::disabled(),
+    ) {
+        Ok(_) => panic!("a corrupted save must not resume"),
+        Err(e) => e.to_string(),
+    };
     assert!(err.contains("param.g2"), "names the shard: {err}");
     assert!(err.to_lowercase().contains("checksum"), "says why: {err}");
     let _ = std::fs::remove_dir_all(&dir);

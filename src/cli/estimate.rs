@@ -93,6 +93,7 @@ fn print_human(e: &Estimate) {
             avail
         );
     }
+    println!("  a save (--save DIR) takes {} there", gib(e.save_bytes));
     let t = &e.traffic_per_step;
     println!("per optimizer step:");
     println!(

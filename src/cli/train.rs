@@ -9,6 +9,7 @@
 //! optional Perfetto trace, and a final summary with I/O, overlap and memory figures
 //! (optionally JSON). Ctrl-C stops after the current step and still saves and reports.
 
+use crate::cli::BadInput;
 use crate::config::{Config, Loaded};
 use crate::device::{CpuDevice, Device};
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
@@ -121,12 +122,17 @@ pub struct Summary {
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    // A second Ctrl-C exits at once; the first lets the current step finish.
+    // Ctrl-C, SIGTERM (Slurm, Kubernetes, systemd, `timeout`) and SIGHUP: the first lets the
+    // current step finish, then the run saves (with --save), exports and exits 130; a second
+    // signal exits at once.
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(i32::from(crate::cli::EXIT_INTERRUPTED));
         }
-        eprintln!("\nCtrl-C: stopping after the current step (again to abort)");
+        eprintln!(
+            "\ninterrupted (Ctrl-C or SIGTERM): stopping after the current step, then saving \
+             and exporting (a second signal aborts)"
+        );
     });
     let summary = train(args, &stop)?;
     print_summary(&summary);
@@ -153,6 +159,7 @@ fn load_config(args: &TrainArgs) -> anyhow::Result<Loaded> {
 
 /// Runs training to the end (or to Ctrl-C via `stop`) and returns the summary.
 pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
+    check_flags(args)?;
     let loaded = load_config(args)?;
     let cfg = &loaded.config;
     let overrides = Overrides {
@@ -169,9 +176,19 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         .trace
         .clone()
         .or(cfg.zinf.trace.as_ref().map(PathBuf::from));
-    let mut engine = plan.build(data)?;
     let steps = args.steps.unwrap_or(cfg.zinf.train_steps);
+    check_outputs(args, &out_dir, trace_path.as_deref(), &plan, &est)?;
+    let mut engine = plan.build(data)?;
     let start_step = engine.steps();
+    if args.resume.is_some() && start_step >= steps {
+        return Err(BadInput(format!(
+            "--resume {}: the save is at step {start_step}, and the run is {steps} steps \
+             (--steps or zinf.train_steps): nothing to train; ask for more than {start_step} \
+             steps",
+            args.resume.as_deref().unwrap_or(Path::new("")).display()
+        ))
+        .into());
+    }
     let est = log_start(&engine, cfg, steps, &est);
     let csv_path =
         (cfg.csv_monitor.enabled || args.out.is_some()).then(|| out_dir.join("metrics.csv"));
@@ -220,6 +237,80 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
             .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(summary)
+}
+
+/// Flags that contradict each other are bad input (exit 2), refused before any work.
+fn check_flags(args: &TrainArgs) -> Result<(), BadInput> {
+    if args.init_from.is_some() && args.resume.is_some() {
+        return Err(BadInput(
+            "--init-from and --resume both say where the weights come from: a resume continues \
+             its save (weights, optimizer state, step); drop one"
+                .into(),
+        ));
+    }
+    if args.save_every > 0 && args.save.is_none() {
+        return Err(BadInput(format!(
+            "--save-every {} needs --save DIR (where to save)",
+            args.save_every
+        )));
+    }
+    Ok(())
+}
+
+/// Checks every output before the first step: each folder can be created and written, and
+/// the drives under `--save` and `--out` have room for what goes there (a save of the whole
+/// state — two while the previous save in DIR is replaced — and the HF export). A bad path is
+/// found now, not after the last step.
+fn check_outputs(
+    args: &TrainArgs,
+    out_dir: &Path,
+    trace: Option<&Path>,
+    plan: &Session,
+    est: &crate::estimate::Estimate,
+) -> anyhow::Result<()> {
+    let mut need: Vec<(&Path, u64, &str)> = Vec::new();
+    if let Some(dir) = &args.save {
+        let one = crate::engine::checkpoint::save_bytes(&plan.settings, &plan.layout);
+        let has_save = dir.join(crate::engine::checkpoint::POINTER).exists();
+        need.push((dir, if has_save { 2 * one } else { one }, "--save"));
+    }
+    need.push((out_dir, est.export_bytes / 3, "--out"));
+    for (dir, _, flag) in &need {
+        writable_dir(dir, flag)?;
+    }
+    for (file, flag) in [
+        (trace, "--trace"),
+        (args.summary_json.as_deref(), "--summary-json"),
+    ] {
+        if let Some(f) = file {
+            let parent = f.parent().filter(|p| !p.as_os_str().is_empty());
+            writable_dir(parent.unwrap_or(Path::new(".")), flag)?;
+        }
+    }
+    for (dir, bytes, flag) in need {
+        if let Some(free) = crate::estimate::statvfs_free_bytes(dir) {
+            if bytes > free {
+                return Err(BadInput(format!(
+                    "{flag} {}: needs {} there but its drive has {} free",
+                    dir.display(),
+                    human_bytes(bytes),
+                    human_bytes(free)
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and writes and removes a probe file in it.
+fn writable_dir(dir: &Path, flag: &str) -> anyhow::Result<()> {
+    let bad = |what: String| BadInput(format!("{flag} {}: {what}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create the folder: {e}")))?;
+    let probe = dir.join(format!(".zinf-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| bad(format!("cannot write there: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// `zinf estimate`'s peaks for this config: (device, host, NVMe) bytes.

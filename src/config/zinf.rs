@@ -44,9 +44,9 @@ pub struct ZinfConfig {
     pub trace: Option<String>,
     /// io_uring submission-queue polling thread (off: it burns a core).
     pub sqpoll: bool,
-    /// Two slots per swap-store shard (default): a kill at any moment leaves the last save
-    /// resumable, at twice the disk space. `false` halves the NVMe space; a run killed between
-    /// saves then cannot resume from that store.
+    /// Two slots per swap-store shard (default false: one). The swap store is scratch — saves
+    /// are snapshots in their own folder — so a second slot only doubles the NVMe space; kept
+    /// for runs that want the live store itself to survive a crash consistent.
     pub swap_double_buffered: bool,
 }
 
@@ -103,7 +103,7 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
     };
     let trace = s.opt_string("trace", diag);
     let sqpoll = s.bool("sqpoll", false, diag);
-    let swap_double_buffered = s.bool("swap_double_buffered", true, diag);
+    let swap_double_buffered = s.bool("swap_double_buffered", false, diag);
     s.finish(diag);
     ZinfConfig {
         strict_config,

@@ -1,36 +1,45 @@
-//! `--save DIR` / `--resume DIR`: the run's whole state at a step boundary, crash-safe.
+//! `--save DIR` / `--resume DIR`: the run's whole state at a step boundary, as a snapshot
+//! that belongs to DIR alone.
 //!
-//! State on NVMe is snapshotted in place: the swap store already holds it, double-buffered, so
-//! a save is a commit of that store (no copy of the NVMe tier). What lives in host memory
-//! (parameters and optimizer state on the `none`/`cpu` tiers) is written into checkpoint
-//! shards of the same store, and the small rest (step, loss scaler, scheduler, data position;
-//! the data RNG is replayed from the seed) into one `engine.state` shard. One atomic commit
-//! covers all of it. Runs with nothing on NVMe keep the same shards in a store inside DIR.
-//! `DIR/checkpoint.json` (replaced atomically after the commit) says where the store is.
+//! A save is a store of its own in `DIR/step-NNNNNNNN/` (single-slot: it is written once and
+//! committed): every group's parameters (`param.gN`), every optimizer unit's fp32 master, m
+//! and v (`opt.uN.*`) — copied from wherever they live (host arrays, or the swap store after
+//! its writes are flushed) — and the small rest (`engine.state`: step, loss scaler,
+//! scheduler, data position; the data RNG is replayed from the seed). Only after that store
+//! is committed is `DIR/checkpoint.json` replaced (atomically) to name it, by a path
+//! relative to DIR; then older `step-*` folders are removed. So a kill at any moment leaves
+//! the last complete save; a save can be copied, moved or kept (`cp -a DIR backup`), and
+//! nothing the run does later changes it. The swap store under `nvme_path` is scratch: it is
+//! never resumed from.
 //!
-//! A kill -9 at any moment leaves the last commit readable: writes between saves land in the
-//! store's other slot, and the manifest flips only in a commit. A corrupted shard is reported
-//! by name when it is read on resume (every chunk is checksummed), never trained on.
+//! A resume opens the save's store, checks the config and the step against it, and copies
+//! the state into fresh tiers (host arrays, or a new swap store). Every chunk read is checked
+//! against its checksum; a corrupted shard is reported by name, never trained on.
+//!
+//! DeepSpeed's NVMe tier could not be checkpointed until 2024 (its swap files are live
+//! state); zinf copies it, paying one read and one write of the model state per save
+//! (logged with its size and time).
 
 use super::{Engine, EngineError, EngineSettings};
 use crate::device::Device;
-use crate::host::HostParams;
 use crate::model::{GptConfig, Model};
 use crate::optim::{LossScaler, LrSchedulerState, OptimizerStepState};
 use crate::tiers::layout::dtype_tag;
-use crate::tiers::{HostOpt, Recorder, SwapQueue, TierLayout, OPT_STATES};
+use crate::tiers::{NvmePlacement, Recorder, SwapQueue, TierLayout};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 use zinf_swap::{BlockIo, ShardSpec, Store, StoreConfig};
 
 /// The shard holding the small rest of the state (length-prefixed JSON).
 pub const STATE_SHARD: &str = "engine.state";
 const STATE_BYTES: u64 = 64 << 10;
-const FORMAT: &str = "zinf-engine/1";
+/// Format of `checkpoint.json` and the save it names.
+const FORMAT: &str = "zinf-save/2";
 /// The pointer file in a save folder.
 pub const POINTER: &str = "checkpoint.json";
-/// Written into the swap folder after a save, so a fresh run does not destroy it.
-pub const SAVED_MARKER: &str = "zinf-saved.json";
+/// Prefix of the folder of each save's store inside DIR.
+const STEP_PREFIX: &str = "step-";
 
 /// Everything that is not a tensor.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -56,37 +65,52 @@ struct EngineState {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Pointer {
     pub format: String,
-    /// Folder of the store's manifest.
+    /// Folder of the save's store, relative to DIR (`step-00000040`).
     pub store: PathBuf,
     pub step: u64,
 }
 
-fn ckpt_param(gi: usize) -> String {
-    format!("ckpt.param.g{gi}")
-}
-
-fn ckpt_opt(u: usize, t: usize) -> String {
-    format!("ckpt.opt.u{u}.{}", OPT_STATES[t])
-}
-
-/// Shards a save needs besides the NVMe tiers: the state shard and host-tier tensors.
-pub(super) fn store_specs(settings: &EngineSettings, layout: &TierLayout) -> Vec<ShardSpec> {
-    let mut v = vec![ShardSpec::new(STATE_SHARD, STATE_BYTES, "json")];
-    let pl = &settings.placement;
-    let dtype = layout.dtype;
-    if !pl.params.is_nvme() {
-        for (gi, r) in layout.groups.iter().enumerate() {
-            let len = (r.len() * dtype.bytes()) as u64;
-            v.push(ShardSpec::new(ckpt_param(gi), len, dtype_tag(dtype)));
-        }
-    }
-    if !pl.optimizer.is_nvme() {
-        v.extend(layout.opt_specs_named(ckpt_opt));
-    }
+/// The shards of a save's store: every group's parameters, every unit's optimizer state
+/// (the tiers' own names, whatever the placement), and the state shard.
+pub fn save_specs(layout: &TierLayout) -> Vec<ShardSpec> {
+    let mut v = layout.tier_specs(NvmePlacement {
+        params: true,
+        optimizer: true,
+    });
+    v.push(ShardSpec::new(STATE_SHARD, STATE_BYTES, "json"));
     v
 }
 
-/// Reads `dir/checkpoint.json`.
+/// The layout of a save's store in `folder`: one slot per shard (written once), chunks as
+/// the run's swap store has them.
+fn save_store_config(
+    settings: &EngineSettings,
+    layout: &TierLayout,
+    folder: PathBuf,
+) -> StoreConfig {
+    StoreConfig::new(vec![folder])
+        .chunk_bytes(layout.chunk_bytes(settings.chunk_bytes))
+        .double_buffered(false)
+}
+
+/// Bytes of pool a save's own store reads and writes through: two chunks.
+pub fn save_pool_bytes(settings: &EngineSettings, layout: &TierLayout) -> u64 {
+    2 * layout.chunk_bytes(settings.chunk_bytes)
+}
+
+/// Bytes a save of this run takes on disk (its store's extent file; the pointer aside):
+/// what `--save DIR` needs free, checked before the first step.
+pub fn save_bytes(settings: &EngineSettings, layout: &TierLayout) -> u64 {
+    let cfg = save_store_config(settings, layout, PathBuf::from("save"));
+    zinf_swap::disk_bytes_needed(
+        &save_specs(layout),
+        &cfg,
+        crate::tiers::layout::STORE_ALIGN_BYTES,
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// Reads `dir/checkpoint.json` and checks it names a save of this format inside `dir`.
 pub(super) fn read_pointer(dir: &Path) -> Result<Pointer, EngineError> {
     let ptr_path = dir.join(POINTER);
     let body = std::fs::read(&ptr_path).map_err(|e| {
@@ -95,8 +119,26 @@ pub(super) fn read_pointer(dir: &Path) -> Result<Pointer, EngineError> {
             format!("no save here ({e}); was the run started with --save?"),
         )
     })?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ckpt_err(&ptr_path, format!("not a zinf checkpoint pointer: {e}")))
+    let ptr: Pointer = serde_json::from_slice(&body)
+        .map_err(|e| ckpt_err(&ptr_path, format!("not a zinf checkpoint pointer: {e}")))?;
+    if ptr.format != FORMAT {
+        return Err(ckpt_err(
+            &ptr_path,
+            format!(
+                "a save in format {:?}; this zinf reads {FORMAT:?} (saves of format \
+                 \"zinf-engine/1\" pointed into a live swap store and cannot be resumed)",
+                ptr.format
+            ),
+        ));
+    }
+    let name = ptr.store.to_str().unwrap_or("");
+    if !name.starts_with(STEP_PREFIX) || name.contains('/') || name.contains("..") {
+        return Err(ckpt_err(
+            &ptr_path,
+            format!("names {:?}, not a step folder inside the save", ptr.store),
+        ));
+    }
+    Ok(ptr)
 }
 
 fn ckpt_err(path: &Path, message: impl Into<String>) -> EngineError {
@@ -129,108 +171,125 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         }
     }
 
-    /// Saves the run at this step boundary into `dir` (see the file header). Returns the
-    /// folder of the store that holds it.
+    /// Saves the run at this step boundary into `dir` (see the file header): a new store in
+    /// `dir/step-NNNNNNNN`, then the pointer, then older saves in `dir` removed. Saving again
+    /// at a step already saved there does nothing. Returns the folder of the save's store.
     pub fn save(&mut self, dir: &Path) -> Result<PathBuf, EngineError> {
+        let name = format!("{STEP_PREFIX}{:08}", self.steps);
+        if read_pointer(dir).is_ok_and(|p| p.step == self.steps && p.store == Path::new(&name)) {
+            return Ok(dir.join(name));
+        }
+        let t0 = Instant::now();
         std::fs::create_dir_all(dir)
             .map_err(|e| ckpt_err(dir, format!("cannot create the folder: {e}")))?;
-        self.flush()?;
-        let on_nvme = self.tiers.nvme().is_some();
-        if !on_nvme && self.save_store.is_none() {
-            let io = (self.io_factory)()?;
-            let layout = self.tiers.layout();
-            let chunk = layout.chunk_bytes(self.settings.chunk_bytes);
-            let cfg = StoreConfig::new(vec![dir.join("state")]).chunk_bytes(chunk);
-            let specs = store_specs(&self.settings, layout);
-            self.save_store = Some(Store::create(io, &cfg, &specs)?);
+        // The newest values of every shard are in the store (or host arrays) once the
+        // writes in flight are done.
+        self.tiers.flush()?;
+        let folder = dir.join(&name);
+        if folder.exists() {
+            // A save at this step that a kill interrupted: never pointed to.
+            std::fs::remove_dir_all(&folder)
+                .map_err(|e| ckpt_err(&folder, format!("cannot remove: {e}")))?;
+        }
+        let layout = self.tiers.layout().clone();
+        let io = (self.io_factory)(Some(save_pool_bytes(&self.settings, &layout)))?;
+        let cfg = save_store_config(&self.settings, &layout, folder.clone());
+        let mut store = Store::create(io, &cfg, &save_specs(&layout))?;
+        let mut rec = Recorder::untraced();
+        let mut q = SwapQueue::<B>::new(4, &store, 0, 0)?;
+        let mut bytes = 0u64;
+        for (gi, r) in layout.groups.iter().enumerate() {
+            let mut group = vec![0u8; r.len() * layout.dtype.bytes()];
+            self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
+                let b = chunk.as_bytes();
+                let at = at * layout.dtype.bytes();
+                group[at..at + b.len()].copy_from_slice(b);
+                Ok(())
+            })?;
+            let id = store.shard_id(&crate::tiers::layout::param_shard(gi))?;
+            q.write_bytes(&mut store, &mut rec, id, &group)?;
+            bytes += group.len() as u64;
+        }
+        for u in 0..layout.units.len() {
+            for (t, state) in self.tiers.opt_unit_bytes(u)?.iter().enumerate() {
+                let id = store.shard_id(&crate::tiers::layout::opt_shard(u, t))?;
+                q.write_bytes(&mut store, &mut rec, id, state)?;
+                bytes += state.len() as u64;
+            }
         }
         let state = serde_json::to_vec(&self.state()).expect("the state serializes");
-        let Engine {
-            tiers, save_store, ..
-        } = self;
-        let mut rec = Recorder::untraced();
-        let parts = tiers.parts();
-        let store = match (parts.nvme, save_store.as_mut()) {
-            (Some(n), _) => &mut n.store,
-            (None, Some(s)) => s,
-            (None, None) => unreachable!("a store to save into was made above"),
-        };
-        let host = HostState {
-            params: parts.params.as_deref(),
-            opt: parts.opt.as_deref(),
-        };
-        save_into(store, &mut rec, &host, parts.layout, &state)?;
-        let folder = if on_nvme {
-            self.swap_folder()
-        } else {
-            dir.join("state")
-        };
+        if state.len() as u64 + 8 > STATE_BYTES {
+            return Err(EngineError::Config(
+                "engine state larger than its shard".into(),
+            ));
+        }
+        let mut body = vec![0u8; STATE_BYTES as usize];
+        body[..8].copy_from_slice(&(state.len() as u64).to_le_bytes());
+        body[8..8 + state.len()].copy_from_slice(&state);
+        let id = store.shard_id(STATE_SHARD)?;
+        q.write_bytes(&mut store, &mut rec, id, &body)?;
+        q.flush(&mut store, &mut rec)?;
+        store.commit()?;
+        drop(store);
         let ptr = Pointer {
             format: FORMAT.into(),
-            store: folder.clone(),
+            store: PathBuf::from(&name),
             step: self.steps,
         };
         let body = serde_json::to_vec_pretty(&ptr).expect("a pointer serializes");
         zinf_swap::aio_backend::replace_file(&dir.join(POINTER), &body)
             .map_err(|e| ckpt_err(&dir.join(POINTER), format!("cannot write: {e}")))?;
-        if let Some(n) = self.tiers.nvme() {
-            let marker = serde_json::json!({ "save_dir": dir, "step": self.steps });
-            n.store
-                .io()
-                .replace_file(&folder.join(SAVED_MARKER), marker.to_string().as_bytes())
-                .map_err(|e| ckpt_err(&folder, format!("cannot write the save marker: {e}")))?;
-        }
+        remove_older_saves(dir, &name);
+        let secs = t0.elapsed().as_secs_f64();
         tracing::info!(
-            "saved step {} to {} (store {})",
+            "saved step {} to {} ({} of state copied in {secs:.1} s)",
             self.steps,
-            dir.display(),
-            folder.display()
+            folder.display(),
+            crate::engine::summary::human_bytes(bytes)
         );
         Ok(folder)
     }
 
-    /// Continues the run saved in `dir` (pointer `ptr`): the store (the NVMe tier's, opened by
-    /// the tiers, or the save folder's), the config check, the host tiers and the small state.
+    /// Continues the run saved in `dir` (pointer `ptr`): opens the save's store, checks the
+    /// config and the step against it, and copies the state into the fresh tiers.
     pub(super) fn resume_from(&mut self, dir: &Path, ptr: &Pointer) -> Result<(), EngineError> {
-        if self.tiers.nvme().is_none() {
-            let io = (self.io_factory)()?;
-            self.save_store = Some(Store::open(io, &ptr.store, false)?);
-        }
+        let folder = dir.join(&ptr.store);
+        let layout = self.tiers.layout().clone();
+        let io = (self.io_factory)(Some(save_pool_bytes(&self.settings, &layout)))?;
+        let mut store = Store::open(io, &folder, false)?;
         let mut rec = Recorder::untraced();
-        let Engine {
-            tiers, save_store, ..
-        } = self;
-        let parts = tiers.parts();
-        let layout = parts.layout;
-        let store = match (parts.nvme, save_store.as_mut()) {
-            (Some(n), _) => &mut n.store,
-            (None, Some(s)) => s,
-            (None, None) => unreachable!("the save store was opened above"),
-        };
-        let mut q = SwapQueue::<B>::new(4, store, 0, 0)?;
-        let raw = read_whole(&mut q, store, &mut rec, STATE_SHARD)?;
+        let mut q = SwapQueue::<B>::new(4, &store, 0, 0)?;
+        let raw = read_whole(&mut q, &mut store, &mut rec, STATE_SHARD)?;
         let len = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes")) as usize;
         if len == 0 || len + 8 > raw.len() {
-            return Err(ckpt_err(&ptr.store, "the store holds no saved state"));
+            return Err(ckpt_err(&folder, "the store holds no saved state"));
         }
         let st: EngineState = serde_json::from_slice(&raw[8..8 + len])
-            .map_err(|e| ckpt_err(&ptr.store, format!("engine state unreadable: {e}")))?;
-        if let Some(hp) = parts.params {
-            for (gi, r) in layout.groups.iter().enumerate() {
-                let bytes = read_whole(&mut q, store, &mut rec, &ckpt_param(gi))?;
-                hp.set_range_bytes(r.start, &bytes);
+            .map_err(|e| ckpt_err(&folder, format!("engine state unreadable: {e}")))?;
+        self.check_compatible(&st, &folder)?;
+        if st.step != ptr.step {
+            return Err(ckpt_err(
+                &folder,
+                format!(
+                    "holds step {} but {} names step {}: the save is inconsistent; resume \
+                     from another copy",
+                    st.step, POINTER, ptr.step
+                ),
+            ));
+        }
+        for gi in 0..layout.groups.len() {
+            let name = crate::tiers::layout::param_shard(gi);
+            let bytes = read_whole(&mut q, &mut store, &mut rec, &name)?;
+            self.tiers.restore_params(gi, &bytes)?;
+        }
+        for u in 0..layout.units.len() {
+            for t in 0..3 {
+                let name = crate::tiers::layout::opt_shard(u, t);
+                let bytes = read_whole(&mut q, &mut store, &mut rec, &name)?;
+                self.tiers.restore_opt(u, t, &bytes)?;
             }
         }
-        if let Some(o) = parts.opt {
-            for (u, unit) in layout.units.iter().enumerate() {
-                for (t, dst) in [&mut o.master, &mut o.m, &mut o.v].into_iter().enumerate() {
-                    let bytes = read_whole(&mut q, store, &mut rec, &ckpt_opt(u, t))?;
-                    let d: &mut [u8] = bytemuck::cast_slice_mut(&mut dst[unit.range.clone()]);
-                    d.copy_from_slice(&bytes);
-                }
-            }
-        }
-        self.check_compatible(&st, &ptr.store)?;
+        self.tiers.commit()?;
         self.steps = st.step;
         self.opt.load_state(OptimizerStepState {
             applied_steps: st.applied_steps,
@@ -241,7 +300,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             self.batcher.next_batch(&self.data.train);
         }
         self.batches_drawn = st.batches_drawn;
-        tracing::info!("resumed at step {} from {}", st.step, dir.display());
+        tracing::info!("resumed at step {} from {}", st.step, folder.display());
         Ok(())
     }
 
@@ -286,49 +345,24 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     }
 }
 
-/// Host arrays a save writes into checkpoint shards.
-struct HostState<'a> {
-    params: Option<&'a HostParams>,
-    opt: Option<&'a HostOpt>,
-}
-
-/// Writes the host tiers and the small state (`state`, JSON) into `store` and commits it.
-fn save_into<B: BlockIo>(
-    store: &mut Store<B>,
-    rec: &mut Recorder,
-    host: &HostState<'_>,
-    layout: &TierLayout,
-    state: &[u8],
-) -> Result<(), EngineError> {
-    let mut q = SwapQueue::<B>::new(4, store, 0, 0)?;
-    if let Some(hp) = host.params {
-        for (gi, r) in layout.groups.iter().enumerate() {
-            let id = store.shard_id(&ckpt_param(gi))?;
-            q.write_bytes(store, rec, id, hp.range_bytes(r.clone()))?;
-        }
-    }
-    if let Some(o) = host.opt {
-        for (u, unit) in layout.units.iter().enumerate() {
-            for (t, src) in [&o.master, &o.m, &o.v].into_iter().enumerate() {
-                let bytes = bytemuck::cast_slice(&src[unit.range.clone()]);
-                let id = store.shard_id(&ckpt_opt(u, t))?;
-                q.write_bytes(store, rec, id, bytes)?;
+/// Removes every `step-*` folder in `dir` but `keep` (older saves, and a save a kill
+/// interrupted). Best effort: a folder that cannot be removed is logged and left.
+fn remove_older_saves(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(STEP_PREFIX) && name != keep {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!(
+                    "could not remove the older save {}: {err}",
+                    e.path().display()
+                );
             }
         }
     }
-    if state.len() as u64 + 8 > STATE_BYTES {
-        return Err(EngineError::Config(
-            "engine state larger than its shard".into(),
-        ));
-    }
-    let mut body = vec![0u8; STATE_BYTES as usize];
-    body[..8].copy_from_slice(&(state.len() as u64).to_le_bytes());
-    body[8..8 + state.len()].copy_from_slice(state);
-    let id = store.shard_id(STATE_SHARD)?;
-    q.write_bytes(store, rec, id, &body)?;
-    q.flush(store, rec)?;
-    store.commit()?;
-    Ok(())
 }
 
 /// Reads a whole shard (checksums checked) into a vector.

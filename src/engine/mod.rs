@@ -20,6 +20,7 @@ pub mod partition;
 pub mod placement;
 pub mod residency;
 pub mod summary;
+pub mod swap_lock;
 pub use crate::timeline;
 mod update;
 
@@ -39,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use timeline::{Overlap, Timeline, Track};
-use zinf_swap::{BlockIo, ShardSpec, Store, StoreConfig, SwapError};
+use zinf_swap::{BlockIo, ShardSpec, StoreConfig, SwapError};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -120,8 +121,7 @@ pub struct Engine<D: Device, B: BlockIo, M: Model<D> = Gpt<D>> {
     trace: Trace,
     /// Every home of parameters and optimizer state, and where each byte's newest copy is.
     tiers: Tiers<B>,
-    /// The store of saves when nothing is on NVMe (in the save folder).
-    save_store: Option<Store<B>>,
+    /// Makes the block I/O backend of the swap store (at build) and of each save's store.
     io_factory: IoFactory<B>,
     /// fp32 gradients accumulated on the host across micro-batches (and kept whole until the
     /// global norm is known when clipping or fp16 needs it); `None` when they stream.
@@ -138,11 +138,14 @@ pub struct Engine<D: Device, B: BlockIo, M: Model<D> = Gpt<D>> {
     counters: EngineCounters,
     /// Sum of squares of this step's gradients so far (streaming mode).
     step_sum_sq: f64,
+    /// The lock on the swap folders (held by a run `Session` built; last, so the store is
+    /// closed before the lock's drop removes it).
+    swap_lock: Option<swap_lock::SwapLock>,
 }
 
 /// Builds a block-I/O backend (with its pinned pool) for a store: the swap store at start-up,
 /// a save store at the first save.
-pub type IoFactory<B> = Box<dyn Fn() -> Result<B, SwapError> + Send>;
+pub type IoFactory<B> = Box<dyn Fn(Option<u64>) -> Result<B, SwapError> + Send>;
 
 /// What the engine was given to start from.
 pub enum Start {
@@ -237,13 +240,11 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             // With pipeline_write, up to 12 shard writes (four units) stay in flight, fewer
             // when the pool needs their room; more would queue ahead of the reads the next
             // units wait for. Without it each write is waited at once.
-            Some(NvmeSetup {
-                io: io_factory()?,
-                config: store_config(&settings, &layout),
-                extra_specs: checkpoint::store_specs(&settings, &layout),
-                max_writes: if settings.pipeline_write { 12 } else { 0 },
-                open: pointer.as_ref().map(|p| p.store.clone()),
-            })
+            Some(NvmeSetup::new(
+                io_factory(None)?,
+                store_config(&settings, &layout),
+                if settings.pipeline_write { 12 } else { 0 },
+            ))
         } else {
             None
         };
@@ -262,7 +263,6 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             free: Vec::new(),
             trace: Trace::default(),
             tiers,
-            save_store: None,
             io_factory,
             grads_acc,
             grad_scratch,
@@ -272,6 +272,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             batches_drawn: 0,
             counters: EngineCounters::default(),
             step_sum_sq: 0.0,
+            swap_lock: None,
         };
         match (start, pointer) {
             (Start::Resume(dir), Some(ptr)) => e.resume_from(&dir, &ptr)?,
@@ -329,6 +330,12 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                  continuing unpinned"
             );
         }
+    }
+
+    /// Keeps `lock` for the life of the engine: dropping the engine closes the swap store,
+    /// then the lock removes it and lets another run have the folder.
+    pub fn hold_swap_lock(&mut self, lock: swap_lock::SwapLock) {
+        self.swap_lock = Some(lock);
     }
 
     /// The folder of the swap store (in the first `nvme_path`).
@@ -580,11 +587,10 @@ pub fn swap_folder(p: &Placement) -> PathBuf {
 /// The swap store's layout: its folders (every `nvme_path`), chunk size (at least one unit
 /// of fp32 state, so a unit is one chunk), and slots.
 /// The swap store a run creates: its layout over the `nvme_path` folders and every shard in
-/// it (the tiers' own, then a save's), as [`Engine::new`] creates it. `zinf estimate` and
+/// it, as [`Engine::new`] creates it. `zinf estimate` and
 /// the session's free-space check price exactly this.
 pub fn swap_store(settings: &EngineSettings, layout: &TierLayout) -> (StoreConfig, Vec<ShardSpec>) {
-    let mut specs = layout.tier_specs(settings.placement.on_nvme());
-    specs.extend(checkpoint::store_specs(settings, layout));
+    let specs = layout.tier_specs(settings.placement.on_nvme());
     (store_config(settings, layout), specs)
 }
 
@@ -598,4 +604,7 @@ fn store_config(settings: &EngineSettings, layout: &TierLayout) -> StoreConfig {
     StoreConfig::new(paths)
         .chunk_bytes(layout.chunk_bytes(settings.chunk_bytes))
         .double_buffered(settings.double_buffered)
+        // Scratch under the run's lock (`session::SwapLock`): a store left by an earlier run
+        // that stopped is laid over, never resumed from (saves live in their own folders).
+        .overwrite(true)
 }

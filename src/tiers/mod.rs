@@ -32,7 +32,7 @@ pub use residency::{DeviceTable, OnDevice, ShardState, ShardTable};
 use crate::host::{HostParams, HostSlice, ParamDtype};
 use half::{bf16, f16};
 use std::ops::Range;
-use zinf_swap::{BlockIo, ShardSpec, Store, StoreConfig, SwapError};
+use zinf_swap::{BlockIo, Store, StoreConfig, SwapError};
 
 /// Errors of the tiers.
 #[derive(Debug, thiserror::Error)]
@@ -135,29 +135,23 @@ pub struct Tiers<B: BlockIo> {
     pub counters: TierCounters,
 }
 
-/// What [`Tiers::new`] needs to build the NVMe tier: the backend and store layout, and the
-/// shards other users of the store add (a save's checkpoint shards).
+/// What [`Tiers::new`] needs to build the NVMe tier: the backend, the store's layout, and how
+/// many write-behinds stay in flight.
 pub struct NvmeSetup<B: BlockIo> {
     pub io: B,
     pub config: StoreConfig,
-    pub extra_specs: Vec<ShardSpec>,
     /// Write-behinds kept in flight (0: each waited at once).
     pub max_writes: usize,
-    /// Open this existing store (a resume) instead of creating a fresh one.
-    pub open: Option<std::path::PathBuf>,
 }
 
 impl<B: BlockIo> NvmeSetup<B> {
-    /// A fresh store laid out by `config` over `io`, holding only the tiers' own shards, with
-    /// `max_writes` write-behinds in flight (a bench, a test; the engine also adds a save's
-    /// shards and may open an existing store).
+    /// A fresh store laid out by `config` over `io`, holding the tiers' shards, with
+    /// `max_writes` write-behinds in flight.
     pub fn new(io: B, config: StoreConfig, max_writes: usize) -> Self {
         NvmeSetup {
             io,
             config,
-            extra_specs: Vec::new(),
             max_writes,
-            open: None,
         }
     }
 }
@@ -178,12 +172,7 @@ impl<B: BlockIo> Tiers<B> {
         let make_nvme = |n: Option<NvmeSetup<B>>| -> Result<Nvme<B>, TierError> {
             let n =
                 n.ok_or_else(|| TierError::Config("state on NVMe needs a swap store".into()))?;
-            let mut specs = layout.tier_specs(place);
-            specs.extend(n.extra_specs);
-            let store = match &n.open {
-                Some(dir) => Store::open(n.io, dir, false)?,
-                None => Store::create(n.io, &n.config, &specs)?,
-            };
+            let store = Store::create(n.io, &n.config, &layout.tier_specs(place))?;
             let groups = if place.params { layout.groups.len() } else { 0 };
             let units = if place.optimizer {
                 layout.units.len()
@@ -326,6 +315,63 @@ impl<B: BlockIo> Tiers<B> {
             }
         }
         Ok(())
+    }
+
+    /// Sets group `gi`'s parameters to `bytes` (the storage dtype, exactly the group): a
+    /// resume restoring a save into fresh tiers.
+    pub fn restore_params(&mut self, gi: usize, bytes: &[u8]) -> Result<(), TierError> {
+        let start = self.layout.groups[gi].start;
+        let Tiers { homes, rec, .. } = self;
+        match homes {
+            Homes::Host { params, .. } | Homes::OptNvme { params, .. } => {
+                params.set_range_bytes(start, bytes);
+            }
+            Homes::ParamsNvme { nvme, .. } | Homes::AllNvme { nvme, .. } => {
+                write_param(nvme, rec, gi, bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets state tensor `t` ([`OPT_STATES`] order: master, m, v) of unit `u` to `bytes`
+    /// (fp32, exactly the unit): a resume restoring a save into fresh tiers.
+    pub fn restore_opt(&mut self, u: usize, t: usize, bytes: &[u8]) -> Result<(), TierError> {
+        let range = self.layout.units[u].range.clone();
+        let Tiers { homes, rec, .. } = self;
+        match opt_at(homes) {
+            OptAt::Host(o) => {
+                let dst = match t {
+                    0 => &mut o.master,
+                    1 => &mut o.m,
+                    _ => &mut o.v,
+                };
+                let d: &mut [u8] = bytemuck::cast_slice_mut(&mut dst[range]);
+                d.copy_from_slice(bytes);
+            }
+            OptAt::Nvme(n) => {
+                let id = n.queue.opt_id(u, t);
+                n.queue.write_bytes(&mut n.store, rec, id, bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unit `u`'s optimizer state, newest values, as fp32 bytes in [`OPT_STATES`] order (a
+    /// save). Call after [`Tiers::flush`].
+    pub fn opt_unit_bytes(&mut self, u: usize) -> Result<[Vec<u8>; 3], TierError> {
+        let range = self.layout.units[u].range.clone();
+        let Tiers { homes, rec, .. } = self;
+        match opt_at(homes) {
+            OptAt::Host(o) => Ok([&o.master, &o.m, &o.v]
+                .map(|src| bytemuck::cast_slice::<f32, u8>(&src[range.clone()]).to_vec())),
+            OptAt::Nvme(n) => {
+                let bufs = n.queue.read(&mut n.store, rec, Shards::Opt(u))?;
+                let out = [0, 1, 2].map(|t| bufs[t].to_vec());
+                drop(bufs);
+                n.queue.done_with(Shards::Opt(u));
+                Ok(out)
+            }
+        }
     }
 
     /// Finishes every write in flight and commits the store (the end of initialisation).
@@ -633,6 +679,14 @@ pub fn host_bytes(layout: &TierLayout, place: NvmePlacement, max_in_cpu: u64) ->
 enum OptAt<'a, B: BlockIo> {
     Host(&'a mut HostOpt),
     Nvme(&'a mut Nvme<B>),
+}
+
+/// Where the optimizer state lives.
+fn opt_at<B: BlockIo>(homes: &mut Homes<B>) -> OptAt<'_, B> {
+    match homes {
+        Homes::Host { opt, .. } | Homes::ParamsNvme { opt, .. } => OptAt::Host(opt),
+        Homes::OptNvme { nvme, .. } | Homes::AllNvme { nvme, .. } => OptAt::Nvme(nvme),
+    }
 }
 
 fn nvme_of<B: BlockIo>(homes: &mut Homes<B>) -> Option<&mut Nvme<B>> {

@@ -30,6 +30,10 @@ pub struct StoreConfig {
     /// Two slots per shard, so a crash keeps the last commit (true, the default); or one,
     /// written in place, so the store takes half the disk and a crash mid-step loses it.
     pub double_buffered: bool,
+    /// `create` lays a fresh store over one already in the folder (false, the default:
+    /// refused). For scratch stores whose owner already made sure nothing else uses the
+    /// folder (a run's swap store, under its lock).
+    pub overwrite: bool,
 }
 
 impl StoreConfig {
@@ -38,7 +42,13 @@ impl StoreConfig {
             paths,
             chunk_bytes: 8 << 20,
             double_buffered: true,
+            overwrite: false,
         }
+    }
+
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
     }
 
     pub fn chunk_bytes(mut self, chunk_bytes: u64) -> Self {
@@ -208,7 +218,7 @@ impl<B: BlockIo> Store<B> {
         let existing = io
             .read_file(&manifest_path)
             .map_err(|e| meta_err(Op::Manifest, &manifest_path, e))?;
-        if existing.is_some() {
+        if existing.is_some() && !cfg.overwrite {
             return Err(SwapError::Config(format!(
                 "a store already exists at {}; open it or remove it",
                 manifest_path.display()
@@ -233,7 +243,9 @@ impl<B: BlockIo> Store<B> {
         Ok(Self::assemble(io, manifest, manifest_path, files))
     }
 
-    /// Opens the store whose manifest is in `first_path`; with `verify`, reads every shard and
+    /// Opens the store whose manifest is in `first_path` (files laid out beside the manifest
+    /// are looked for in `first_path`, wherever the store was created); with `verify`, reads
+    /// every shard and
     /// checks every checksum before returning. A single-slot store that was being written when
     /// its process stopped is refused with `SwapError::Dirty`.
     pub fn open(io: B, first_path: &std::path::Path, verify: bool) -> Result<Self> {
@@ -245,7 +257,23 @@ impl<B: BlockIo> Store<B> {
                 path: manifest_path.clone(),
                 reason: "not found".into(),
             })?;
-        let manifest = Manifest::decode(&bytes, &manifest_path)?;
+        let mut manifest = Manifest::decode(&bytes, &manifest_path)?;
+        // The files laid out in the manifest's own folder follow the folder: a store kept in
+        // one folder can be copied or moved with it (files on other paths keep theirs).
+        if let Some(home) = manifest
+            .files
+            .first()
+            .and_then(|f| f.path.parent())
+            .map(std::path::Path::to_path_buf)
+        {
+            for f in &mut manifest.files {
+                if f.path.parent() == Some(home.as_path()) {
+                    if let Some(name) = f.path.file_name() {
+                        f.path = first_path.join(name);
+                    }
+                }
+            }
+        }
         if manifest.dirty {
             return Err(SwapError::Dirty {
                 path: manifest_path,

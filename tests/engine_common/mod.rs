@@ -87,11 +87,12 @@ pub fn placement(params: Tier, optimizer: Tier) -> Placement {
 
 pub fn fake_factory(disk: &FakeDisk, pool_bytes: u64) -> IoFactory<FakeIo> {
     let disk = disk.clone();
-    Box::new(move || Ok(FakeIo::new(&disk, pool_bytes)))
+    Box::new(move |save_pool| Ok(FakeIo::new(&disk, save_pool.unwrap_or(pool_bytes))))
 }
 
 pub fn aio_factory(pool_bytes: u64) -> IoFactory<AioBackend> {
-    Box::new(move || {
+    Box::new(move |save_pool| {
+        let pool_bytes = save_pool.unwrap_or(pool_bytes);
         let pool = PoolConfig {
             buffer_count: 1,
             buffer_size: pool_bytes,
