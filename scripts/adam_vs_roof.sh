@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # adam_vs_roof.sh — zinf's CPU Adam step beside the memory roof of its own streams.
 #
-# Builds ../shared/tools/adam_roof.c (streams exactly a fused step's bytes with bf16 copy-out,
-# 30 B/param, no Adam math) and ../shared/tools/stream.c with gcc -O3 -march=native -fopenmp,
+# Builds tools/adam_roof.c (streams exactly a fused step's bytes with bf16 copy-out,
+# 30 B/param, no Adam math) and tools/stream.c with gcc -O3 -march=native -fopenmp,
 # then runs adam_roof and `zinf bench adam --dtype bf16 --json` interleaved REPS times with the
 # same parameter count and threads, and prints the medians and the ratio zinf / adam_roof
 # (target >= 0.9). Ends with STREAM (OMP_NUM_THREADS=THREADS) for the machine's bandwidth.
@@ -15,7 +15,7 @@ PARAMS=${1:-200000000}
 THREADS=${2:-2}
 REPS=${3:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TOOLS="$ROOT/../shared/tools"
+TOOLS="$ROOT/tools"
 OUT="$ROOT/target/roof"
 mkdir -p "$OUT"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# io_bench_vs_fio.sh — `zinf io-bench` beside fio (../shared/tools/fio_ref.sh: io_uring,
+# io_bench_vs_fio.sh — `zinf io-bench` beside fio (tools/fio_ref.sh: io_uring,
 # O_DIRECT, registered huge-page buffers) on the same folder, block size, queue depth and
 # jobs. Runs are interleaved (fio, zinf uring, zinf pread, fio, ...) and medians compared.
 #
@@ -7,11 +7,12 @@
 #        REPS (default 3) runs per tool; ZINF (default target/release/zinf).
 # Prints one line per (rw, bs, qd) point: fio GB/s, zinf uring GB/s, ratio, zinf pread GB/s.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+command -v fio >/dev/null || { echo "$(basename "$0"): fio is not installed; it is the reference these figures are measured against (apt-get install -y fio)" >&2; exit 2; }
 dir=${1:?usage: io_bench_vs_fio.sh DIR [POINTS] [JOBS] [SIZE] [SECONDS]}
 points=${2:-"1m:8 8m:32"}; jobs=${3:-1}; size=${4:-2g}; secs=${5:-6}; reps=${REPS:-3}
-zinf=${ZINF:-$here/target/release/zinf}
-fio_ref=$here/../shared/tools/fio_ref.sh
+zinf=${ZINF:-$ROOT/target/release/zinf}
+fio_ref=$ROOT/tools/fio_ref.sh
 [ -x "$zinf" ] || { echo "build first: cargo build --release (or set ZINF)" >&2; exit 2; }
 [ -f "$fio_ref" ] || { echo "missing $fio_ref" >&2; exit 2; }
 out=$(mktemp -d); trap 'rm -rf "$out"' EXIT

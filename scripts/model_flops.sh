@@ -6,4 +6,4 @@
 #   ZINF_BENCH_MODEL=tiny scripts/model_flops.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo bench --bench model
+exec cargo bench --manifest-path "$(cd "$(dirname "$0")/.." && pwd)/Cargo.toml" --bench model

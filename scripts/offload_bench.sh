@@ -11,7 +11,7 @@
 #                given as the run's own time in model ops; I/O-only = the run's bytes per step
 #                at fio's io_uring GB/s on DIR, two ways: per direction (reads at read speed
 #                plus writes at write speed, fio_ref.sh) and with a reader and a writer running
-#                together (scripts/fio_concurrent.sh), which is how the steps use the drive.
+#                together (tools/fio_concurrent.sh), which is how the steps use the drive.
 #  wait vs stream the same NVMe run with gradient_clipping 1.0: the update waits for the global
 #                norm (after backward) instead of streaming during it; ratio of step times.
 #  before/after  with BASE_BIN=path/to/an/older/zinf, that binary also runs the NVMe case in
@@ -21,16 +21,16 @@
 # Usage: [BASE_BIN=old/zinf] scripts/offload_bench.sh DIR [STEPS=6] [REPS=2] [TOKENS=512]
 # Prints one JSON line per target. Builds zinf in release. Leaves no file behind.
 set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+command -v fio >/dev/null || { echo "$(basename "$0"): fio is not installed; it is the reference these figures are measured against (apt-get install -y fio)" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 dir=${1:?usage: offload_bench.sh DIR [STEPS] [REPS] [TOKENS]}
 steps=${2:-6}; reps=${3:-2}; tokens=${4:-512}
-fio_ref=${FIO_REF:-../shared/tools/fio_ref.sh}
-[ -x "$fio_ref" ] || fio_ref=/work/shared/tools/fio_ref.sh
-# The reader + writer reference with huge-page buffers (scripts/fio_concurrent.sh omits them
-# and understates this disk by ~40%).
-fio_cc=${FIO_CONCURRENT:-../shared/tools/fio_concurrent.sh}
-[ -x "$fio_cc" ] || fio_cc=/work/shared/tools/fio_concurrent.sh
-cargo build --release -q
+fio_ref=${FIO_REF:-$ROOT/tools/fio_ref.sh}
+# The reader + writer reference with huge-page buffers (without them fio understates this disk
+# by ~40%).
+fio_cc=${FIO_CONCURRENT:-$ROOT/tools/fio_concurrent.sh}
+cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
 tmp=$(mktemp -d); mkdir -p "$dir"
 trap 'rm -rf "$tmp" "$dir/zinf_swap"' EXIT
 
@@ -62,7 +62,7 @@ write("nvme_clip", {"offload_param": dict(nv, max_in_cpu=0), "offload_optimizer"
 PY
 
 run() { # run NAME REP [BIN] [TAG] -> summary JSON in $tmp/NAME[TAG].REP.json
-  "${3:-./target/release/zinf}" train --config "$tmp/$1.json" --steps "$steps" --no-progress \
+  "${3:-$ROOT/target/release/zinf}" train --config "$tmp/$1.json" --steps "$steps" --no-progress \
     --out "$tmp/out" --summary-json "$tmp/$1${4:-}.$2.json" >/dev/null 2>"$tmp/$1.$2.log" \
     || { tail -20 "$tmp/$1.$2.log" >&2; exit 1; }
   rm -rf "$dir/zinf_swap"

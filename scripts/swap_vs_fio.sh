@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # swap_vs_fio.sh — puts `zinf bench swap` (an optimizer step over fp32 master/m/v on disk through
 # zinf's tiers, no-op update: reads and writes of the whole state) beside fio's io_uring O_DIRECT
-# references on the same folder and block size (../shared/tools/fio_ref.sh, fio_concurrent.sh).
+# references on the same folder and block size (tools/fio_ref.sh, fio_concurrent.sh).
 #
 # The step reads and writes the same number of bytes. Two references: per direction, the
 # harmonic mean of fio's read and write GB/s, 2 / (1/read + 1/write) (`ratio`); and a reader
@@ -12,20 +12,19 @@
 # Usage: scripts/swap_vs_fio.sh DIR [PARAMS=5e7] [BS=1m] [QD=32]   (ROUNDS env, default 2)
 # Builds zinf in release. Leaves no file behind.
 set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+command -v fio >/dev/null || { echo "$(basename "$0"): fio is not installed; it is the reference these figures are measured against (apt-get install -y fio)" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 dir=${1:?usage: swap_vs_fio.sh DIR [PARAMS] [BS] [QD]}
 params=${2:-5e7}; bs=${3:-1m}; qd=${4:-32}; rounds=${ROUNDS:-2}
 bs_bytes=$(python3 -c "s='$bs'.lower(); m={'k':1<<10,'m':1<<20,'g':1<<30}; print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))")
-fio_ref=${FIO_REF:-../shared/tools/fio_ref.sh}
-[ -x "$fio_ref" ] || fio_ref=/work/shared/tools/fio_ref.sh
-fio_cc=${FIO_CONCURRENT:-../shared/tools/fio_concurrent.sh}
-[ -x "$fio_cc" ] || fio_cc=/work/shared/tools/fio_concurrent.sh
-[ -x "$fio_cc" ] || fio_cc=scripts/fio_concurrent.sh
-cargo build --release -q
+fio_ref=${FIO_REF:-$ROOT/tools/fio_ref.sh}
+fio_cc=${FIO_CONCURRENT:-$ROOT/tools/fio_concurrent.sh}
+cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 # Interleave: zinf, fio, zinf, fio ... so drift on a shared machine hits both alike.
 for _ in $(seq "$rounds"); do
-  ./target/release/zinf bench swap --params "$params" --dir "$dir" --block-size "$bs_bytes" \
+  "$ROOT/target/release/zinf" bench swap --params "$params" --dir "$dir" --block-size "$bs_bytes" \
     --queue-depth "$qd" --json 2>/dev/null | sed 's/^/zinf /' >> "$out"
   REPS=1 "$fio_ref" "$dir" "$bs" "$qd" 1 2g 6 | sed 's/^/fio /' >> "$out"
   REPS=1 "$fio_cc" "$dir" "$bs" "$qd" 2g 6 | sed 's/^/fio /' >> "$out"

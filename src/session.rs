@@ -14,7 +14,7 @@
 //! backend runs the model's ops.
 
 use crate::config::Config;
-use crate::data::{builtin_corpus, load_tokens, Dataset, Tokenizer};
+use crate::data::{load_tokens, Dataset, Tokenizer, BUILTIN_TEXT};
 use crate::device::CpuDevice;
 use crate::engine::{
     swap_lock::SwapLock, Engine, EngineError, EngineSettings, IoFactory, Partition, Placement,
@@ -452,7 +452,8 @@ pub fn aio_factory(aio: zinf_aio::AioConfig, pool: u64, pin: bool) -> IoFactory<
     })
 }
 
-/// The token data: `path` (UTF-8 text or llm.c `.bin`), else the built-in generated corpus;
+/// The token data: `path` (UTF-8 text or llm.c `.bin`), else the built-in corpus
+/// ([`BUILTIN_TEXT`]);
 /// split into train and validation.
 pub fn load_data(
     cfg: &Config,
@@ -463,11 +464,15 @@ pub fn load_data(
     let tokens = match &path {
         Some(p) => load_tokens(p)?,
         None => {
-            tracing::info!("no data path: using the built-in generated corpus");
-            Tokenizer::gpt2().encode(&builtin_corpus(6000, cfg.zinf.seed))
+            tracing::info!(
+                "no data path: training on the built-in corpus (Shakespeare, corpus/tinyshakespeare.txt)"
+            );
+            Tokenizer::gpt2().encode(BUILTIN_TEXT)
         }
     };
-    let name = path.map_or("built-in corpus".to_string(), |p| p.display().to_string());
+    let name = path.map_or("built-in Shakespeare".to_string(), |p| {
+        p.display().to_string()
+    });
     tracing::info!("data: {name}, {} tokens", tokens.len());
     Ok(Dataset::split(tokens, cfg.zinf.data.val_fraction, seq_len)?)
 }

@@ -28,6 +28,8 @@ pub const MAX_IO_LANES: usize = 64;
 /// Where a span is drawn: one row (thread) per track in the trace viewer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Track {
+    /// One span per optimizer step ("step 12"), so a step is easy to find.
+    Step,
     Compute,
     Optimizer,
     PoolWait,
@@ -39,6 +41,7 @@ impl Track {
     /// Thread id in the trace: fixed tracks first, then the I/O lanes in order.
     fn tid(self) -> u64 {
         match self {
+            Track::Step => 0,
             Track::Compute => 1,
             Track::Optimizer => 2,
             Track::PoolWait => 3,
@@ -49,10 +52,11 @@ impl Track {
     /// The row's name in the viewer.
     fn label(self) -> String {
         match self {
+            Track::Step => "steps".to_string(),
             Track::Compute => "compute".to_string(),
             Track::Optimizer => "optimizer".to_string(),
             Track::PoolWait => "pool wait".to_string(),
-            Track::Io(k) => format!("io {k}"),
+            Track::Io(k) => format!("I/O lane {k} (requests in flight)"),
         }
     }
 }
@@ -223,7 +227,8 @@ impl Timeline {
 
     /// Writes Chrome trace-event JSON (`{"traceEvents":[...], "displayTimeUnit":"ms"}`): one
     /// "X" event per span with `ts`/`dur` in microseconds, pid 1, a tid per track, "M" events
-    /// naming the process and each used track ("compute", "optimizer", "pool wait", "io 0",
+    /// naming the process and each used track ("steps", "compute", "optimizer", "pool wait",
+    /// "I/O lane 0 (requests in flight)",
     /// ...), and `args: {"bytes": n}` on I/O spans. A disabled timeline writes an empty trace.
     /// The file is written beside `path` and renamed over it, so a reader never sees half a
     /// trace. Recording threads wait while the file is written.

@@ -158,10 +158,22 @@ fn trace_and_summary_json_carry_the_promised_figures() {
         .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
         .filter_map(|e| e["args"]["name"].as_str())
         .collect();
-    for want in ["compute", "optimizer", "io 0"] {
+    for want in [
+        "steps",
+        "compute",
+        "optimizer",
+        "I/O lane 0 (requests in flight)",
+    ] {
         assert!(names.contains(&want), "track {want} in {names:?}");
     }
     assert!(events
         .iter()
         .any(|e| e["ph"] == "X" && e["name"].as_str().unwrap_or("").starts_with("read param")));
+    // One span per step on the steps track, named by its step.
+    let step_spans: Vec<&str> = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["tid"] == 0)
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(step_spans, ["step 1", "step 2", "step 3"]);
 }

@@ -1,7 +1,7 @@
 //! Data: GPT-2 BPE ids, llm.c `.bin` files, the split, and seeded batches.
 
 use zinf::data::{
-    builtin_corpus, llmc_bin_bytes, load_tokens, val_batches, Batcher, Dataset, Tokenizer,
+    llmc_bin_bytes, load_tokens, val_batches, Batcher, Dataset, Tokenizer, BUILTIN_TEXT,
 };
 
 #[test]
@@ -15,10 +15,10 @@ fn gpt2_bpe_gives_the_known_ids_and_round_trips() {
 #[test]
 fn text_and_llmc_bin_files_give_the_same_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let text = builtin_corpus(50, 1);
-    std::fs::write(dir.path().join("a.txt"), &text).unwrap();
+    let text = &BUILTIN_TEXT[..4000];
+    std::fs::write(dir.path().join("a.txt"), text).unwrap();
     let from_text = load_tokens(&dir.path().join("a.txt")).unwrap();
-    assert_eq!(from_text, Tokenizer::gpt2().encode(&text));
+    assert_eq!(from_text, Tokenizer::gpt2().encode(text));
     std::fs::write(dir.path().join("a.bin"), llmc_bin_bytes(&from_text)).unwrap();
     assert_eq!(load_tokens(&dir.path().join("a.bin")).unwrap(), from_text);
     std::fs::write(dir.path().join("bad.bin"), vec![0u8; 2048]).unwrap();

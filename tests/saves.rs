@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use zinf::cli::train::{train, Summary, TrainArgs};
 
+mod engine_common;
+
 /// A tiny GPT; `offload` is `(offload_param, offload_optimizer)`, NVMe under `dir/nvme`.
 fn config(dir: &Path, offload: (&str, &str)) -> PathBuf {
     let nvme = dir.join("nvme");
@@ -95,9 +97,19 @@ fn every_placement_saves_and_resumes_bit_identically() {
         assert!(save.join("step-00000002").is_dir(), "{offload:?}");
         // The swap store is scratch: the finished run removed it; the save is in DIR.
         assert!(!dir.path().join("nvme/zinf_swap").exists(), "{offload:?}");
+        // Resumed and saved into the same folder: the newer save replaces the older.
+        let again = run(
+            Some(&cfg),
+            &dir.path().join("b2"),
+            3,
+            Some(&save),
+            Some(&save),
+        );
+        assert_eq!(again.start_step, 2);
+        assert!(save.join("step-00000003").is_dir() && !save.join("step-00000002").exists());
         let got = run(Some(&cfg), &dir.path().join("c"), 4, None, Some(&save));
-        assert_eq!(got.start_step, 2, "{offload:?}");
-        assert_eq!(bits(&got.losses), bits(&want.losses[2..]), "{offload:?}");
+        assert_eq!(got.start_step, 3, "{offload:?}");
+        assert_eq!(bits(&got.losses), bits(&want.losses[3..]), "{offload:?}");
     }
 }
 
@@ -173,6 +185,24 @@ fn a_second_run_on_a_locked_swap_folder_is_refused_naming_the_owner() {
         "{msg}"
     );
     assert_eq!(zinf::cli::exit_code(&err), zinf::cli::EXIT_BAD_INPUT);
+    // The same from another process: `zinf train` and `zinf config check` both refuse.
+    for cmd in [
+        &["train", "--steps", "1", "--config"][..],
+        &["config", "check"][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zinf"))
+            .args(cmd)
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {text}");
+        assert!(
+            text.contains("in use by another zinf run")
+                && text.contains(&format!("pid {}", std::process::id())),
+            "{cmd:?}: {text}"
+        );
+    }
     assert!(
         dir.path().join("nvme/zinf_swap/live").exists(),
         "B deleted A's live store"
@@ -310,5 +340,43 @@ fn contradictory_flags_and_bad_outputs_are_refused_before_the_first_step() {
             ..base.clone()
         },
         "the save is at step 2",
+    );
+}
+
+#[test]
+fn a_second_save_at_the_same_step_keeps_the_first() {
+    // An interrupt on a --save-every step asks for a save the loop just made: it is made once.
+    use std::os::unix::fs::MetadataExt;
+    use zinf::engine::{Engine, Start, Tier};
+    let dir = tempfile::tempdir().unwrap();
+    let train = engine_common::train_settings(zinf::model::ParamDtype::Bf16, 1.0, 1);
+    let cpu = Tier::Cpu { pin_memory: false };
+    let s =
+        engine_common::engine_settings(train.clone(), engine_common::placement(cpu.clone(), cpu));
+    let mut e = Engine::new(
+        s,
+        zinf::session::open_device(&train),
+        engine_common::dataset(),
+        engine_common::aio_factory(8 << 20),
+        Start::Fresh(None),
+        zinf::timeline::Timeline::disabled(),
+    )
+    .unwrap();
+    e.step().unwrap();
+    let save = dir.path().join("save");
+    let first = e.save(&save).unwrap();
+    let ino = std::fs::metadata(&first).unwrap().ino();
+    let second = e.save(&save).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(
+        std::fs::metadata(&second).unwrap().ino(),
+        ino,
+        "not written again"
+    );
+    e.step().unwrap();
+    let third = e.save(&save).unwrap();
+    assert!(
+        third.ends_with("step-00000002") && !first.exists(),
+        "the older save goes"
     );
 }

@@ -41,34 +41,44 @@ fn args(config: Option<&Path>, out: &Path, steps: u64, threads: usize) -> TrainA
 }
 
 #[test]
-fn embedded_tiny_config_learns_the_builtin_corpus_in_100_steps() {
+fn the_embedded_first_run_learns_shakespeare_with_state_on_nvme() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = args(None, dir.path(), 100, 2);
+    let mut a = args(None, dir.path(), 60, 2);
     a.summary_json = Some(dir.path().join("summary.json"));
     let s = train(&a, &AtomicBool::new(false)).unwrap();
-    assert_eq!(s.steps, 100);
+    assert_eq!(s.steps, 60);
     assert!(
         s.first_loss > 10.0,
         "starts near ln(50257): {}",
         s.first_loss
     );
+    // Shakespeare, not template sentences: 10.8 -> about 6.4 in 60 steps (release and debug
+    // give the same losses).
     assert!(
-        s.final_loss < 0.4 * s.first_loss,
+        s.final_loss < 0.7 * s.first_loss,
         "loss {} -> {}",
         s.first_loss,
         s.final_loss
     );
-    assert!(s.val_loss.expect("validation ran") < 5.0);
+    assert!(s.val_loss.expect("validation ran") < 7.0);
+    // Parameters and optimizer state went through the NVMe tier under the output folder,
+    // and the scratch store is gone after the run.
+    assert_eq!(
+        (s.offload_param.as_str(), s.offload_optimizer.as_str()),
+        ("nvme", "nvme")
+    );
+    assert!(s.bytes_read > 0 && s.bytes_written > 0);
+    assert!(dir.path().join("nvme").is_dir() && !dir.path().join("nvme/zinf_swap").exists());
     let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
         "step,loss,lr,loss_scale,grad_norm,step_s,tokens_per_s,val_loss"
     );
-    assert_eq!(lines.count(), 100);
+    assert_eq!(lines.count(), 60);
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
-    assert_eq!(json["steps"], 100);
+    assert_eq!(json["steps"], 60);
     assert!(
         dir.path().join("model.safetensors").exists() && dir.path().join("config.json").exists()
     );

@@ -425,5 +425,26 @@ mod tests {
             "one line per queue depth per panel"
         );
         assert_eq!(report::median(&[3.0, 1.0, 2.0]), 2.0);
+        // Axis titles, and round ticks: data up to 3.0 GB/s gives 0, 0.5, ..., 3.0.
+        assert!(svg.contains(">block size (log scale)<") && svg.contains(">throughput (GB/s)<"));
+        assert!(svg.contains(">0.5<") && svg.contains(">3.0<") && !svg.contains(">0.75<"));
+    }
+
+    #[test]
+    fn plot_ticks_are_round() {
+        for (max, top, step) in [
+            (3.0, 3.0, 0.5),
+            (2.37, 2.5, 0.5),
+            (0.1, 0.1, 0.02),
+            (7.3, 8.0, 2.0),
+            (12.0, 12.0, 2.0),
+            (45.0, 50.0, 10.0),
+        ] {
+            let (t, s) = plot::round_ticks(max);
+            assert!(
+                (t - top).abs() < 1e-9 && (s - step).abs() < 1e-9,
+                "{max}: {t} by {s}"
+            );
+        }
     }
 }

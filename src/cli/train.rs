@@ -1,6 +1,6 @@
 //! `zinf train`: a GPT-2 training run on the ZeRO-3 offload engine from a DeepSpeed config
-//! (the embedded `configs/tiny_cpu.json` when none is given, on a built-in corpus when it names
-//! no data). Parameters and optimizer state go where `offload_param` / `offload_optimizer` say.
+//! (the embedded `configs/first_run.json` when none is given — parameters and optimizer state
+//! on NVMe under `OUT/nvme` — on the built-in Shakespeare when it names no data). Parameters and optimizer state go where `offload_param` / `offload_optimizer` say.
 //!
 //! The run itself is built by [`crate::session::Session`] (config → settings → checks → device
 //! → tiers → engine); this file parses flags and reports: placement and budgets at start-up
@@ -29,7 +29,7 @@ use zinf_swap::AioBackend;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TrainArgs {
-    /// DeepSpeed JSON config; the embedded configs/tiny_cpu.json when omitted.
+    /// DeepSpeed JSON config; the embedded configs/first_run.json when omitted.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Optimizer steps (overrides zinf.train_steps).
@@ -147,7 +147,7 @@ fn load_config(args: &TrainArgs) -> anyhow::Result<Loaded> {
     let loaded = match &args.config {
         Some(p) => Config::load(p)?,
         None => {
-            tracing::info!("no --config: running the embedded configs/tiny_cpu.json");
+            tracing::info!("no --config: running the embedded configs/first_run.json");
             Config::embedded_default()?
         }
     };
@@ -160,7 +160,19 @@ fn load_config(args: &TrainArgs) -> anyhow::Result<Loaded> {
 /// Runs training to the end (or to Ctrl-C via `stop`) and returns the summary.
 pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
     check_flags(args)?;
-    let loaded = load_config(args)?;
+    let mut loaded = load_config(args)?;
+    if args.config.is_none() {
+        // The embedded default offloads to a folder under the run's output.
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| default_out_dir(&loaded.config));
+        let swap = out.join("nvme").display().to_string();
+        tracing::info!("embedded default: parameters and optimizer state offloaded to {swap}");
+        let z = &mut loaded.config.zero_optimization;
+        z.offload_param.nvme_path = Some(swap.clone());
+        z.offload_optimizer.nvme_path = Some(swap);
+    }
     let cfg = &loaded.config;
     let overrides = Overrides {
         threads: args.threads,

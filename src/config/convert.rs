@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn shipped_configs_convert_for_the_optimizer_and_aio() {
         for name in [
-            "tiny_cpu.json",
+            "first_run.json",
             "zero3_cpu_offload.json",
             "zero3_nvme_offload.json",
             "gpt2_1p5b_nvme.json",

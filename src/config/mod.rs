@@ -35,8 +35,8 @@ use serde_json::Value;
 use std::fmt;
 use std::path::Path;
 
-/// The config every subcommand runs from when none is given: `configs/tiny_cpu.json`.
-pub const EMBEDDED_DEFAULT: &str = include_str!("../../configs/tiny_cpu.json");
+/// The config every subcommand runs from when none is given: `configs/first_run.json`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../configs/first_run.json");
 
 /// One problem or notice, anchored at a JSON path (`zero_optimization.offload_param.device`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -264,9 +264,9 @@ impl Config {
         Self::parse_bytes(&bytes, &path.display().to_string())
     }
 
-    /// The embedded default run (`configs/tiny_cpu.json`).
+    /// The embedded default run (`configs/first_run.json`).
     pub fn embedded_default() -> Result<Loaded, ConfigError> {
-        Self::parse(EMBEDDED_DEFAULT, "configs/tiny_cpu.json (embedded)")
+        Self::parse(EMBEDDED_DEFAULT, "configs/first_run.json (embedded)")
     }
 
     /// Reads and resolves config text; `source_name` names it in errors.

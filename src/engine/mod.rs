@@ -396,6 +396,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
 
     /// One optimizer step over `gradient_accumulation_steps` micro-batches.
     pub fn step(&mut self) -> Result<StepMetrics, EngineError> {
+        let step_start = Instant::now();
         let gas = self.settings.train.gradient_accumulation_steps;
         let loss_scale = self.opt.loss_scale();
         let lr = self.opt.lr();
@@ -434,6 +435,9 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         };
         self.opt.finish(applied);
         self.tiers.assert_invariants();
+        let name = format!("step {}", self.steps);
+        let timeline = &self.tiers.rec.timeline;
+        timeline.span(Track::Step, &name, step_start, Instant::now());
         Ok(StepMetrics {
             step: self.steps,
             loss: (loss_sum / gas as f64) as f32,

@@ -131,7 +131,10 @@ fn lanes_never_overlap_and_match_peak_concurrency() {
     assert_eq!(lanes, peak.min(MAX_IO_LANES));
     let names = thread_names(&trace);
     for k in 0..lanes {
-        assert_eq!(names[&Track::Io(k).tid()], format!("io {k}"));
+        assert_eq!(
+            names[&Track::Io(k).tid()],
+            format!("I/O lane {k} (requests in flight)")
+        );
     }
 }
 
@@ -164,7 +167,16 @@ fn chrome_json_has_names_times_and_bytes() {
     let names = thread_names(&trace);
     let mut got: Vec<&str> = names.values().map(String::as_str).collect();
     got.sort();
-    assert_eq!(got, ["compute", "io 0", "io 1", "optimizer", "pool wait"]);
+    assert_eq!(
+        got,
+        [
+            "I/O lane 0 (requests in flight)",
+            "I/O lane 1 (requests in flight)",
+            "compute",
+            "optimizer",
+            "pool wait"
+        ]
+    );
     let process = events(&trace)
         .iter()
         .find(|e| e["name"] == "process_name")
@@ -190,11 +202,17 @@ fn chrome_json_has_names_times_and_bytes() {
     assert_eq!(names[&adam["tid"].as_u64().unwrap()], "optimizer");
     let read = find("read param.h.3");
     assert_eq!(read["args"]["bytes"], 1 << 20);
-    assert_eq!(names[&read["tid"].as_u64().unwrap()], "io 0");
+    assert_eq!(
+        names[&read["tid"].as_u64().unwrap()],
+        "I/O lane 0 (requests in flight)"
+    );
     let write = find("write opt.h.3.sg0");
     assert_eq!(write["args"]["bytes"], 4096);
     assert_eq!(write["dur"].as_f64(), Some(250.0));
-    assert_eq!(names[&write["tid"].as_u64().unwrap()], "io 1");
+    assert_eq!(
+        names[&write["tid"].as_u64().unwrap()],
+        "I/O lane 1 (requests in flight)"
+    );
 }
 
 #[test]

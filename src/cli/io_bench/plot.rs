@@ -1,5 +1,6 @@
 //! The `--plot` SVG of `zinf io-bench`: GB/s against block size (log scale), one line per
-//! (queue depth, threads), a read panel and a write panel. Plain SVG text, no dependencies.
+//! (queue depth, threads), a read panel and a write panel, each with axis titles and round
+//! y ticks (1, 2, 2.5 or 5 × 10^k apart). Plain SVG text, no dependencies.
 
 use super::report::{size_label, PointResult};
 use super::Rw;
@@ -14,20 +15,48 @@ const COLORS: [&str; 6] = [
 
 pub fn svg(results: &[PointResult]) -> String {
     let width = 2.0 * (PANEL_W + MARGIN) + MARGIN;
-    let height = PANEL_H + 2.0 * MARGIN + 40.0;
+    let height = PANEL_H + 2.0 * MARGIN + 60.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    let ymax = results.iter().map(|r| r.gbps).fold(0.1, f64::max) * 1.1;
+    let (ymax, ystep) = round_ticks(results.iter().map(|r| r.gbps).fold(0.1, f64::max));
     let mut sizes: Vec<u64> = results.iter().map(|r| r.block_size).collect();
     sizes.sort_unstable();
     sizes.dedup();
     for (i, rw) in [Rw::Read, Rw::Write].into_iter().enumerate() {
         let x0 = MARGIN + i as f64 * (PANEL_W + MARGIN);
-        panel(&mut s, results, rw, x0, ymax, &sizes);
+        panel(&mut s, results, rw, x0, (ymax, ystep), &sizes);
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The top of the y axis and the tick step for data up to `max`: a step of 1, 2, 2.5 or 5 ×
+/// 10^k giving 3 to 6 ticks, and the first multiple of it at or above `max`.
+pub fn round_ticks(max: f64) -> (f64, f64) {
+    let max = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
+    let raw = max / 6.0;
+    let pow = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * pow)
+        .find(|&st| st >= raw)
+        .unwrap_or(10.0 * pow);
+    ((max / step).ceil().max(1.0) * step, step)
+}
+
+/// Decimals that print every multiple of `step` exactly (0.25 → 2, 0.5 → 1, 2 → 0).
+fn decimals(step: f64) -> usize {
+    (0..4)
+        .find(|&d| {
+            let scaled = step * 10f64.powi(d as i32);
+            (scaled - scaled.round()).abs() < 1e-9
+        })
+        .unwrap_or(3)
 }
 
 fn x_of(size: u64, sizes: &[u64], x0: f64) -> f64 {
@@ -41,7 +70,14 @@ fn x_of(size: u64, sizes: &[u64], x0: f64) -> f64 {
     x0 + 20.0 + t * (PANEL_W - 40.0)
 }
 
-fn panel(s: &mut String, results: &[PointResult], rw: Rw, x0: f64, ymax: f64, sizes: &[u64]) {
+fn panel(
+    s: &mut String,
+    results: &[PointResult],
+    rw: Rw,
+    x0: f64,
+    (ymax, ystep): (f64, f64),
+    sizes: &[u64],
+) {
     let y0 = MARGIN + PANEL_H;
     let y_of = |g: f64| y0 - g / ymax * PANEL_H;
     let title = if rw == Rw::Read { "read" } else { "write" };
@@ -52,15 +88,36 @@ fn panel(s: &mut String, results: &[PointResult], rw: Rw, x0: f64, ymax: f64, si
         MARGIN - 15.0
     );
     let _ = writeln!(s, "<rect x=\"{x0}\" y=\"{MARGIN}\" width=\"{PANEL_W}\" height=\"{PANEL_H}\" fill=\"none\" stroke=\"#888\"/>");
-    for k in 0..=4 {
-        let g = ymax * k as f64 / 4.0;
+    let d = decimals(ystep);
+    let ticks = (ymax / ystep).round() as usize;
+    for k in 0..=ticks {
+        let g = ystep * k as f64;
         let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{g:.2}</text>",
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{g:.d$}</text>",
             x0 - 4.0,
             y_of(g) + 4.0
         );
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x0}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>",
+            x0 + PANEL_W,
+            y = y_of(g)
+        );
     }
+    // Axis titles.
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">block size (log scale)</text>",
+        x0 + PANEL_W / 2.0,
+        y0 + 32.0
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 {x:.1} {y:.1})\">throughput (GB/s)</text>",
+        x = x0 - 38.0,
+        y = MARGIN + PANEL_H / 2.0
+    );
     for &b in sizes {
         let _ = writeln!(
             s,
@@ -101,7 +158,7 @@ fn panel(s: &mut String, results: &[PointResult], rw: Rw, x0: f64, ymax: f64, si
                 y_of(r.gbps)
             );
         }
-        let ly = y0 + 34.0 + 0.0 * n as f64;
+        let ly = y0 + 54.0;
         let lx = x0 + n as f64 * 100.0;
         let _ = writeln!(
             s,
