@@ -93,9 +93,10 @@ fn save_store_config(
         .double_buffered(false)
 }
 
-/// Bytes of pool a save's own store reads and writes through: two chunks.
+/// Bytes of pool a save's own store reads and writes through: four chunks (the writes of one
+/// unit's three shards in flight while the next is copied).
 pub fn save_pool_bytes(settings: &EngineSettings, layout: &TierLayout) -> u64 {
-    2 * layout.chunk_bytes(settings.chunk_bytes)
+    4 * layout.chunk_bytes(settings.chunk_bytes)
 }
 
 /// Bytes a save of this run takes on disk (its store's extent file; the pointer aside):
@@ -198,7 +199,13 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         let mut rec = Recorder::untraced();
         let mut q = SwapQueue::<B>::new(4, &store, 0, 0)?;
         let mut bytes = 0u64;
+        // Reads run one shard ahead of the copy, so the drive reads the next while the save
+        // store writes this one.
+        let n_groups = layout.groups.len();
         for (gi, r) in layout.groups.iter().enumerate() {
+            if gi + 1 < n_groups {
+                self.tiers.prefetch_params(gi + 1, true)?;
+            }
             let mut group = vec![0u8; r.len() * layout.dtype.bytes()];
             self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
                 let b = chunk.as_bytes();
@@ -211,6 +218,9 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             bytes += group.len() as u64;
         }
         for u in 0..layout.units.len() {
+            if u + 1 < layout.units.len() {
+                self.tiers.prefetch_opt(u + 1, true)?;
+            }
             for (t, state) in self.tiers.opt_unit_bytes(u)?.iter().enumerate() {
                 let id = store.shard_id(&crate::tiers::layout::opt_shard(u, t))?;
                 q.write_bytes(&mut store, &mut rec, id, state)?;
