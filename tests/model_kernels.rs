@@ -70,19 +70,15 @@ fn run_layers_on(dev: &CpuDevice) -> Vec<Vec<f32>> {
     );
     dev.layernorm_backward(&mut dln, &mut dlp, &x, &x, &p, &mean, &rstd, norm)
         .unwrap();
-    let s = AttnShape {
-        b: 3,
-        t: 70,
-        c: 64,
-        nh: 4,
-    };
-    let qkv = buf(dev, &values(s.b * s.t * 3 * s.c, 4));
+    let s = AttnShape::mha(3, 70, 64, 4);
+    let c = s.q_width();
+    let qkv = buf(dev, &values(s.b * s.t * 3 * c, 4));
     let (mut y, mut att) = (
-        dev.alloc("y", s.b * s.t * s.c).unwrap(),
+        dev.alloc("y", s.b * s.t * c).unwrap(),
         dev.alloc("att", s.b * s.nh * s.t * s.t).unwrap(),
     );
     dev.attention_forward(&mut y, &mut att, &qkv, s).unwrap();
-    let dy = buf(dev, &values(s.b * s.t * s.c, 5));
+    let dy = buf(dev, &values(s.b * s.t * c, 5));
     let (mut dqkv, mut scratch) = (
         dev.alloc("dqkv", qkv.as_slice().len()).unwrap(),
         dev.alloc("s", att.as_slice().len()).unwrap(),

@@ -5,7 +5,7 @@
 mod model_common;
 
 use model_common::*;
-use zinf::device::{AttnShape, CpuBuffer, CpuDevice, Device, DeviceBuffer, Linear, Norm};
+use zinf::device::{AttnShape, CpuDevice, Device, DeviceBuffer, Linear, Norm};
 use zinf::model::{init_params, param_layout, Gpt, GptConfig, HostParams};
 
 fn tiny() -> GptConfig {
@@ -33,46 +33,6 @@ fn batch(cfg: &GptConfig, n: usize, seed: u64) -> Vec<u32> {
         .iter()
         .map(|r| ((r + 1.0) / 2.0 * cfg.vocab_size as f64) as u32 % cfg.vocab_size as u32)
         .collect()
-}
-
-fn buf(dev: &CpuDevice, v: &[f64]) -> CpuBuffer {
-    let mut b = dev.alloc("test", v.len()).unwrap();
-    let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-    b.as_mut_slice().copy_from_slice(&f);
-    b
-}
-
-/// Central differences of `f` at every coordinate of `x`, in f64.
-fn finite_diff(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let h = 1e-5;
-    let mut x = x.to_vec();
-    (0..x.len())
-        .map(|i| {
-            let x0 = x[i];
-            x[i] = x0 + h;
-            let up = f(&x);
-            x[i] = x0 - h;
-            let down = f(&x);
-            x[i] = x0;
-            (up - down) / (2.0 * h)
-        })
-        .collect()
-}
-
-fn assert_close(what: &str, analytic: &[f32], fd: &[f64]) {
-    assert_eq!(analytic.len(), fd.len());
-    let scale = fd.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-3);
-    for (i, (&a, &f)) in analytic.iter().zip(fd).enumerate() {
-        let err = (a as f64 - f).abs();
-        assert!(
-            err <= 2e-3 * scale + 1e-2 * f.abs(),
-            "{what}[{i}]: backward {a} vs finite difference {f}"
-        );
-    }
-}
-
-fn dot(a: &[f64], r: &[f64]) -> f64 {
-    a.iter().zip(r).map(|(x, y)| x * y).sum()
 }
 
 #[test]
@@ -300,19 +260,15 @@ fn matmul_backward_matches_finite_differences_in_both_weight_layouts() {
 #[test]
 fn attention_backward_matches_finite_differences() {
     let dev = CpuDevice::new(2, 1 << 30);
-    let s = AttnShape {
-        b: 2,
-        t: 4,
-        c: 6,
-        nh: 2,
-    };
-    let qkv = lcg_values(s.b * s.t * 3 * s.c, 31);
-    let r = lcg_values(s.b * s.t * s.c, 32);
+    let s = AttnShape::mha(2, 4, 6, 2);
+    let c = s.q_width();
+    let qkv = lcg_values(s.b * s.t * 3 * c, 31);
+    let r = lcg_values(s.b * s.t * c, 32);
     let (qb, rb) = (buf(&dev, &qkv), buf(&dev, &r));
-    let mut out = dev.alloc("o", s.b * s.t * s.c).unwrap();
+    let mut out = dev.alloc("o", s.b * s.t * c).unwrap();
     let mut att = dev.alloc("att", s.b * s.nh * s.t * s.t).unwrap();
     dev.attention_forward(&mut out, &mut att, &qb, s).unwrap();
-    let want = attention(&qkv, s.b, s.t, s.c, s.nh);
+    let want = attention(&qkv, s.b, s.t, c, s.nh);
     for (g, w) in out.as_slice().iter().zip(&want) {
         assert!((*g as f64 - w).abs() < 1e-5, "attention forward {g} vs {w}");
     }
@@ -320,7 +276,7 @@ fn attention_backward_matches_finite_differences() {
     let mut scratch = dev.alloc("scratch", att.len()).unwrap();
     dev.attention_backward(&mut dq, &mut scratch, &rb, &qb, &att, s)
         .unwrap();
-    let fd = finite_diff(&qkv, |q| dot(&attention(q, s.b, s.t, s.c, s.nh), &r));
+    let fd = finite_diff(&qkv, |q| dot(&attention(q, s.b, s.t, c, s.nh), &r));
     assert_close("attention dqkv", dq.as_slice(), &fd);
 }
 

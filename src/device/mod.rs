@@ -55,6 +55,10 @@ pub enum DeviceError {
 
 pub use crate::host::HostSlice;
 
+/// The target id that takes no part in the loss: transformers' `ignore_index = -100` (labels of
+/// a masked prompt, padding, the last position of a sequence), as a `u32`.
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
 /// The byte budget every device allocation is charged against. Cloning shares the account.
 #[derive(Clone, Debug)]
 pub struct MemoryBudget {
@@ -141,13 +145,65 @@ pub struct Norm {
     pub c: usize,
 }
 
-/// Shape of one attention call: batch, sequence, channels, heads.
-#[derive(Clone, Copy, Debug)]
+/// Shape of one attention call: batch, sequence, query heads, key/value heads, head width.
+///
+/// Rows of the packed `qkv (B,T,W)` buffer hold the query heads, then the key heads, then the
+/// value heads, each `head_dim` wide: `W = (nh + 2 n_kv_head) head_dim`. Query head `h` reads
+/// key/value head `h / (nh / n_kv_head)` (grouped-query attention, transformers'
+/// `repeat_kv`); GPT-2 is the case `n_kv_head = nh`, `head_dim = C / nh`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
     pub b: usize,
     pub t: usize,
-    pub c: usize,
     pub nh: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    /// Multi-head attention over `c` channels in `nh` heads (GPT-2).
+    pub fn mha(b: usize, t: usize, c: usize, nh: usize) -> Self {
+        AttnShape {
+            b,
+            t,
+            nh,
+            n_kv_head: nh,
+            head_dim: c / nh,
+        }
+    }
+
+    /// Width of the attention output row, `nh * head_dim`.
+    pub fn q_width(&self) -> usize {
+        self.nh * self.head_dim
+    }
+
+    /// Width of a packed `qkv` row, `(nh + 2 n_kv_head) * head_dim`.
+    pub fn qkv_width(&self) -> usize {
+        (self.nh + 2 * self.n_kv_head) * self.head_dim
+    }
+
+    /// Query heads per key/value head.
+    pub fn group_size(&self) -> usize {
+        self.nh / self.n_kv_head
+    }
+}
+
+/// An RMSNorm's weight offset inside a parameter buffer, over rows of `c` channels
+/// (`y = x / sqrt(mean(x^2) + eps) * w`, transformers' `LlamaRMSNorm`, computed in fp32).
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNorm {
+    pub w_off: usize,
+    pub c: usize,
+    pub eps: f32,
+}
+
+/// Qwen3's per-head RMSNorm of queries and keys (`q_norm`, `k_norm`, each `[head_dim]`),
+/// applied to the query and key heads of a packed `qkv` buffer before RoPE.
+#[derive(Clone, Copy, Debug)]
+pub struct QkNorm {
+    pub q_w_off: usize,
+    pub k_w_off: usize,
+    pub eps: f32,
 }
 
 /// A buffer of fp32 elements in device memory.
@@ -208,7 +264,8 @@ pub trait Device: Send + Sync {
         b: &Self::Buffer,
     ) -> Result<(), DeviceError>;
 
-    /// tokens (B,T) -> out (B,T,C) = wte[token] + wpe[t]; `wte` is `[V, C]`, `wpe` `[maxT, C]`.
+    /// tokens (B,T) -> out (B,T,C) = wte[token] (+ wpe[t] when `wpe_off` is given: GPT-2's
+    /// learned positions); `wte` is `[V, C]`, `wpe` `[maxT, C]`.
     #[allow(clippy::too_many_arguments)]
     fn encoder_forward(
         &self,
@@ -216,18 +273,18 @@ pub trait Device: Send + Sync {
         tokens: &[u32],
         params: &Self::Buffer,
         wte_off: usize,
-        wpe_off: usize,
+        wpe_off: Option<usize>,
         t: usize,
         c: usize,
         vocab_size: usize,
     ) -> Result<(), DeviceError>;
-    /// dout (B,T,C) -> dwte, dwpe (+=).
+    /// dout (B,T,C) -> dwte, dwpe (+=; dwpe only when `dwpe_off` is given).
     #[allow(clippy::too_many_arguments)]
     fn encoder_backward(
         &self,
         dparams: &mut Self::Buffer,
         dwte_off: usize,
-        dwpe_off: usize,
+        dwpe_off: Option<usize>,
         dout: &Self::Buffer,
         tokens: &[u32],
         t: usize,
@@ -274,7 +331,8 @@ pub trait Device: Send + Sync {
         params: &Self::Buffer,
         lin: Linear,
     ) -> Result<(), DeviceError>;
-    /// qkv (B,T,3C) -> out (B,T,C), att (B,NH,T,T) causal softmax probabilities.
+    /// qkv (B,T,W) -> out (B,T,NH*HD), att (B,NH,T,T) causal softmax probabilities of
+    /// `q k^T / sqrt(HD)`; packing and grouped-query heads as in [`AttnShape`].
     fn attention_forward(
         &self,
         out: &mut Self::Buffer,
@@ -282,7 +340,7 @@ pub trait Device: Send + Sync {
         qkv: &Self::Buffer,
         shape: AttnShape,
     ) -> Result<(), DeviceError>;
-    /// dout (B,T,C) -> dqkv (B,T,3C) (+=); `scratch` holds (B,NH,T,T) elements.
+    /// dout (B,T,NH*HD) -> dqkv (B,T,W) (+=); `scratch` holds (B,NH,T,T) elements.
     fn attention_backward(
         &self,
         dqkv: &mut Self::Buffer,
@@ -291,6 +349,85 @@ pub trait Device: Send + Sync {
         qkv: &Self::Buffer,
         att: &Self::Buffer,
         shape: AttnShape,
+    ) -> Result<(), DeviceError>;
+    /// inp (N,C) -> out (N,C) = inp * rstd * w, rstd (N) = 1/sqrt(mean(inp^2) + eps).
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Buffer,
+        rstd: &mut Self::Buffer,
+        inp: &Self::Buffer,
+        params: &Self::Buffer,
+        norm: RmsNorm,
+    ) -> Result<(), DeviceError>;
+    /// dout (N,C) -> dinp (N,C), dweight (+=).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut Self::Buffer,
+        dparams: &mut Self::Buffer,
+        dout: &Self::Buffer,
+        inp: &Self::Buffer,
+        params: &Self::Buffer,
+        rstd: &Self::Buffer,
+        norm: RmsNorm,
+    ) -> Result<(), DeviceError>;
+    /// Qwen3: qkv (B,T,W) -> out (B,T,W) with every query head RMS-normed by `q_norm` and
+    /// every key head by `k_norm` (rows of HD), values copied; rstd (B*T*(NH+KV)).
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_forward(
+        &self,
+        out: &mut Self::Buffer,
+        rstd: &mut Self::Buffer,
+        qkv: &Self::Buffer,
+        params: &Self::Buffer,
+        norm: QkNorm,
+        shape: AttnShape,
+    ) -> Result<(), DeviceError>;
+    /// dout (B,T,W) -> dqkv (B,T,W), dq_norm, dk_norm (+=); values' gradient passes through.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_backward(
+        &self,
+        dqkv: &mut Self::Buffer,
+        dparams: &mut Self::Buffer,
+        dout: &Self::Buffer,
+        qkv: &Self::Buffer,
+        params: &Self::Buffer,
+        rstd: &Self::Buffer,
+        norm: QkNorm,
+        shape: AttnShape,
+    ) -> Result<(), DeviceError>;
+    /// Rotates the query and key heads of qkv (B,T,W) in place by RoPE at positions `0..T`
+    /// (transformers' `apply_rotary_pos_emb` with `rotate_half`: the head's two halves form the
+    /// pairs). `table` holds `cos (P, HD/2)` then `sin (P, HD/2)` for `P >= T` positions.
+    fn rope_forward(
+        &self,
+        qkv: &mut Self::Buffer,
+        table: &Self::Buffer,
+        shape: AttnShape,
+    ) -> Result<(), DeviceError>;
+    /// The transpose of [`Device::rope_forward`], in place on dqkv (B,T,W): turns the
+    /// gradient of the rotated heads into that of the unrotated ones.
+    fn rope_backward(
+        &self,
+        dqkv: &mut Self::Buffer,
+        table: &Self::Buffer,
+        shape: AttnShape,
+    ) -> Result<(), DeviceError>;
+    /// SwiGLU: inp (N,2I) rows `[gate | up]` -> out (N,I) = silu(gate) * up (transformers'
+    /// `LlamaMLP` before `down_proj`, `hidden_act = "silu"`).
+    fn swiglu_forward(
+        &self,
+        out: &mut Self::Buffer,
+        inp: &Self::Buffer,
+        intermediate_size: usize,
+    ) -> Result<(), DeviceError>;
+    /// dout (N,I) -> dinp (N,2I) (+=).
+    fn swiglu_backward(
+        &self,
+        dinp: &mut Self::Buffer,
+        inp: &Self::Buffer,
+        dout: &Self::Buffer,
+        intermediate_size: usize,
     ) -> Result<(), DeviceError>;
     /// out = gelu_tanh(inp), element-wise.
     fn gelu_forward(&self, out: &mut Self::Buffer, inp: &Self::Buffer) -> Result<(), DeviceError>;
@@ -301,7 +438,8 @@ pub trait Device: Send + Sync {
         inp: &Self::Buffer,
         dout: &Self::Buffer,
     ) -> Result<(), DeviceError>;
-    /// logits (N,V) -> probs in place (softmax), losses (N) = -log probs[target].
+    /// logits (N,V) -> probs in place (softmax), losses (N) = -log probs[target]; a target of
+    /// [`IGNORE_INDEX`] (transformers' label -100) has loss 0.
     fn softmax_crossentropy_forward(
         &self,
         probs: &mut Self::Buffer,
@@ -309,7 +447,8 @@ pub trait Device: Send + Sync {
         targets: &[u32],
         vocab_size: usize,
     ) -> Result<(), DeviceError>;
-    /// dlogits (N,V) += (probs - onehot(target)) * dloss, the gradient of `dloss * sum(losses)`.
+    /// dlogits (N,V) += (probs - onehot(target)) * dloss, the gradient of `dloss * sum(losses)`;
+    /// rows whose target is [`IGNORE_INDEX`] get nothing.
     fn softmax_crossentropy_backward(
         &self,
         dlogits: &mut Self::Buffer,

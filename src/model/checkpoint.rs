@@ -6,6 +6,7 @@
 //! dtype on disk is the parameters' storage dtype. Import accepts names with or without the
 //! `transformer.` prefix (HF's own `gpt2` repo has none) and any of F32/F16/BF16 on disk.
 
+use super::hf::{ckpt_err, io_err};
 use super::layout::param_layout;
 use super::params::{HostParams, ParamDtype};
 use super::{GptConfig, ModelError};
@@ -17,20 +18,6 @@ use std::path::Path;
 /// File names inside a checkpoint folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
-
-fn io_err(path: &Path, source: std::io::Error) -> ModelError {
-    ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn ckpt_err(path: &Path, message: impl Into<String>) -> ModelError {
-    ModelError::Checkpoint {
-        path: path.display().to_string(),
-        message: message.into(),
-    }
-}
 
 fn to_bytes(p: &HostParams, r: std::ops::Range<usize>) -> (Dtype, Vec<u8>) {
     match p {

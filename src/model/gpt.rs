@@ -12,9 +12,11 @@
 
 use super::layout::{param_layout, BlockOffsets, Group, ParamLayout};
 use super::params::{HostParams, ParamInit};
-use super::stages::{GroupSpec, Model, ParamSource, Stage, Stages};
+use super::stages::{
+    fetched, fetched_mut, GroupBuffers, GroupSpec, Model, ParamSource, Stage, Stages,
+};
 use super::{GptConfig, ModelError};
-use crate::device::{AttnShape, Device, DeviceBuffer, DeviceError};
+use crate::device::{AttnShape, Device, DeviceError};
 
 /// Activations of one block kept for its backward (llm.c names).
 pub struct BlockActs<B> {
@@ -34,7 +36,7 @@ pub struct BlockActs<B> {
 
 impl<B> BlockActs<B> {
     fn alloc<D: Device<Buffer = B>>(dev: &D, s: AttnShape, l: usize) -> Result<Self, DeviceError> {
-        let (n, c) = (s.b * s.t, s.c);
+        let (n, c) = (s.b * s.t, s.q_width());
         let a = |name: &str, len: usize| dev.alloc(&format!("activations h.{l}.{name}"), len);
         Ok(BlockActs {
             ln1: a("ln1", n * c)?,
@@ -112,8 +114,7 @@ pub struct Gpt<D: Device> {
     pub checkpointing: bool,
     // One fp32 working copy and one fp32 gradient per group, layout order. `None` while an
     // engine has the group released; an op that reads a released group is a programmer error.
-    params: Vec<Option<D::Buffer>>,
-    grads: Vec<Option<D::Buffer>>,
+    bufs: GroupBuffers<D::Buffer>,
     blocks: Vec<BlockActs<D::Buffer>>,
     top: TopActs<D::Buffer>,
     g: GradScratch<D::Buffer>,
@@ -133,14 +134,14 @@ impl<D: Device> Gpt<D> {
     ) -> Result<Self, ModelError> {
         let mut m = Self::without_groups(dev, cfg, b, t, checkpointing)?;
         for (i, (g, r)) in m.layout.groups.iter().enumerate() {
-            m.params[i] = Some(dev.alloc(&format!("parameters {g:?}"), r.len())?);
-            m.grads[i] = Some(dev.alloc(&format!("gradients {g:?}"), r.len())?);
+            m.bufs.params[i] = Some(dev.alloc(&format!("parameters {g:?}"), r.len())?);
+            m.bufs.grads[i] = Some(dev.alloc(&format!("gradients {g:?}"), r.len())?);
         }
         Ok(m)
     }
 
     /// Allocates activations and scratch only; an engine installs each group's parameter and
-    /// gradient buffers before the ops that read them ([`Gpt::install_params`]).
+    /// gradient buffers before the ops that read them ([`Model::install_params`]).
     pub fn without_groups(
         dev: &D,
         cfg: GptConfig,
@@ -156,15 +157,9 @@ impl<D: Device> Gpt<D> {
             )));
         }
         let layout = param_layout(&cfg);
-        let s = AttnShape {
-            b,
-            t,
-            c: cfg.n_embd,
-            nh: cfg.n_head,
-        };
+        let s = AttnShape::mha(b, t, cfg.n_embd, cfg.n_head);
         let (n, c, v) = (b * t, cfg.n_embd, cfg.vocab_size);
-        let params = layout.groups.iter().map(|_| None).collect();
-        let grads = layout.groups.iter().map(|_| None).collect();
+        let bufs = GroupBuffers::new(layout.groups.iter().map(|(_, r)| r.len()).collect());
         let kept = if checkpointing { 1 } else { cfg.n_layer };
         let blocks = (0..kept)
             .map(|l| BlockActs::alloc(dev, s, l))
@@ -211,8 +206,7 @@ impl<D: Device> Gpt<D> {
             b,
             t,
             checkpointing,
-            params,
-            grads,
+            bufs,
             blocks,
             top,
             g,
@@ -222,12 +216,7 @@ impl<D: Device> Gpt<D> {
     }
 
     fn shape(&self) -> AttnShape {
-        AttnShape {
-            b: self.b,
-            t: self.t,
-            c: self.cfg.n_embd,
-            nh: self.cfg.n_head,
-        }
+        AttnShape::mha(self.b, self.t, self.cfg.n_embd, self.cfg.n_head)
     }
 
     /// Index of a group in layout order.
@@ -244,60 +233,9 @@ impl<D: Device> Gpt<D> {
     pub fn fetch_group(&mut self, dev: &D, g: Group, host: &HostParams) -> Result<(), ModelError> {
         let i = self.group_index(g);
         let r = self.layout.groups[i].1.clone();
-        let ev = dev.upload(fetched_mut(&mut self.params, i), 0, host.slice(r))?;
+        let ev = dev.upload(fetched_mut(&mut self.bufs.params, i), 0, host.slice(r))?;
         dev.wait(ev)?;
         Ok(())
-    }
-
-    /// Hands the model a group's fp32 parameter buffer (filled by the caller).
-    pub fn install_params(&mut self, g: Group, buf: D::Buffer) {
-        let i = self.group_index(g);
-        assert_eq!(
-            buf.len(),
-            self.layout.groups[i].1.len(),
-            "{g:?}: wrong buffer length"
-        );
-        assert!(
-            self.params[i].is_none(),
-            "{g:?}: parameters installed twice"
-        );
-        self.params[i] = Some(buf);
-    }
-
-    /// Takes a group's parameter buffer back (`None` when it is not installed).
-    pub fn take_params(&mut self, g: Group) -> Option<D::Buffer> {
-        let i = self.group_index(g);
-        self.params[i].take()
-    }
-
-    /// The installed parameter buffer of a group, to refill it in place.
-    pub fn params_mut(&mut self, g: Group) -> Option<&mut D::Buffer> {
-        let i = self.group_index(g);
-        self.params[i].as_mut()
-    }
-
-    /// Whether a group's parameters are installed.
-    pub fn has_params(&self, g: Group) -> bool {
-        self.params[self.group_index(g)].is_some()
-    }
-
-    /// Hands the model a group's fp32 gradient buffer (zeroed, or holding the gradients that
-    /// backward adds to).
-    pub fn install_grads(&mut self, g: Group, buf: D::Buffer) {
-        let i = self.group_index(g);
-        assert_eq!(
-            buf.len(),
-            self.layout.groups[i].1.len(),
-            "{g:?}: wrong buffer length"
-        );
-        assert!(self.grads[i].is_none(), "{g:?}: gradients installed twice");
-        self.grads[i] = Some(buf);
-    }
-
-    /// Takes a group's gradient buffer back.
-    pub fn take_grads(&mut self, g: Group) -> Option<D::Buffer> {
-        let i = self.group_index(g);
-        self.grads[i].take()
     }
 
     /// Uploads every group (the resident trainer does this after each optimizer step).
@@ -318,7 +256,7 @@ impl<D: Device> Gpt<D> {
 
     /// Sets every gradient to zero (its own step, before a batch's first micro-batch).
     pub fn zero_grads(&mut self, dev: &D) -> Result<(), ModelError> {
-        for g in self.grads.iter_mut().flatten() {
+        for g in self.bufs.grads.iter_mut().flatten() {
             dev.zero(g)?;
         }
         Ok(())
@@ -328,7 +266,7 @@ impl<D: Device> Gpt<D> {
     pub fn download_grads(&self, dev: &D, out: &mut [f32]) -> Result<(), ModelError> {
         assert_eq!(out.len(), self.layout.total, "download_grads: wrong length");
         for (i, (_, r)) in self.layout.groups.iter().enumerate() {
-            let ev = dev.download(fetched(&self.grads, i), 0, &mut out[r.clone()])?;
+            let ev = dev.download(fetched(&self.bufs.grads, i), 0, &mut out[r.clone()])?;
             dev.wait(ev)?;
         }
         Ok(())
@@ -372,8 +310,8 @@ impl<D: Device> Gpt<D> {
     pub fn embed_forward(&mut self, dev: &D, tokens: &[u32]) -> Result<(), ModelError> {
         self.check_len("tokens", tokens)?;
         let (t, c, v) = (self.t, self.cfg.n_embd, self.cfg.vocab_size);
-        let (emb, wpe) = (fetched(&self.params, 0), self.layout.wpe_off);
-        dev.encoder_forward(&mut self.top.resid[0], tokens, emb, 0, wpe, t, c, v)?;
+        let (emb, wpe) = (fetched(&self.bufs.params, 0), self.layout.wpe_off);
+        dev.encoder_forward(&mut self.top.resid[0], tokens, emb, 0, Some(wpe), t, c, v)?;
         Ok(())
     }
 
@@ -381,10 +319,10 @@ impl<D: Device> Gpt<D> {
     pub fn head_forward(&mut self, dev: &D) -> Result<(), ModelError> {
         let top = &mut self.top;
         let last = &top.resid[self.cfg.n_layer];
-        let fin = fetched(&self.params, self.cfg.n_layer + 1);
+        let fin = fetched(&self.bufs.params, self.cfg.n_layer + 1);
         let (lnf, mean, rstd) = (&mut top.lnf, &mut top.lnf_mean, &mut top.lnf_rstd);
         dev.layernorm_forward(lnf, mean, rstd, last, fin, self.layout.ln_f)?;
-        let emb = fetched(&self.params, 0);
+        let emb = fetched(&self.bufs.params, 0);
         dev.matmul_forward(&mut top.logits, &top.lnf, emb, self.layout.head)?;
         Ok(())
     }
@@ -416,8 +354,11 @@ impl<D: Device> Gpt<D> {
         dev.zero(&mut g.dlogits)?;
         dev.softmax_crossentropy_backward(&mut g.dlogits, &top.logits, targets, v, dloss)?;
         dev.zero(&mut g.dln)?;
-        let (demb, rest) = self.grads.split_at_mut(1);
-        let (emb, fin) = (fetched(&self.params, 0), fetched(&self.params, nl + 1));
+        let (demb, rest) = self.bufs.grads.split_at_mut(1);
+        let (emb, fin) = (
+            fetched(&self.bufs.params, 0),
+            fetched(&self.bufs.params, nl + 1),
+        );
         dev.matmul_backward(
             &mut g.dln,
             fetched_mut(demb, 0),
@@ -446,15 +387,15 @@ impl<D: Device> Gpt<D> {
     pub fn embed_backward(&mut self, dev: &D, tokens: &[u32]) -> Result<(), ModelError> {
         self.check_len("tokens", tokens)?;
         let (t, c, wpe) = (self.t, self.cfg.n_embd, self.layout.wpe_off);
-        let demb = fetched_mut(&mut self.grads, 0);
-        dev.encoder_backward(demb, 0, wpe, &self.g.dres, tokens, t, c)?;
+        let demb = fetched_mut(&mut self.bufs.grads, 0);
+        dev.encoder_backward(demb, 0, Some(wpe), &self.g.dres, tokens, t, c)?;
         Ok(())
     }
 
     /// The fp32 gradient buffer of one group (an engine streams it out after the group's
     /// backward).
     pub fn group_grads(&self, g: Group) -> &D::Buffer {
-        fetched(&self.grads, self.group_index(g))
+        fetched(&self.bufs.grads, self.group_index(g))
     }
 
     fn check_len(&self, what: &str, ids: &[u32]) -> Result<(), ModelError> {
@@ -473,7 +414,7 @@ impl<D: Device> Gpt<D> {
     pub fn block_forward(&mut self, dev: &D, l: usize) -> Result<(), ModelError> {
         let s = self.shape();
         let o: BlockOffsets = self.layout.block;
-        let p = fetched(&self.params, 1 + l);
+        let p = fetched(&self.bufs.params, 1 + l);
         let a = &mut self.blocks[if self.checkpointing { 0 } else { l }];
         let (ins, outs) = self.top.resid.split_at_mut(l + 1);
         let (inp, out, tmp) = (&ins[l], &mut outs[0], &mut self.top.tmp);
@@ -503,8 +444,8 @@ impl<D: Device> Gpt<D> {
         let s = self.shape();
         let o: BlockOffsets = self.layout.block;
         let (p, dp) = (
-            fetched(&self.params, 1 + l),
-            fetched_mut(&mut self.grads, 1 + l),
+            fetched(&self.bufs.params, 1 + l),
+            fetched_mut(&mut self.bufs.grads, 1 + l),
         );
         let a = &self.blocks[if self.checkpointing { 0 } else { l }];
         let inp = &self.top.resid[l];
@@ -670,35 +611,7 @@ impl<D: Device> Model<D> for Gpt<D> {
         Box::new(move |r| gen.next_range(&layout, r))
     }
 
-    fn install_params(&mut self, g: usize, buf: D::Buffer) {
-        self.install_params(self.layout.groups[g].0, buf)
+    fn buffers_mut(&mut self) -> &mut GroupBuffers<D::Buffer> {
+        &mut self.bufs
     }
-
-    fn take_params(&mut self, g: usize) -> Option<D::Buffer> {
-        self.params[g].take()
-    }
-
-    fn params_mut(&mut self, g: usize) -> Option<&mut D::Buffer> {
-        self.params[g].as_mut()
-    }
-
-    fn install_grads(&mut self, g: usize, buf: D::Buffer) {
-        self.install_grads(self.layout.groups[g].0, buf)
-    }
-
-    fn take_grads(&mut self, g: usize) -> Option<D::Buffer> {
-        self.grads[g].take()
-    }
-}
-
-/// The installed buffer of group `i`; a missing one is a programmer error (an engine ran an op
-/// before fetching the group it reads).
-fn fetched<B>(v: &[Option<B>], i: usize) -> &B {
-    v[i].as_ref()
-        .unwrap_or_else(|| panic!("group {i} is not on the device (fetch it before the op)"))
-}
-
-fn fetched_mut<B>(v: &mut [Option<B>], i: usize) -> &mut B {
-    v[i].as_mut()
-        .unwrap_or_else(|| panic!("group {i} is not on the device (fetch it before the op)"))
 }

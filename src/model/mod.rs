@@ -8,13 +8,16 @@
 
 pub mod checkpoint;
 pub mod gpt;
+pub mod hf;
 pub mod layout;
+pub mod llama;
 pub mod params;
 pub mod stages;
 pub mod train;
 
 pub use gpt::Gpt;
 pub use layout::{param_layout, BlockOffsets, Group, ParamLayout, TensorSpec};
+pub use llama::{Llama, LlamaConfig};
 pub use params::{init_params, HostParams, ParamDtype, ParamInit};
 pub use stages::{GroupSpec, Model, ParamSource, Stage, Stages};
 

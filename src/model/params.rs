@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
 
 /// One N(0,1) draw by Box-Muller from two uniforms.
-fn normal(rng: &mut ChaCha8Rng) -> f32 {
+pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
     let u2: f64 = rng.random::<f64>();
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32

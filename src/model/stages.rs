@@ -13,7 +13,7 @@
 //! stage is what DeepSpeed calls a submodule.
 
 use super::ModelError;
-use crate::device::Device;
+use crate::device::{Device, DeviceBuffer};
 use std::ops::Range;
 
 /// One parameter group: a contiguous range of the flat layout that is fetched to the device
@@ -142,14 +142,79 @@ pub trait Model<D: Device> {
     /// layout order (a model larger than RAM never exists whole in host memory).
     fn seeded_init(&self, seed: u64) -> ParamSource;
 
+    /// The model's slots for installed parameter and gradient buffers.
+    fn buffers_mut(&mut self) -> &mut GroupBuffers<D::Buffer>;
+
     /// Hands the model group `g`'s fp32 parameter buffer (filled by the caller).
-    fn install_params(&mut self, g: usize, buf: D::Buffer);
+    fn install_params(&mut self, g: usize, buf: D::Buffer) {
+        self.buffers_mut().install_params(g, buf)
+    }
     /// Takes group `g`'s parameter buffer back (`None` when not installed).
-    fn take_params(&mut self, g: usize) -> Option<D::Buffer>;
+    fn take_params(&mut self, g: usize) -> Option<D::Buffer> {
+        self.buffers_mut().params[g].take()
+    }
     /// The installed parameter buffer of group `g`, to refill it in place.
-    fn params_mut(&mut self, g: usize) -> Option<&mut D::Buffer>;
+    fn params_mut(&mut self, g: usize) -> Option<&mut D::Buffer> {
+        self.buffers_mut().params[g].as_mut()
+    }
     /// Hands the model group `g`'s fp32 gradient buffer (zeroed or holding the sums so far).
-    fn install_grads(&mut self, g: usize, buf: D::Buffer);
+    fn install_grads(&mut self, g: usize, buf: D::Buffer) {
+        self.buffers_mut().install_grads(g, buf)
+    }
     /// Takes group `g`'s gradient buffer back.
-    fn take_grads(&mut self, g: usize) -> Option<D::Buffer>;
+    fn take_grads(&mut self, g: usize) -> Option<D::Buffer> {
+        self.buffers_mut().grads[g].take()
+    }
+}
+
+/// The installed buffer of group `i`; a missing one is a programmer error (an engine ran an op
+/// before fetching the group it reads).
+pub(crate) fn fetched<B>(v: &[Option<B>], i: usize) -> &B {
+    v[i].as_ref()
+        .unwrap_or_else(|| panic!("group {i} is not on the device (fetch it before the op)"))
+}
+
+pub(crate) fn fetched_mut<B>(v: &mut [Option<B>], i: usize) -> &mut B {
+    v[i].as_mut()
+        .unwrap_or_else(|| panic!("group {i} is not on the device (fetch it before the op)"))
+}
+
+/// The parameter and gradient buffers installed in a model, one slot per group (`None` while
+/// an engine has the group released; an op reading a released group is a programmer error).
+pub struct GroupBuffers<B> {
+    /// Elements of each group.
+    lens: Vec<usize>,
+    pub(crate) params: Vec<Option<B>>,
+    pub(crate) grads: Vec<Option<B>>,
+}
+
+impl<B: DeviceBuffer> GroupBuffers<B> {
+    /// Empty slots for groups of `lens` elements.
+    pub fn new(lens: Vec<usize>) -> Self {
+        GroupBuffers {
+            params: lens.iter().map(|_| None).collect(),
+            grads: lens.iter().map(|_| None).collect(),
+            lens,
+        }
+    }
+
+    /// Installs group `g`'s parameters (panics on a wrong length or a second install).
+    pub fn install_params(&mut self, g: usize, buf: B) {
+        assert_eq!(buf.len(), self.lens[g], "group {g}: wrong buffer length");
+        assert!(
+            self.params[g].is_none(),
+            "group {g}: parameters installed twice"
+        );
+        self.params[g] = Some(buf);
+    }
+
+    /// Installs group `g`'s gradients (panics on a wrong length or a second install).
+    pub fn install_grads(&mut self, g: usize, buf: B) {
+        assert_eq!(buf.len(), self.lens[g], "group {g}: wrong buffer length");
+        assert!(
+            self.grads[g].is_none(),
+            "group {g}: gradients installed twice"
+        );
+        self.grads[g] = Some(buf);
+    }
 }

@@ -2,6 +2,7 @@
 //! Hugging Face tensors looked up by name. Tests compare the fast fp32 path against it.
 #![allow(dead_code)]
 
+use zinf::device::{CpuBuffer, CpuDevice, Device};
 use zinf::model::{ParamLayout, TensorSpec};
 
 pub struct RefModel<'a> {
@@ -163,4 +164,45 @@ pub fn lcg_values(n: usize, seed: u64) -> Vec<f64> {
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect()
+}
+
+/// An fp32 device buffer holding `v`.
+pub fn buf(dev: &CpuDevice, v: &[f64]) -> CpuBuffer {
+    let mut b = dev.alloc("test", v.len()).unwrap();
+    let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    b.as_mut_slice().copy_from_slice(&f);
+    b
+}
+
+/// Central differences of `f` at every coordinate of `x`, in f64.
+pub fn finite_diff(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-5;
+    let mut x = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let x0 = x[i];
+            x[i] = x0 + h;
+            let up = f(&x);
+            x[i] = x0 - h;
+            let down = f(&x);
+            x[i] = x0;
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+pub fn assert_close(what: &str, analytic: &[f32], fd: &[f64]) {
+    assert_eq!(analytic.len(), fd.len());
+    let scale = fd.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-3);
+    for (i, (&a, &f)) in analytic.iter().zip(fd).enumerate() {
+        let err = (a as f64 - f).abs();
+        assert!(
+            err <= 2e-3 * scale + 1e-2 * f.abs(),
+            "{what}[{i}]: backward {a} vs finite difference {f}"
+        );
+    }
+}
+
+pub fn dot(a: &[f64], r: &[f64]) -> f64 {
+    a.iter().zip(r).map(|(x, y)| x * y).sum()
 }

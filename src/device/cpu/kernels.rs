@@ -7,7 +7,7 @@
 //! gradients) runs on the calling thread in one fixed order, so results are bit-identical
 //! whatever the thread count. Backward kernels add (`+=`) into gradients.
 
-use crate::device::Linear;
+use crate::device::{AttnShape, Linear, IGNORE_INDEX};
 use crate::threads::{SharedMut, ThreadPool};
 use gemm::Parallelism;
 
@@ -113,20 +113,26 @@ pub fn gemm_acc(
     }
 }
 
-/// tokens (B,T) -> out (B,T,C) = wte[token] + wpe[t]. Tokens are checked by the caller.
+/// tokens (B,T) -> out (B,T,C) = wte[token] (+ wpe[t] when given). Tokens are checked by the
+/// caller.
 pub fn encoder_forward(
     out: &mut [f32],
     tokens: &[u32],
     wte: &[f32],
-    wpe: &[f32],
+    wpe: Option<&[f32]>,
     t: usize,
     c: usize,
 ) {
     for (i, (row, &tok)) in out.chunks_exact_mut(c).zip(tokens).enumerate() {
         let e = &wte[tok as usize * c..][..c];
-        let p = &wpe[(i % t) * c..][..c];
-        for ((o, a), b) in row.iter_mut().zip(e).zip(p) {
-            *o = a + b;
+        match wpe {
+            Some(wpe) => {
+                let p = &wpe[(i % t) * c..][..c];
+                for ((o, a), b) in row.iter_mut().zip(e).zip(p) {
+                    *o = a + b;
+                }
+            }
+            None => row.copy_from_slice(e),
         }
     }
 }
@@ -134,7 +140,7 @@ pub fn encoder_forward(
 /// dout (B,T,C) -> dwte, dwpe (+=), in token order so repeated tokens sum deterministically.
 pub fn encoder_backward(
     dwte: &mut [f32],
-    dwpe: &mut [f32],
+    mut dwpe: Option<&mut [f32]>,
     dout: &[f32],
     tokens: &[u32],
     t: usize,
@@ -144,8 +150,10 @@ pub fn encoder_backward(
         for (d, g) in dwte[tok as usize * c..][..c].iter_mut().zip(row) {
             *d += g;
         }
-        for (d, g) in dwpe[(i % t) * c..][..c].iter_mut().zip(row) {
-            *d += g;
+        if let Some(dwpe) = dwpe.as_deref_mut() {
+            for (d, g) in dwpe[(i % t) * c..][..c].iter_mut().zip(row) {
+                *d += g;
+            }
         }
     }
 }
@@ -350,7 +358,11 @@ pub fn softmax_crossentropy_forward(
         let (p, l) = unsafe { (probs.range(r.start * v..r.end * v), losses.range(r.clone())) };
         for ((row, loss), &tgt) in p.chunks_exact_mut(v).zip(l).zip(&targets[r]) {
             softmax_row(row);
-            *loss = -row[tgt as usize].ln();
+            *loss = if tgt == IGNORE_INDEX {
+                0.0
+            } else {
+                -row[tgt as usize].ln()
+            };
         }
     });
 }
@@ -385,6 +397,9 @@ pub fn softmax_crossentropy_backward(
         let d = unsafe { shared.range(elems.clone()) };
         let rows = d.chunks_exact_mut(v).zip(probs[elems].chunks_exact(v));
         for ((d, p), &tgt) in rows.zip(&targets[r]) {
+            if tgt == IGNORE_INDEX {
+                continue;
+            }
             for (i, (d, &p)) in d.iter_mut().zip(p).enumerate() {
                 let ind = if i == tgt as usize { 1.0 } else { 0.0 };
                 *d += (p - ind) * dloss;
@@ -484,4 +499,185 @@ pub fn matmul_backward(
     if let Some(b_off) = lin.b_off {
         bias_backward(&mut dparams[b_off..b_off + oc], dout, oc);
     }
+}
+
+/// inp (N,C) -> out (N,C) = inp * rstd * w, rstd (N) = 1/sqrt(mean(inp^2) + eps) (transformers'
+/// `LlamaRMSNorm` in fp32); rows split over `pool`.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_forward(
+    out: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    c: usize,
+    eps: f32,
+    pool: &ThreadPool,
+) {
+    let n = rstd.len();
+    assert!(out.len() == n * c && inp.len() == n * c);
+    let (out, rstd) = (SharedMut::new(out), SharedMut::new(rstd));
+    pool.for_ranges(n, 1, PAR_MIN_ROWS, &|r| {
+        let elems = r.start * c..r.end * c;
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let (o, s) = unsafe { (out.range(elems.clone()), rstd.range(r)) };
+        rmsnorm_rows(o, s, &inp[elems], w, c, eps);
+    });
+}
+
+/// `rmsnorm_forward` over a run of whole rows of `c`, on this thread.
+pub fn rmsnorm_rows(out: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], c: usize, eps: f32) {
+    for ((orow, ri), xrow) in out.chunks_exact_mut(c).zip(rstd).zip(inp.chunks_exact(c)) {
+        let ms = xrow.iter().map(|x| x * x).sum::<f32>() / c as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        for ((o, &x), &wv) in orow.iter_mut().zip(xrow).zip(w) {
+            *o = x * s * wv;
+        }
+        *ri = s;
+    }
+}
+
+/// dout (N,C) -> dinp (N,C) (+=, rows split over `pool`), then dw (+=, one fixed order on the
+/// calling thread).
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    c: usize,
+    pool: &ThreadPool,
+) {
+    let n = rstd.len();
+    assert!(dinp.len() == n * c && dout.len() == n * c && inp.len() == n * c);
+    let shared = SharedMut::new(dinp);
+    pool.for_ranges(n, 1, PAR_MIN_ROWS, &|r| {
+        let elems = r.start * c..r.end * c;
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let di = unsafe { shared.range(elems.clone()) };
+        rmsnorm_backward_rows(di, &dout[elems.clone()], &inp[elems], w, &rstd[r], c);
+    });
+    rmsnorm_weight_grad(dw, dout, inp, rstd, c);
+}
+
+/// The input gradient of RMSNorm over whole rows of `c`, on this thread:
+/// `dx = s (w g) - s^3 x mean(w g x)`, `s` the row's rstd.
+pub fn rmsnorm_backward_rows(
+    dinp: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    for (((drow, grow), xrow), &s) in dinp
+        .chunks_exact_mut(c)
+        .zip(dout.chunks_exact(c))
+        .zip(inp.chunks_exact(c))
+        .zip(rstd)
+    {
+        let mut dot = 0.0f32;
+        for i in 0..c {
+            dot += w[i] * grow[i] * xrow[i];
+        }
+        let k = s * s * s * dot / c as f32;
+        for i in 0..c {
+            drow[i] += s * w[i] * grow[i] - k * xrow[i];
+        }
+    }
+}
+
+/// dw (C) += sum over rows of dout * inp * rstd, rows in order.
+pub fn rmsnorm_weight_grad(dw: &mut [f32], dout: &[f32], inp: &[f32], rstd: &[f32], c: usize) {
+    for ((grow, xrow), &s) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(rstd) {
+        for i in 0..c {
+            dw[i] += xrow[i] * s * grow[i];
+        }
+    }
+}
+
+/// RoPE in place on the query and key heads of qkv (B,T,W) (layout in [`AttnShape`]) at
+/// positions `0..T`: for the head's halves `x1`, `x2` and the position's `cos`, `sin` (HD/2),
+/// `(x1 cos - x2 sin, x2 cos + x1 sin)`; with `transpose`, `(x1 cos + x2 sin, x2 cos - x1 sin)`
+/// (the backward). `table` is `cos (P, HD/2)` then `sin (P, HD/2)`. Rows split over `pool`.
+pub fn rope(qkv: &mut [f32], table: &[f32], s: AttnShape, transpose: bool, pool: &ThreadPool) {
+    let (w, hd) = (s.qkv_width(), s.head_dim);
+    let half = hd / 2;
+    let positions = table.len() / (2 * half);
+    let (cos, sin) = table.split_at(positions * half);
+    let rotated = (s.nh + s.n_kv_head) * hd;
+    let shared = SharedMut::new(qkv);
+    pool.for_ranges(s.b * s.t, 1, PAR_MIN_ROWS, &|r| {
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let rows = unsafe { shared.range(r.start * w..r.end * w) };
+        for (i, row) in rows.chunks_exact_mut(w).enumerate() {
+            let pos = (r.start + i) % s.t;
+            let (c, sn) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+            for head in row[..rotated].chunks_exact_mut(hd) {
+                let (x1, x2) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (a, b) = (x1[j], x2[j]);
+                    if transpose {
+                        x1[j] = a * c[j] + b * sn[j];
+                        x2[j] = b * c[j] - a * sn[j];
+                    } else {
+                        x1[j] = a * c[j] - b * sn[j];
+                        x2[j] = b * c[j] + a * sn[j];
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// SwiGLU: inp (N,2I) rows `[gate | up]` -> out (N,I) = silu(gate) * up; rows split over
+/// `pool`.
+pub fn swiglu_forward(out: &mut [f32], inp: &[f32], i: usize, pool: &ThreadPool) {
+    let n = out.len() / i;
+    assert!(out.len() == n * i && inp.len() == 2 * n * i);
+    let shared = SharedMut::new(out);
+    pool.for_ranges(n, 1, 2, &|r| {
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let o = unsafe { shared.range(r.start * i..r.end * i) };
+        let x = &inp[r.start * 2 * i..r.end * 2 * i];
+        for (orow, xrow) in o.chunks_exact_mut(i).zip(x.chunks_exact(2 * i)) {
+            let (g, u) = xrow.split_at(i);
+            for ((o, &g), &u) in orow.iter_mut().zip(g).zip(u) {
+                *o = g * sigmoid(g) * u;
+            }
+        }
+    });
+}
+
+/// dout (N,I) -> dinp (N,2I) (+=): `dgate = dout up sig(g) (1 + g (1 - sig(g)))`,
+/// `dup = dout silu(g)`; rows split over `pool`.
+pub fn swiglu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32], i: usize, pool: &ThreadPool) {
+    let n = dout.len() / i;
+    assert!(dout.len() == n * i && inp.len() == 2 * n * i && dinp.len() == inp.len());
+    let shared = SharedMut::new(dinp);
+    pool.for_ranges(n, 1, 2, &|r| {
+        // SAFETY: `for_ranges` gives each job a disjoint range of rows, hence of elements.
+        let d = unsafe { shared.range(r.start * 2 * i..r.end * 2 * i) };
+        let x = &inp[r.start * 2 * i..r.end * 2 * i];
+        let go = &dout[r.start * i..r.end * i];
+        for ((drow, xrow), grow) in d
+            .chunks_exact_mut(2 * i)
+            .zip(x.chunks_exact(2 * i))
+            .zip(go.chunks_exact(i))
+        {
+            let (dg, du) = drow.split_at_mut(i);
+            let (g, u) = xrow.split_at(i);
+            for j in 0..i {
+                let sg = sigmoid(g[j]);
+                let silu = g[j] * sg;
+                dg[j] += grow[j] * u[j] * sg * (1.0 + g[j] * (1.0 - sg));
+                du[j] += grow[j] * silu;
+            }
+        }
+    });
 }

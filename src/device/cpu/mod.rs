@@ -11,7 +11,10 @@ pub mod kernels;
 
 use std::sync::Arc;
 
-use super::{AttnShape, Device, DeviceBuffer, DeviceError, HostSlice, Linear, MemoryBudget, Norm};
+use super::{
+    AttnShape, Device, DeviceBuffer, DeviceError, HostSlice, Linear, MemoryBudget, Norm, QkNorm,
+    RmsNorm, IGNORE_INDEX,
+};
 use crate::threads::ThreadPool;
 
 /// An fp32 buffer in host memory; its bytes go back to the budget when it is dropped.
@@ -106,6 +109,55 @@ fn check_range(op: &'static str, offset: usize, n: usize, len: usize) -> Result<
         });
     }
     Ok(())
+}
+
+/// Width of a packed qkv row.
+fn width(s: AttnShape) -> usize {
+    s.qkv_width()
+}
+
+/// A shape the kernels can run: heads split evenly into key/value groups, head width even
+/// (RoPE pairs the two halves). A violation is a programmer error (the model validates its
+/// config first).
+fn check_attn_shape(s: AttnShape) {
+    assert!(
+        s.nh > 0 && s.n_kv_head > 0 && s.nh.is_multiple_of(s.n_kv_head) && s.head_dim > 0,
+        "attention shape {s:?}: heads must split evenly into key/value heads"
+    );
+}
+
+fn check_rope(qkv: &CpuBuffer, table: &CpuBuffer, s: AttnShape) {
+    assert_eq!(
+        qkv.len(),
+        s.b * s.t * s.qkv_width(),
+        "rope: qkv is not (B,T,W)"
+    );
+    assert!(
+        s.head_dim.is_multiple_of(2),
+        "rope: head_dim {} is odd",
+        s.head_dim
+    );
+    let half = s.head_dim / 2;
+    assert!(
+        table.len().is_multiple_of(2 * half) && table.len() / (2 * half) >= s.t,
+        "rope: the table covers fewer than {} positions",
+        s.t
+    );
+}
+
+/// Checks every target is a token id below `vocab_size` or [`IGNORE_INDEX`].
+fn check_targets(op: &'static str, targets: &[u32], vocab_size: usize) -> Result<(), DeviceError> {
+    let bad = targets
+        .iter()
+        .find(|&&t| t != IGNORE_INDEX && t as usize >= vocab_size);
+    match bad {
+        Some(&token) => Err(DeviceError::BadToken {
+            op,
+            token,
+            vocab_size,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_tokens(op: &'static str, tokens: &[u32], vocab_size: usize) -> Result<(), DeviceError> {
@@ -210,7 +262,7 @@ impl Device for CpuDevice {
         tokens: &[u32],
         params: &CpuBuffer,
         wte_off: usize,
-        wpe_off: usize,
+        wpe_off: Option<usize>,
         t: usize,
         c: usize,
         vocab_size: usize,
@@ -223,7 +275,7 @@ impl Device for CpuDevice {
         );
         assert_eq!(tokens.len() % t, 0, "encoder_forward: tokens are not (B,T)");
         let wte = &params.data[wte_off..wte_off + vocab_size * c];
-        let wpe = &params.data[wpe_off..wpe_off + t * c];
+        let wpe = wpe_off.map(|o| &params.data[o..o + t * c]);
         kernels::encoder_forward(&mut out.data, tokens, wte, wpe, t, c);
         Ok(())
     }
@@ -232,7 +284,7 @@ impl Device for CpuDevice {
         &self,
         dparams: &mut CpuBuffer,
         dwte_off: usize,
-        dwpe_off: usize,
+        dwpe_off: Option<usize>,
         dout: &CpuBuffer,
         tokens: &[u32],
         t: usize,
@@ -244,22 +296,23 @@ impl Device for CpuDevice {
             "encoder_backward: dout is not (B,T,C)"
         );
         let max_tok = tokens.iter().copied().max().unwrap_or(0) as usize;
-        check_range(
-            "encoder_backward",
-            dwte_off,
-            (max_tok + 1) * c,
-            dparams.len(),
-        )?;
+        let wte_len = (max_tok + 1) * c;
+        check_range("encoder_backward", dwte_off, wte_len, dparams.len())?;
+        let Some(dwpe_off) = dwpe_off else {
+            let dwte = &mut dparams.data[dwte_off..dwte_off + wte_len];
+            kernels::encoder_backward(dwte, None, &dout.data, tokens, t, c);
+            return Ok(());
+        };
         check_range("encoder_backward", dwpe_off, t * c, dparams.len())?;
         // wte precedes wpe in every layout this backend serves; split there to borrow both.
         assert!(
-            dwte_off + (max_tok + 1) * c <= dwpe_off,
+            dwte_off + wte_len <= dwpe_off,
             "encoder_backward: wte must precede wpe"
         );
         let (a, b) = dparams.data.split_at_mut(dwpe_off);
         kernels::encoder_backward(
             &mut a[dwte_off..],
-            &mut b[..t * c],
+            Some(&mut b[..t * c]),
             &dout.data,
             tokens,
             t,
@@ -380,15 +433,17 @@ impl Device for CpuDevice {
         qkv: &CpuBuffer,
         s: AttnShape,
     ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let n = s.b * s.t;
         assert_eq!(
             qkv.len(),
-            s.b * s.t * 3 * s.c,
-            "attention_forward: qkv is not (B,T,3C)"
+            n * s.qkv_width(),
+            "attention_forward: qkv is not (B,T,W)"
         );
         assert_eq!(
             out.len(),
-            s.b * s.t * s.c,
-            "attention_forward: out is not (B,T,C)"
+            n * s.q_width(),
+            "attention_forward: out is not (B,T,NH*HD)"
         );
         assert_eq!(
             att.len(),
@@ -408,8 +463,15 @@ impl Device for CpuDevice {
         att: &CpuBuffer,
         s: AttnShape,
     ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let n = s.b * s.t;
         assert!(
-            dqkv.len() == qkv.len() && scratch.len() == att.len() && dout.len() == s.b * s.t * s.c
+            dqkv.len() == qkv.len()
+                && qkv.len() == n * s.qkv_width()
+                && scratch.len() == att.len()
+                && att.len() == s.b * s.nh * s.t * s.t
+                && dout.len() == n * s.q_width(),
+            "attention_backward: buffers do not match {s:?}"
         );
         attention::attention_backward(
             &mut dqkv.data,
@@ -420,6 +482,187 @@ impl Device for CpuDevice {
             s,
             &self.pool,
         );
+        Ok(())
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut CpuBuffer,
+        rstd: &mut CpuBuffer,
+        inp: &CpuBuffer,
+        params: &CpuBuffer,
+        norm: RmsNorm,
+    ) -> Result<(), DeviceError> {
+        let c = norm.c;
+        assert!(
+            out.len() == inp.len() && rstd.len() * c == inp.len(),
+            "rmsnorm_forward: buffers are not (N,C), (N)"
+        );
+        let w = &params.data[norm.w_off..norm.w_off + c];
+        let (out, rstd) = (&mut out.data, &mut rstd.data);
+        kernels::rmsnorm_forward(out, rstd, &inp.data, w, c, norm.eps, &self.pool);
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut CpuBuffer,
+        dparams: &mut CpuBuffer,
+        dout: &CpuBuffer,
+        inp: &CpuBuffer,
+        params: &CpuBuffer,
+        rstd: &CpuBuffer,
+        norm: RmsNorm,
+    ) -> Result<(), DeviceError> {
+        let c = norm.c;
+        assert!(
+            dinp.len() == inp.len() && dout.len() == inp.len() && rstd.len() * c == inp.len(),
+            "rmsnorm_backward: buffers are not (N,C), (N)"
+        );
+        let w = &params.data[norm.w_off..norm.w_off + c];
+        let dw = &mut dparams.data[norm.w_off..norm.w_off + c];
+        let (di, go, x, r) = (&mut dinp.data, &dout.data, &inp.data, &rstd.data);
+        kernels::rmsnorm_backward(di, dw, go, x, w, r, c, &self.pool);
+        Ok(())
+    }
+
+    fn qk_norm_forward(
+        &self,
+        out: &mut CpuBuffer,
+        rstd: &mut CpuBuffer,
+        qkv: &CpuBuffer,
+        params: &CpuBuffer,
+        norm: QkNorm,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let (n, hd, heads) = (s.b * s.t, s.head_dim, s.nh + s.n_kv_head);
+        assert!(
+            out.len() == qkv.len() && qkv.len() == n * s.qkv_width() && rstd.len() == n * heads,
+            "qk_norm_forward: buffers do not match {s:?}"
+        );
+        let qw = &params.data[norm.q_w_off..norm.q_w_off + hd];
+        let kw = &params.data[norm.k_w_off..norm.k_w_off + hd];
+        let w = width(s);
+        for ((orow, xrow), rrow) in out
+            .data
+            .chunks_exact_mut(w)
+            .zip(qkv.data.chunks_exact(w))
+            .zip(rstd.data.chunks_exact_mut(heads))
+        {
+            let (oq, ov) = orow.split_at_mut(heads * hd);
+            let (xq, xv) = xrow.split_at(heads * hd);
+            let (o_q, o_k) = oq.split_at_mut(s.nh * hd);
+            let (x_q, x_k) = xq.split_at(s.nh * hd);
+            let (r_q, r_k) = rrow.split_at_mut(s.nh);
+            kernels::rmsnorm_rows(o_q, r_q, x_q, qw, hd, norm.eps);
+            kernels::rmsnorm_rows(o_k, r_k, x_k, kw, hd, norm.eps);
+            ov.copy_from_slice(xv);
+        }
+        Ok(())
+    }
+
+    fn qk_norm_backward(
+        &self,
+        dqkv: &mut CpuBuffer,
+        dparams: &mut CpuBuffer,
+        dout: &CpuBuffer,
+        qkv: &CpuBuffer,
+        params: &CpuBuffer,
+        rstd: &CpuBuffer,
+        norm: QkNorm,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let (n, hd, heads) = (s.b * s.t, s.head_dim, s.nh + s.n_kv_head);
+        assert!(
+            dqkv.len() == qkv.len()
+                && dout.len() == qkv.len()
+                && qkv.len() == n * s.qkv_width()
+                && rstd.len() == n * heads,
+            "qk_norm_backward: buffers do not match {s:?}"
+        );
+        assert!(
+            norm.q_w_off + hd <= norm.k_w_off,
+            "qk_norm_backward: q_norm must precede k_norm"
+        );
+        let qw = &params.data[norm.q_w_off..norm.q_w_off + hd];
+        let kw = &params.data[norm.k_w_off..norm.k_w_off + hd];
+        let (a, b) = dparams.data.split_at_mut(norm.k_w_off);
+        let (dqw, dkw) = (&mut a[norm.q_w_off..norm.q_w_off + hd], &mut b[..hd]);
+        let w = width(s);
+        for (((drow, grow), xrow), rrow) in dqkv
+            .data
+            .chunks_exact_mut(w)
+            .zip(dout.data.chunks_exact(w))
+            .zip(qkv.data.chunks_exact(w))
+            .zip(rstd.data.chunks_exact(heads))
+        {
+            let (dq, dv) = drow.split_at_mut(heads * hd);
+            let (gq, gv) = grow.split_at(heads * hd);
+            let (d_q, d_k) = dq.split_at_mut(s.nh * hd);
+            let (g_q, g_k) = gq.split_at(s.nh * hd);
+            let (x_q, x_k) = xrow[..heads * hd].split_at(s.nh * hd);
+            let (r_q, r_k) = rrow.split_at(s.nh);
+            kernels::rmsnorm_backward_rows(d_q, g_q, x_q, qw, r_q, hd);
+            kernels::rmsnorm_weight_grad(dqw, g_q, x_q, r_q, hd);
+            kernels::rmsnorm_backward_rows(d_k, g_k, x_k, kw, r_k, hd);
+            kernels::rmsnorm_weight_grad(dkw, g_k, x_k, r_k, hd);
+            dv.iter_mut().zip(gv).for_each(|(d, g)| *d += g);
+        }
+        Ok(())
+    }
+
+    fn rope_forward(
+        &self,
+        qkv: &mut CpuBuffer,
+        table: &CpuBuffer,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        check_rope(qkv, table, s);
+        kernels::rope(&mut qkv.data, &table.data, s, false, &self.pool);
+        Ok(())
+    }
+
+    fn rope_backward(
+        &self,
+        dqkv: &mut CpuBuffer,
+        table: &CpuBuffer,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        check_rope(dqkv, table, s);
+        kernels::rope(&mut dqkv.data, &table.data, s, true, &self.pool);
+        Ok(())
+    }
+
+    fn swiglu_forward(
+        &self,
+        out: &mut CpuBuffer,
+        inp: &CpuBuffer,
+        i: usize,
+    ) -> Result<(), DeviceError> {
+        assert!(
+            out.len().is_multiple_of(i) && inp.len() == 2 * out.len(),
+            "swiglu_forward: buffers are not (N,I), (N,2I)"
+        );
+        kernels::swiglu_forward(&mut out.data, &inp.data, i, &self.pool);
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &self,
+        dinp: &mut CpuBuffer,
+        inp: &CpuBuffer,
+        dout: &CpuBuffer,
+        i: usize,
+    ) -> Result<(), DeviceError> {
+        assert!(
+            dout.len().is_multiple_of(i) && dinp.len() == inp.len() && inp.len() == 2 * dout.len(),
+            "swiglu_backward: buffers are not (N,2I), (N,2I), (N,I)"
+        );
+        kernels::swiglu_backward(&mut dinp.data, &inp.data, &dout.data, i, &self.pool);
         Ok(())
     }
 
@@ -450,7 +693,7 @@ impl Device for CpuDevice {
         targets: &[u32],
         vocab_size: usize,
     ) -> Result<(), DeviceError> {
-        check_tokens("crossentropy", targets, vocab_size)?;
+        check_targets("crossentropy", targets, vocab_size)?;
         assert!(probs.len() == targets.len() * vocab_size && losses.len() == targets.len());
         kernels::softmax_crossentropy_forward(
             &mut probs.data,
@@ -470,7 +713,7 @@ impl Device for CpuDevice {
         vocab_size: usize,
         dloss: f32,
     ) -> Result<(), DeviceError> {
-        check_tokens("crossentropy", targets, vocab_size)?;
+        check_targets("crossentropy", targets, vocab_size)?;
         assert!(dlogits.len() == probs.len() && probs.len() == targets.len() * vocab_size);
         kernels::softmax_crossentropy_backward(
             &mut dlogits.data,

@@ -1,0 +1,303 @@
+//! Reading Hugging Face checkpoint folders: `config.json` and `model.safetensors`, or shards
+//! `model-0000k-of-0000n.safetensors` listed by `model.safetensors.index.json`.
+//!
+//! Every shard is memory-mapped (`memmap2`) and its header parsed once; tensors are read one
+//! contiguous range of the flat layout at a time ([`HfWeights::read_range`]), converted to
+//! fp32 straight from the mapping, so a checkpoint larger than RAM loads group by group into
+//! its tier and a shard is never copied whole into host memory. As transformers' loader does,
+//! the index's `weight_map` decides which file holds a tensor and `metadata.total_size` is
+//! not trusted. Every expected tensor's presence, shape and dtype is checked before the first
+//! byte is converted; an error names the tensor and the file.
+
+use super::layout::TensorSpec;
+use super::ModelError;
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The single-file weights name.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The shard index name.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// The model config name.
+pub const CONFIG_FILE: &str = "config.json";
+
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> ModelError {
+    ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub(crate) fn ckpt_err(path: &Path, message: impl Into<String>) -> ModelError {
+    ModelError::Checkpoint {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// A tensor's header entry: dtype, shape, and byte range inside the file's data section.
+#[derive(Clone, Debug)]
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: (usize, usize),
+}
+
+/// One memory-mapped safetensors file and its parsed header.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    /// Where tensor data begins in the file (8 + header length).
+    data_start: usize,
+    tensors: HashMap<String, Entry>,
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Self, ModelError> {
+        let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+        // SAFETY: the mapping is read-only; a checkpoint file changed by another process while
+        // a run reads it gives wrong values, as it would to any reader, not memory unsafety in
+        // our code (the bytes are only ever copied out and converted).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
+        let (header, meta) = SafeTensors::read_metadata(&map)
+            .map_err(|e| ckpt_err(path, format!("not a valid safetensors file: {e}")))?;
+        let tensors = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let entry = Entry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    bytes: info.data_offsets,
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            data_start: 8 + header,
+            tensors,
+        })
+    }
+}
+
+/// The weights of a checkpoint folder, mapped and indexed by tensor name.
+pub struct HfWeights {
+    shards: Vec<Shard>,
+    /// tensor name -> shard index.
+    owner: HashMap<String, usize>,
+}
+
+impl HfWeights {
+    /// Opens the folder's weights: the index and every shard it names, or the single file.
+    ///
+    /// # Errors
+    /// No weights file, an index that is not JSON or lacks `weight_map`, a shard named by the
+    /// index that is missing or not safetensors, a tensor the index places in a file that
+    /// does not hold it.
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        let index = dir.join(INDEX_FILE);
+        let single = dir.join(WEIGHTS_FILE);
+        if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ckpt_err(&index, format!("not valid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ckpt_err(&index, "no \"weight_map\" object"))?;
+            let mut files: Vec<String> = Vec::new();
+            let mut owner = HashMap::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| {
+                    ckpt_err(&index, format!("weight_map.{name}: not a file name"))
+                })?;
+                if file.contains('/') || file.contains('\\') || file == ".." {
+                    return Err(ckpt_err(
+                        &index,
+                        format!("weight_map.{name}: \"{file}\" is not a file in this folder"),
+                    ));
+                }
+                let i = match files.iter().position(|f| f == file) {
+                    Some(i) => i,
+                    None => {
+                        files.push(file.to_string());
+                        files.len() - 1
+                    }
+                };
+                owner.insert(name.clone(), i);
+            }
+            let shards = files
+                .iter()
+                .map(|f| Shard::open(&dir.join(f)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (name, &i) in &owner {
+                if !shards[i].tensors.contains_key(name) {
+                    return Err(ckpt_err(
+                        &shards[i].path,
+                        format!(
+                            "{name}: listed in {INDEX_FILE} for this file, which does not hold it"
+                        ),
+                    ));
+                }
+            }
+            Ok(HfWeights { shards, owner })
+        } else if single.exists() {
+            let shard = Shard::open(&single)?;
+            let owner = shard.tensors.keys().map(|k| (k.clone(), 0)).collect();
+            Ok(HfWeights {
+                shards: vec![shard],
+                owner,
+            })
+        } else {
+            Err(ckpt_err(
+                dir,
+                format!("no {WEIGHTS_FILE} or {INDEX_FILE}: not a Hugging Face checkpoint folder"),
+            ))
+        }
+    }
+
+    /// The files holding the weights.
+    pub fn files(&self) -> Vec<&Path> {
+        self.shards.iter().map(|s| s.path.as_path()).collect()
+    }
+
+    /// Every tensor name in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.owner.keys().map(String::as_str)
+    }
+
+    /// Checks every tensor of `layout` is present with its shape and a float dtype zinf reads
+    /// (F32, F16, BF16). Returns the names in the checkpoint the layout does not use (the
+    /// caller logs them; transformers ignores them too, e.g. old `rotary_emb.inv_freq`).
+    pub fn check(&self, layout: &[TensorSpec]) -> Result<Vec<String>, ModelError> {
+        for t in layout {
+            let (shard, e) = self.find(&t.name)?;
+            let (dtype, shape) = (e.dtype, e.shape.as_slice());
+            if shape != t.shape.as_slice() {
+                return Err(ckpt_err(
+                    &shard.path,
+                    format!(
+                        "{}: shape {shape:?}, the config implies {:?}",
+                        t.name, t.shape
+                    ),
+                ));
+            }
+            if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                return Err(ckpt_err(
+                    &shard.path,
+                    format!("{}: dtype {dtype:?}; zinf reads F32, F16 and BF16", t.name),
+                ));
+            }
+        }
+        let used: std::collections::HashSet<&str> =
+            layout.iter().map(|t| t.name.as_str()).collect();
+        let mut unused: Vec<String> = self
+            .owner
+            .keys()
+            .filter(|n| !used.contains(n.as_str()))
+            .cloned()
+            .collect();
+        unused.sort();
+        Ok(unused)
+    }
+
+    fn find(&self, name: &str) -> Result<(&Shard, &Entry), ModelError> {
+        let i = *self.owner.get(name).ok_or_else(|| {
+            let files: Vec<String> = self
+                .files()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            ckpt_err(
+                self.shards[0].path.parent().unwrap_or(Path::new(".")),
+                format!("tensor {name} is missing (looked in {})", files.join(", ")),
+            )
+        })?;
+        let shard = &self.shards[i];
+        Ok((shard, &shard.tensors[name]))
+    }
+
+    /// The values of the flat range `r` (whole tensors of `layout`, in layout order) in fp32,
+    /// read straight from the mapped files. Call [`HfWeights::check`] first.
+    pub fn read_range(
+        &self,
+        layout: &[TensorSpec],
+        r: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut out = vec![0.0f32; r.len()];
+        for t in layout.iter().filter(|t| r.contains(&t.offset)) {
+            let tr = t.range();
+            if tr.end > r.end {
+                return Err(ModelError::Shape(format!(
+                    "{}: straddles the range {r:?} asked for",
+                    t.name
+                )));
+            }
+            let (shard, e) = self.find(&t.name)?;
+            let (dtype, (a, b)) = (e.dtype, e.bytes);
+            let bytes = &shard.map[shard.data_start + a..shard.data_start + b];
+            let dst = &mut out[tr.start - r.start..tr.end - r.start];
+            let width = match dtype {
+                Dtype::F32 => 4,
+                _ => 2,
+            };
+            if bytes.len() != dst.len() * width {
+                return Err(ckpt_err(
+                    &shard.path,
+                    format!("{}: {} bytes for {} values", t.name, bytes.len(), dst.len()),
+                ));
+            }
+            convert(dtype, bytes, dst);
+        }
+        Ok(out)
+    }
+
+    /// The dtype most of the layout's elements are stored in on disk (the dtype a run keeps
+    /// when the config does not choose one).
+    pub fn main_dtype(&self, layout: &[TensorSpec]) -> Option<Dtype> {
+        let mut count: Vec<(Dtype, usize)> = Vec::new();
+        for t in layout {
+            if let Ok((_, e)) = self.find(&t.name) {
+                let d = e.dtype;
+                match count.iter_mut().find(|(k, _)| *k == d) {
+                    Some((_, n)) => *n += t.numel(),
+                    None => count.push((d, t.numel())),
+                }
+            }
+        }
+        count.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
+    }
+}
+
+/// Little-endian F32/F16/BF16 bytes -> fp32 (half values widen exactly).
+fn convert(dtype: Dtype, bytes: &[u8], dst: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Dtype::F16 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        _ => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+    }
+}
+
+/// Reads `dir/config.json` as text (BOM allowed by the parser).
+pub fn read_config_text(dir: &Path) -> Result<(PathBuf, String), ModelError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    Ok((path, text))
+}
