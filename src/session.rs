@@ -249,7 +249,9 @@ impl Session {
         let dev = open_device(&self.settings.train);
         let start = match self.resume {
             Some(dir) => Start::Resume(dir),
-            None => Start::Fresh(self.init),
+            None => Start::Fresh(self.init.map(|p| -> crate::model::ParamSource {
+                Box::new(move |r| Ok(p.range_to_f32(r)))
+            })),
         };
         let io = aio_factory(self.aio, self.pool_bytes, self.pin_pool);
         // A start that fails drops the lock, which removes the store it began: a disk that

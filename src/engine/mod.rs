@@ -30,7 +30,7 @@ pub use placement::{Placement, Tier};
 
 use crate::data::{val_batches, Batcher, Dataset};
 use crate::device::{Device, DeviceError};
-use crate::model::{Gpt, HostParams, Model, ModelError, Stages};
+use crate::model::{Gpt, HostParams, Model, ModelError, ParamSource, Stages};
 use crate::optim::{Grad, OptimError, OptimizerStep, StepScalars};
 use crate::settings::{StepMetrics, TrainSettings};
 use crate::tiers::layout::is_persistent;
@@ -149,8 +149,9 @@ pub type IoFactory<B> = Box<dyn Fn(Option<u64>) -> Result<B, SwapError> + Send>;
 
 /// What the engine was given to start from.
 pub enum Start {
-    /// A fresh run from the seed, or from these parameters (`--init-from`).
-    Fresh(Option<HostParams>),
+    /// A fresh run from the seed, or from these parameters (`--init-from`), read one group
+    /// range at a time in layout order.
+    Fresh(Option<ParamSource>),
     /// Continue from a save folder (`--resume`).
     Resume(PathBuf),
 }
@@ -286,16 +287,16 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
 
     /// Fills the tiers with the initial parameters, one group at a time (a model larger than
     /// RAM never exists whole in host memory), and commits the store.
-    fn init_state(&mut self, init: Option<HostParams>) -> Result<(), EngineError> {
+    fn init_state(&mut self, init: Option<ParamSource>) -> Result<(), EngineError> {
         let s = &self.settings.train;
         let groups = self.model.groups().to_vec();
-        let mut gen = self.model.seeded_init(s.seed);
+        let mut source = match init {
+            Some(source) => source,
+            None => self.model.seeded_init(s.seed),
+        };
         for (gi, g) in groups.iter().enumerate() {
             let r = g.range.clone();
-            let values = match &init {
-                Some(p) => p.range_to_f32(r.clone()),
-                None => gen(r.clone()),
-            };
+            let values = source(r.clone())?;
             // Stored (rounded) values; the fp32 master starts from them, as DeepSpeed's does.
             let stored = HostParams::from_f32(s.dtype, &values);
             let master = stored.to_f32();

@@ -608,7 +608,7 @@ impl<D: Device> Model<D> for Gpt<D> {
     fn seeded_init(&self, seed: u64) -> ParamSource {
         let layout = self.layout.clone();
         let mut gen = ParamInit::new(self.cfg.n_layer, seed);
-        Box::new(move |r| gen.next_range(&layout, r))
+        Box::new(move |r| Ok(gen.next_range(&layout, r)))
     }
 
     fn buffers_mut(&mut self) -> &mut GroupBuffers<D::Buffer> {

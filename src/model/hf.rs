@@ -301,3 +301,11 @@ pub fn read_config_text(dir: &Path) -> Result<(PathBuf, String), ModelError> {
     let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
     Ok((path, text))
 }
+
+impl HfWeights {
+    /// The weights as the engine's initial parameters: each group range read from the
+    /// mapped files when the engine asks for it (call [`HfWeights::check`] first).
+    pub fn into_source(self, tensors: Vec<TensorSpec>) -> super::ParamSource {
+        Box::new(move |r| self.read_range(&tensors, r))
+    }
+}

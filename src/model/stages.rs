@@ -99,8 +99,9 @@ impl Stages {
 }
 
 /// Initial values of a range of the flat parameter array, called with consecutive group
-/// ranges in layout order.
-pub type ParamSource = Box<dyn FnMut(Range<usize>) -> Vec<f32> + Send>;
+/// ranges in layout order: the seeded initialisation, or a checkpoint read group by group
+/// (which can fail: a truncated file, an I/O error).
+pub type ParamSource = Box<dyn FnMut(Range<usize>) -> Result<Vec<f32>, ModelError> + Send>;
 
 /// A model the engine can train one group at a time on a device `D`.
 ///

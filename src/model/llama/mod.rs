@@ -667,7 +667,7 @@ impl<D: Device> Model<D> for Llama<D> {
             rng: ChaCha8Rng::seed_from_u64(seed),
             next: 0,
         };
-        Box::new(move |r| gen.next_range(&layout, r))
+        Box::new(move |r| Ok(gen.next_range(&layout, r)))
     }
 
     fn buffers_mut(&mut self) -> &mut GroupBuffers<D::Buffer> {
