@@ -43,8 +43,8 @@ impl ModelStats {
     /// From the plan's layout: the same units, padding and chunk size the engine uses.
     pub fn from_session(s: &Session) -> ModelStats {
         let layout = &s.layout;
-        let model = crate::model::param_layout(&s.settings.train.model);
-        let largest_tensor = model.tensors.iter().map(|t| t.numel()).max().unwrap_or(0);
+        let (tensors, _) = s.settings.train.model.layout();
+        let largest_tensor = tensors.iter().map(|t| t.numel()).max().unwrap_or(0);
         let threshold = s.settings.param_persistence_threshold;
         let persistent = layout
             .groups
@@ -178,15 +178,12 @@ impl Estimate {
 }
 
 /// Bytes of fp32 device memory the model allocates for one micro-batch: activations kept for
-/// backward, the logits and the backward scratch ([`crate::model::gpt::activation_elems`],
-/// exactly what GPT-2's buffers take). Saturates at `u64::MAX`.
+/// backward, the logits and the backward scratch ([`crate::model::ModelSpec::activation_elems`],
+/// exactly what the model's buffers take). Saturates at `u64::MAX`.
 pub fn activation_bytes(s: &crate::settings::TrainSettings) -> u64 {
-    let elems = crate::model::gpt::activation_elems(
-        &s.model,
-        s.micro_batch,
-        s.seq_len,
-        s.activation_checkpointing,
-    );
+    let elems = s
+        .model
+        .activation_elems(s.micro_batch, s.seq_len, s.activation_checkpointing);
     u64::try_from(elems.saturating_mul(4)).unwrap_or(u64::MAX)
 }
 
@@ -337,9 +334,9 @@ pub fn estimate(
             s.pool_bytes,
         );
     }
-    let export_bytes = export_bytes(config, s);
+    let export_bytes = export_bytes(s);
     pageable.add(
-        "HF export at the end (the parameters, their tensors, the safetensors file)",
+        "HF export at the end (one parameter group streamed to the files)",
         export_bytes,
     );
 
@@ -395,23 +392,18 @@ pub fn estimate(
     }
 }
 
-/// Host bytes the HF export at the end of a run takes: the parameters copied out, their
-/// tensors, and the safetensors file built in memory (three copies of the 16-bit
-/// parameters); 0 when the run skips it (parameters on NVMe larger than a quarter of
-/// `zinf.host_memory_budget`, default 8 GiB).
-pub fn export_bytes(config: &Config, s: &Session) -> u64 {
-    let params = s.layout.total as u64 * s.settings.train.dtype.bytes() as u64;
-    if s.settings.placement.params.is_nvme() && params > export_limit_bytes(config) {
-        0
-    } else {
-        params.saturating_mul(3)
-    }
+/// Host bytes the HF export at the end of a run takes: it streams one parameter group at a
+/// time from the tiers to the files (`Engine::export_hf`), so one group in the run's dtype
+/// plus the 8 MiB file buffer.
+pub fn export_bytes(s: &Session) -> u64 {
+    let group = s.layout.max_group_len() as u64 * s.settings.train.dtype.bytes() as u64;
+    group.saturating_add(8 << 20)
 }
 
-/// The most parameter bytes a run exports to HF format when they live on NVMe: a quarter
-/// of `zinf.host_memory_budget` (8 GiB when unset), since the export holds three copies.
-pub fn export_limit_bytes(config: &Config) -> u64 {
-    config.zinf.host_memory_budget.unwrap_or(8 << 30) / 4
+/// Bytes the HF export writes under `--out`: every parameter in the run's dtype (plus
+/// headers, under 1%).
+pub fn export_disk_bytes(s: &Session) -> u64 {
+    s.layout.total as u64 * s.settings.train.dtype.bytes() as u64
 }
 
 /// Fills the NVMe tier with the swap store's shards by kind (both versions when double

@@ -21,7 +21,8 @@ use crate::engine::{
     Start, Tier,
 };
 use crate::model::checkpoint::load_hf;
-use crate::model::{param_layout, ParamDtype};
+use crate::model::hf::HfWeights;
+use crate::model::{ModelSpec, ParamDtype, ParamSource};
 use crate::settings::TrainSettings;
 use crate::tiers::layout::MIN_SUB_GROUP_SIZE;
 use crate::tiers::{NvmePlacement, TierLayout};
@@ -74,7 +75,8 @@ pub struct Session {
     pub pool_bytes: u64,
     /// Whether the pool is locked in RAM (`pin_memory`).
     pub pin_pool: bool,
-    init: Option<crate::model::HostParams>,
+    /// The Hugging Face folder a fresh run starts from (`zinf.model.from`, `--init-from`).
+    init_from: Option<PathBuf>,
     resume: Option<PathBuf>,
     trace: bool,
     aio: zinf_aio::AioConfig,
@@ -124,20 +126,16 @@ impl Session {
                 "zinf.device: auto -> cpu (the CUDA backend does not run the model's ops yet)"
             );
         }
-        let mut train = train_settings(cfg, o.threads)?;
-        let init = match &o.init_from {
-            Some(dir) => {
-                let (mcfg, p) = load_hf(dir, train.dtype)?;
-                if mcfg != train.model {
-                    tracing::info!(
-                        "--init-from: model shape {mcfg:?} from the checkpoint replaces the config's"
-                    );
-                }
-                train.model = mcfg;
-                Some(p)
-            }
-            None => None,
-        };
+        let train = train_settings(cfg, o.threads)?;
+        // The config already read the folder's shape (`--init-from` is `zinf.model.from`);
+        // its weights are checked here, before anything is allocated.
+        let init_from = o
+            .init_from
+            .clone()
+            .or_else(|| cfg.zinf.model_from.as_ref().map(PathBuf::from));
+        if let Some(dir) = &init_from {
+            check_weights(dir, &train.model)?;
+        }
         let settings = engine_settings(cfg, train)?;
         let layout = tier_layout(&settings);
         warn_unit_cost(&settings, &layout);
@@ -151,7 +149,7 @@ impl Session {
             layout,
             pool_bytes,
             pin_pool,
-            init,
+            init_from,
             resume: o.resume.clone(),
             trace: o.trace,
             aio: cfg.aio_config(),
@@ -249,9 +247,12 @@ impl Session {
         let dev = open_device(&self.settings.train);
         let start = match self.resume {
             Some(dir) => Start::Resume(dir),
-            None => Start::Fresh(self.init.map(|p| -> crate::model::ParamSource {
-                Box::new(move |r| Ok(p.range_to_f32(r)))
-            })),
+            None => Start::Fresh(
+                self.init_from
+                    .as_deref()
+                    .map(|dir| init_source(dir, &self.settings.train))
+                    .transpose()?,
+            ),
         };
         let io = aio_factory(self.aio, self.pool_bytes, self.pin_pool);
         // A start that fails drops the lock, which removes the store it began: a disk that
@@ -260,6 +261,49 @@ impl Session {
         engine.hold_swap_lock(lock);
         Ok(engine)
     }
+}
+
+/// Checks a Hugging Face folder's weights against the model its config describes: every
+/// tensor present with its shape and a dtype zinf reads (names unused by the model are
+/// logged, as transformers ignores them).
+fn check_weights(dir: &Path, model: &ModelSpec) -> Result<(), SessionError> {
+    match model {
+        ModelSpec::Gpt2(_) => Ok(()), // read whole and checked by `load_hf` at build
+        ModelSpec::Llama(_) => {
+            let (tensors, _) = model.layout();
+            let unused = HfWeights::open(dir)?.check(&tensors)?;
+            if !unused.is_empty() {
+                tracing::warn!(
+                    "{}: {} tensors the model does not use are ignored: {}",
+                    dir.display(),
+                    unused.len(),
+                    unused
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The initial parameters from a Hugging Face folder, read group by group as the engine fills
+/// the tiers: a Llama-family folder straight from its mapped shards; a GPT-2 folder read
+/// whole (its single file is small).
+fn init_source(dir: &Path, s: &TrainSettings) -> Result<ParamSource, SessionError> {
+    Ok(match &s.model {
+        ModelSpec::Gpt2(_) => {
+            let (_, p) = load_hf(dir, s.dtype)?;
+            Box::new(move |r| Ok(p.range_to_f32(r)))
+        }
+        ModelSpec::Llama(_) => {
+            let (tensors, _) = s.model.layout();
+            HfWeights::open(dir)?.into_source(tensors)
+        }
+    })
 }
 
 /// Bytes of a swap store an earlier run left under `nvme_path` (the next run removes it
@@ -306,7 +350,7 @@ pub fn train_settings(cfg: &Config, threads: Option<usize>) -> Result<TrainSetti
         .or(z.threads.map(|t| t as usize))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     Ok(TrainSettings {
-        model: z.model,
+        model: z.model.clone(),
         micro_batch: cfg.train_micro_batch_size_per_gpu as usize,
         gradient_accumulation_steps: cfg.gradient_accumulation_steps.max(1) as usize,
         seq_len: z.data.seq_len as usize,
@@ -397,11 +441,11 @@ fn warn_unit_cost(s: &EngineSettings, layout: &TierLayout) {
 /// The tiers' layout for these settings: the model's groups cut into this rank's units,
 /// whole tensors grouped as DeepSpeed groups them into sub-groups.
 pub fn tier_layout(s: &EngineSettings) -> TierLayout {
-    let layout = param_layout(&s.train.model);
+    let (tensors, groups) = s.train.model.layout();
     let part = s.partition;
-    let tensor_starts: Vec<usize> = layout.tensors.iter().map(|t| t.offset).collect();
+    let tensor_starts: Vec<usize> = tensors.iter().map(|t| t.offset).collect();
     TierLayout::new(
-        layout.groups.iter().map(|(_, r)| r.clone()).collect(),
+        groups,
         &tensor_starts,
         |r| part.owned(r),
         s.sub_group_size,

@@ -2,7 +2,7 @@
 //! and what one optimizer step reports ([`StepMetrics`]): shared by the resident trainer
 //! (`model/train.rs`), the ZeRO-3 engine and `zinf train`. Built by `crate::session`.
 
-use crate::model::{GptConfig, ParamDtype};
+use crate::model::{ModelSpec, ParamDtype};
 use crate::optim::{
     Adam, AdamConfig, LossScalerConfig, OptimError, OptimizerStep, SchedulerConfig, ThreadPool,
 };
@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// Everything a run needs, resolved from the config and the command line.
 #[derive(Clone, Debug)]
 pub struct TrainSettings {
-    pub model: GptConfig,
+    pub model: ModelSpec,
     pub micro_batch: usize,
     pub gradient_accumulation_steps: usize,
     pub seq_len: usize,

@@ -23,10 +23,22 @@ fn folder() -> PathBuf {
 }
 
 fn losses(params: Tier, optimizer: Tier, checkpointing: bool) -> Vec<u32> {
-    run(params, optimizer, checkpointing, true)
+    let mut e = engine(params, optimizer, checkpointing, true);
+    (0..STEPS)
+        .map(|_| e.step().expect("step").loss.to_bits())
+        .collect()
 }
 
 fn run(params: Tier, optimizer: Tier, checkpointing: bool, from_folder: bool) -> Vec<u32> {
+    let mut e = engine(params, optimizer, checkpointing, from_folder);
+    (0..STEPS)
+        .map(|_| e.step().expect("step").loss.to_bits())
+        .collect()
+}
+
+type LlamaEngine = Engine<CpuDevice, zinf_swap::fake::FakeIo, Llama<CpuDevice>>;
+
+fn engine(params: Tier, optimizer: Tier, checkpointing: bool, from_folder: bool) -> LlamaEngine {
     let cfg = LlamaConfig::from_folder(&folder()).unwrap();
     assert_eq!(
         cfg.vocab_size, VOCAB,
@@ -37,13 +49,15 @@ fn run(params: Tier, optimizer: Tier, checkpointing: bool, from_folder: bool) ->
     assert!(weights.check(&layout.tensors).unwrap().is_empty());
     let mut train = train_settings(ParamDtype::Bf16, 1.0, 2);
     train.activation_checkpointing = checkpointing;
+    train.model = zinf::model::ModelSpec::Llama(cfg.clone());
     let es = engine_settings(train, placement(params, optimizer));
     let dev = CpuDevice::new(1, es.train.device_memory_budget);
     let (b, t) = (es.train.micro_batch, es.train.seq_len);
     let model = Llama::without_groups(&dev, cfg, b, t, checkpointing).unwrap();
     let disk = FakeDisk::new(1);
+    let _keep = disk.clone();
     let start = Start::Fresh(from_folder.then(|| weights.into_source(layout.tensors)));
-    let mut e: Engine<CpuDevice, _, Llama<CpuDevice>> = Engine::with_model(
+    Engine::with_model(
         es,
         dev,
         model,
@@ -52,10 +66,7 @@ fn run(params: Tier, optimizer: Tier, checkpointing: bool, from_folder: bool) ->
         start,
         Timeline::disabled(),
     )
-    .expect("engine builds");
-    (0..STEPS)
-        .map(|_| e.step().expect("step").loss.to_bits())
-        .collect()
+    .expect("engine builds")
 }
 
 #[test]
@@ -89,4 +100,37 @@ fn every_placement_gives_the_same_llama_losses_with_and_without_checkpointing() 
             );
         }
     }
+}
+
+#[test]
+fn export_writes_a_folder_that_reimports_bit_exact_from_nvme_sharded() {
+    let dir = PathBuf::from("/nvme");
+    let mut e = engine(nvme(&dir), nvme(&dir), false, true);
+    for _ in 0..2 {
+        e.step().expect("step");
+    }
+    let out = tempfile::tempdir().unwrap();
+    let report = e
+        .export_hf(out.path(), Some(&folder()), 40_000)
+        .expect("export");
+    assert!(report.files.len() > 2, "sharded: {:?}", report.files);
+    let want = e.export_params(u64::MAX).unwrap().unwrap();
+    let cfg = LlamaConfig::from_folder(out.path()).unwrap();
+    assert_eq!(cfg.torch_dtype.as_deref(), Some("bfloat16"));
+    assert_eq!(
+        cfg,
+        LlamaConfig {
+            torch_dtype: cfg.torch_dtype.clone(),
+            ..LlamaConfig::from_folder(&folder()).unwrap()
+        }
+    );
+    let layout = llama_layout(&cfg);
+    let w = HfWeights::open(out.path()).unwrap();
+    assert!(w.check(&layout.tensors).unwrap().is_empty());
+    let back = w.read_range(&layout.tensors, 0..layout.total).unwrap();
+    let back = zinf::model::HostParams::from_f32(ParamDtype::Bf16, &back);
+    assert_eq!(
+        back.range_bytes(0..back.len()),
+        want.range_bytes(0..want.len())
+    );
 }

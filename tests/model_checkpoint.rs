@@ -116,3 +116,59 @@ fn import_reports_missing_tensor_and_wrong_shape() {
         .to_string();
     assert!(err.contains("shape"), "{err}");
 }
+
+#[test]
+fn streamed_export_reimports_bit_exact_in_every_dtype_single_and_sharded() {
+    use zinf::model::export::{group_reader, write_folder};
+    use zinf::model::{ModelError, ModelSpec};
+    let cfg = tiny();
+    let layout = param_layout(&cfg);
+    let groups: Vec<_> = layout.groups.iter().map(|(_, r)| r.clone()).collect();
+    let spec = ModelSpec::Gpt2(cfg);
+    for dtype in [ParamDtype::F32, ParamDtype::F16, ParamDtype::Bf16] {
+        let p = HostParams::from_f32(dtype, &init_params(&layout, cfg.n_layer, 5));
+        for max_shard in [u64::MAX, 4096] {
+            let dir = tempfile::tempdir().unwrap();
+            let report = write_folder::<ModelError>(
+                dir.path(),
+                &spec,
+                dtype,
+                None,
+                max_shard,
+                group_reader(&p, &groups),
+            )
+            .unwrap();
+            assert_eq!(report.bytes, (layout.total * dtype.bytes()) as u64);
+            if max_shard == u64::MAX {
+                assert_eq!(report.files.len(), 1);
+                let (got_cfg, got) = load_hf(dir.path(), dtype).unwrap();
+                assert_eq!(got_cfg, cfg);
+                assert_eq!(got.range_bytes(0..got.len()), p.range_bytes(0..p.len()));
+            } else {
+                // Sharded as transformers shards: an index naming every tensor's file.
+                assert!(report.files.len() > 2, "{:?}", report.files);
+                let idx = dir.path().join("model.safetensors.index.json");
+                let v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(idx).unwrap()).unwrap();
+                assert_eq!(
+                    v["weight_map"].as_object().unwrap().len(),
+                    layout.tensors.len()
+                );
+                let w = zinf::model::hf::HfWeights::open(dir.path()).unwrap();
+                // Names in the files carry the `transformer.` prefix.
+                let named: Vec<_> = layout
+                    .tensors
+                    .iter()
+                    .map(|t| zinf::model::TensorSpec {
+                        name: format!("transformer.{}", t.name),
+                        ..t.clone()
+                    })
+                    .collect();
+                assert!(w.check(&named).unwrap().is_empty());
+                let back = w.read_range(&named, 0..layout.total).unwrap();
+                let back = HostParams::from_f32(dtype, &back);
+                assert_eq!(back.range_bytes(0..back.len()), p.range_bytes(0..p.len()));
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::config::{Config, Loaded};
 use crate::device::{CpuDevice, Device};
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
 use crate::engine::{Engine, EngineCounters, Tier};
-use crate::model::checkpoint::save_hf;
+use crate::model::export::DEFAULT_MAX_SHARD_BYTES;
 use crate::session::{load_data, Overrides, Session};
 use crate::settings::StepMetrics;
 use anyhow::Context;
@@ -144,13 +144,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn load_config(args: &TrainArgs) -> anyhow::Result<Loaded> {
-    let loaded = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => {
-            tracing::info!("no --config: running the embedded configs/first_run.json");
-            Config::embedded_default()?
-        }
-    };
+    if args.config.is_none() {
+        tracing::info!("no --config: running the embedded configs/first_run.json");
+    }
+    // `--init-from DIR` is `zinf.model.from`: the folder's shape resolves the config.
+    let loaded = Config::load_from(args.config.as_deref(), args.init_from.as_deref())?;
     // `--steps` overrides zinf.train_steps, and "auto" schedule lengths follow it.
     let loaded = loaded.with_train_steps(args.steps);
     loaded.log();
@@ -189,7 +187,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         .clone()
         .or(cfg.zinf.trace.as_ref().map(PathBuf::from));
     let steps = args.steps.unwrap_or(cfg.zinf.train_steps);
-    check_outputs(args, &out_dir, trace_path.as_deref(), &plan, &est)?;
+    check_outputs(args, &out_dir, trace_path.as_deref(), &plan)?;
     let mut engine = plan.build(data)?;
     let start_step = engine.steps();
     if args.resume.is_some() && start_step >= steps {
@@ -221,15 +219,21 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         }
         None => None,
     };
-    // The export builds the safetensors file in memory: about three copies of the parameters.
-    let export_limit = crate::estimate::export_limit_bytes(cfg);
-    match engine.export_params(export_limit)? {
-        Some(p) => save_hf(&out_dir, &engine.settings.train.model, &p)?,
-        None => tracing::info!(
-            "HF export skipped: the parameters live on NVMe and exceed {} of host memory",
-            human_bytes(export_limit)
-        ),
-    }
+    // The export streams one parameter group at a time from the tiers to the files.
+    let source = args
+        .init_from
+        .clone()
+        .or_else(|| cfg.zinf.model_from.as_ref().map(PathBuf::from));
+    let export_start = std::time::Instant::now();
+    let report = engine.export_hf(&out_dir, source.as_deref(), DEFAULT_MAX_SHARD_BYTES)?;
+    tracing::info!(
+        "exported {} in {} file(s) to {} in {:.1} s (transformers loads it with \
+         AutoModelForCausalLM.from_pretrained)",
+        human_bytes(report.bytes),
+        report.files.len(),
+        out_dir.display(),
+        export_start.elapsed().as_secs_f64()
+    );
     if let Some(p) = &trace_path {
         engine
             .recorder()
@@ -278,7 +282,6 @@ fn check_outputs(
     out_dir: &Path,
     trace: Option<&Path>,
     plan: &Session,
-    est: &crate::estimate::Estimate,
 ) -> anyhow::Result<()> {
     let mut need: Vec<(&Path, u64, &str)> = Vec::new();
     if let Some(dir) = &args.save {
@@ -286,7 +289,7 @@ fn check_outputs(
         let has_save = dir.join(crate::engine::checkpoint::POINTER).exists();
         need.push((dir, if has_save { 2 * one } else { one }, "--save"));
     }
-    need.push((out_dir, est.export_bytes / 3, "--out"));
+    need.push((out_dir, crate::estimate::export_disk_bytes(plan), "--out"));
     for (dir, _, flag) in &need {
         writable_dir(dir, flag)?;
     }
@@ -401,11 +404,8 @@ fn log_start(
     let s = &e.settings.train;
     let pl = &e.settings.placement;
     tracing::info!(
-        "model: {} layers, {} heads, {} channels, vocab {}, {} parameters ({:?}); device {}",
-        s.model.n_layer,
-        s.model.n_head,
-        s.model.n_embd,
-        s.model.vocab_size,
+        "model: {}, {} parameters ({:?}); device {}",
+        s.model.describe(),
         s.model.num_params(),
         s.dtype,
         e.dev.name(),
@@ -437,11 +437,7 @@ fn log_start(
         human_bytes(e.pool_budget_bytes()),
         human_bytes(e.host_state_bytes()),
         human_bytes(est.host_bytes()),
-        if est.export_bytes > 0 {
-            " and the export"
-        } else {
-            ""
-        },
+        " and the export",
         cfg.zinf
             .host_memory_budget
             .map_or(String::new(), |b| format!(", budget {}", human_bytes(b))),

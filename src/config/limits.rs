@@ -8,7 +8,7 @@
 //! against the one `param_layout`.
 
 use super::{Config, Issue, OffloadDevice};
-use crate::model::GptConfig;
+use crate::model::{GptConfig, ModelSpec};
 
 /// Inclusive ranges of the `zinf.model` keys. Real models stay well inside them (Llama 3.1
 /// 405B: 126 layers, 16384 wide, 128 heads, 128256 tokens, 131072 positions).
@@ -58,11 +58,41 @@ pub fn largest_tensor(m: &GptConfig) -> u64 {
     .unwrap_or(0)
 }
 
+/// Parameters of any model, counted without building its layout; `None` on overflow.
+pub fn spec_param_count(m: &ModelSpec) -> Option<u64> {
+    match m {
+        ModelSpec::Gpt2(c) => param_count(c),
+        ModelSpec::Llama(c) => {
+            crate::model::llama::layout::llama_layout_checked(c).map(|n| n as u64)
+        }
+    }
+}
+
+/// Elements of the largest single tensor of any model. Saturates instead of overflowing.
+pub fn spec_largest_tensor(m: &ModelSpec) -> u64 {
+    match m {
+        ModelSpec::Gpt2(c) => largest_tensor(c),
+        ModelSpec::Llama(c) => {
+            let (h, i, v) = (
+                c.hidden_size as u64,
+                c.intermediate_size as u64,
+                c.vocab_size as u64,
+            );
+            let q = (c.num_attention_heads as u64).saturating_mul(c.head_dim as u64);
+            [v, i, q]
+                .into_iter()
+                .map(|r| r.saturating_mul(h))
+                .max()
+                .unwrap_or(0)
+        }
+    }
+}
+
 /// The least bytes of model state a run needs somewhere (device, RAM or disk): the stored
 /// parameters plus DeepSpeed's 12 B of fp32 master, m and v per parameter (gradients can
 /// stream, so they are not counted). `None` on overflow.
 pub fn min_state_bytes(c: &Config) -> Option<u64> {
-    param_count(&c.zinf.model)?.checked_mul(c.param_dtype_bytes() + 12)
+    spec_param_count(&c.zinf.model)?.checked_mul(c.param_dtype_bytes() + 12)
 }
 
 impl Config {
@@ -98,7 +128,7 @@ impl Config {
             return Ok(());
         }
         let capacity = ram.unwrap_or(0).saturating_add(disk);
-        let params = param_count(&self.zinf.model);
+        let params = spec_param_count(&self.zinf.model);
         let need = min_state_bytes(self);
         if need.is_some_and(|n| n <= capacity) {
             return Ok(());

@@ -278,8 +278,39 @@ impl Config {
     /// JSON syntax error or a key written twice in one object (DeepSpeed refuses those too) is
     /// an error naming where.
     pub fn parse_bytes(bytes: &[u8], source_name: &str) -> Result<Loaded, ConfigError> {
+        Self::parse_bytes_from(bytes, source_name, None)
+    }
+
+    /// Reads and resolves a config file, or the embedded default when `path` is `None`, with
+    /// `zinf.model.from` set to `model_from` when given (`--init-from DIR`): the folder's
+    /// shape is known while the config resolves, so `"auto"` sizes follow its hidden size.
+    pub fn load_from(
+        path: Option<&Path>,
+        model_from: Option<&Path>,
+    ) -> Result<Loaded, ConfigError> {
+        match path {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::parse_bytes_from(&bytes, &path.display().to_string(), model_from)
+            }
+            None => Self::parse_bytes_from(
+                EMBEDDED_DEFAULT.as_bytes(),
+                "configs/first_run.json (embedded)",
+                model_from,
+            ),
+        }
+    }
+
+    fn parse_bytes_from(
+        bytes: &[u8],
+        source_name: &str,
+        model_from: Option<&Path>,
+    ) -> Result<Loaded, ConfigError> {
         let source = || source_name.to_string();
-        let value: Value = json::parse(bytes).map_err(|p| match p {
+        let mut value: Value = json::parse(bytes).map_err(|p| match p {
             json::JsonProblem::Utf8 { byte } => ConfigError::Encoding {
                 source_name: source(),
                 byte,
@@ -305,6 +336,19 @@ impl Config {
                     .collect(),
             },
         })?;
+        if let (Some(dir), Some(root)) = (model_from, value.as_object_mut()) {
+            let zinf = root
+                .entry("zinf")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(z) = zinf.as_object_mut() {
+                let model = z
+                    .entry("model")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Some(m) = model.as_object_mut() {
+                    m.insert("from".into(), Value::from(dir.display().to_string()));
+                }
+            }
+        }
         let mut diag = Diagnostics {
             strict: true,
             ..Diagnostics::default()

@@ -110,7 +110,7 @@ const ZERO_ACCEPTED: &[&str] = &[
 pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnostics) -> ZeroConfig {
     let raw = root.raw("zero_optimization");
     let mut s = Section::new("zero_optimization", raw, diag);
-    let hidden = zinf.model.n_embd as u64;
+    let hidden = zinf.model.hidden_size() as u64;
     let stage = s.u64("stage", 0, diag);
     if stage > 3 {
         diag.error(
@@ -126,7 +126,7 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
         None,
         500_000_000,
         hidden * hidden,
-        "hidden_size², hidden_size from zinf.model.n_embd",
+        "hidden_size², hidden_size of zinf.model",
         diag,
     );
     let sub_group_size = s.u64("sub_group_size", 1_000_000_000, diag);
@@ -139,7 +139,7 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
         Some("stage3_prefetch_bucket_size"),
         50_000_000,
         (0.9 * (hidden * hidden) as f64) as u64,
-        "0.9 × hidden_size², hidden_size from zinf.model.n_embd",
+        "0.9 × hidden_size², hidden_size of zinf.model",
         diag,
     );
     let param_persistence_threshold = auto_count(
@@ -148,7 +148,7 @@ pub fn read_zero(root: &mut Section<'_>, zinf: &ZinfConfig, diag: &mut Diagnosti
         Some("stage3_param_persistence_threshold"),
         100_000,
         10 * hidden,
-        "10 × hidden_size, hidden_size from zinf.model.n_embd",
+        "10 × hidden_size, hidden_size of zinf.model",
         diag,
     );
     let model_persistence_threshold =
@@ -392,7 +392,7 @@ pub const MAX_BUFFER_SIZE: u64 = 1 << 40;
 
 fn read_offload_param(
     parent: &mut Section<'_>,
-    model: &crate::model::GptConfig,
+    model: &crate::model::ModelSpec,
     diag: &mut Diagnostics,
 ) -> OffloadParam {
     let raw = parent.raw("offload_param");
@@ -407,7 +407,7 @@ fn read_offload_param(
         }
         Some(Auto::Auto) => {
             // DeepSpeed's swapper needs one buffer to hold the largest parameter.
-            let largest = super::limits::largest_tensor(model);
+            let largest = super::limits::spec_largest_tensor(model);
             let v = largest.max(100_000_000);
             diag.resolved(
                 &s.key_path("buffer_size"),

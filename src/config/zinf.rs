@@ -4,7 +4,7 @@
 
 use super::reader::{describe, parse_size, whole_u64, Auto, Section};
 use super::Diagnostics;
-use crate::model::GptConfig;
+use crate::model::{GptConfig, ModelSpec};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -27,7 +27,12 @@ pub struct ZinfConfig {
     pub strict_config: bool,
     pub seed: u64,
     pub train_steps: u64,
-    pub model: GptConfig,
+    /// GPT-2 dimensions from `zinf.model`, or the shape of the Hugging Face folder named by
+    /// `zinf.model.from`.
+    pub model: ModelSpec,
+    /// `zinf.model.from`: the Hugging Face folder the run starts from (its weights, and its
+    /// tokenizer for a Llama-family model).
+    pub model_from: Option<String>,
     pub data: DataConfig,
     /// The compute device: `"cpu"`, `"cuda"` or `"auto"` (the default: the GPU when the CUDA
     /// backend can run the model, else the CPU; chosen in `session::open_device`).
@@ -56,7 +61,7 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
     diag.strict = strict_config;
     let seed = s.u64("seed", 1234, diag);
     let train_steps = s.u64("train_steps", 100, diag);
-    let model = read_model(&mut s, diag);
+    let (model, model_from) = read_model(&mut s, diag);
     let data = read_data(&mut s, &model, diag);
     // "auto" is a choice of its own here (resolved when the device is opened), not a default.
     let device = match s.raw("device") {
@@ -110,6 +115,7 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
         seed,
         train_steps,
         model,
+        model_from,
         data,
         device,
         device_memory_budget,
@@ -122,21 +128,28 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
     }
 }
 
-/// The model's shape; defaults are GPT-2 small (124M). Each dimension is bounded
+/// The model: `zinf.model.from` (a Hugging Face folder, read here so `"auto"` values see its
+/// hidden size; GPT-2 dimensions written beside it must agree with the folder), else the GPT-2
+/// dimensions, defaulting to GPT-2 small (124M). Each dimension is bounded
 /// ([`super::limits::MODEL_LIMITS`]); one out of range is an error and reading goes on with the
 /// default, so the checks below never see an absurd number.
-fn read_model(parent: &mut Section<'_>, diag: &mut Diagnostics) -> GptConfig {
+fn read_model(parent: &mut Section<'_>, diag: &mut Diagnostics) -> (ModelSpec, Option<String>) {
     let raw = parent.raw("model");
     let mut s = Section::new("zinf.model", raw, diag);
+    let from = s.opt_string("from", diag);
     let d = GptConfig::gpt2_124m();
     let defaults = [d.n_layer, d.n_head, d.n_embd, d.vocab_size, d.block_size];
     let mut dims = [0usize; 5];
+    let mut written = Vec::new();
     for (slot, ((key, min, max), default)) in dims
         .iter_mut()
         .zip(super::limits::MODEL_LIMITS.into_iter().zip(defaults))
     {
         let default = default as u64;
         let key: &'static str = key;
+        if s.raw(key).is_some() {
+            written.push(key);
+        }
         *slot = s.u64_in(key, default, (min, max), diag) as usize;
     }
     let [n_layer, n_head, n_embd, vocab_size, block_size] = dims;
@@ -148,26 +161,72 @@ fn read_model(parent: &mut Section<'_>, diag: &mut Diagnostics) -> GptConfig {
         block_size,
     };
     s.finish(diag);
+    if let Some(dir) = &from {
+        let spec = match ModelSpec::from_folder(std::path::Path::new(dir)) {
+            Ok(spec) => spec,
+            Err(e) => {
+                diag.error("zinf.model.from", e.to_string());
+                return (ModelSpec::Gpt2(m), from);
+            }
+        };
+        for key in written {
+            let (mine, theirs) = (spec_dim(&ModelSpec::Gpt2(m), key), spec_dim(&spec, key));
+            if mine != theirs {
+                diag.error(
+                    &format!("zinf.model.{key}"),
+                    format!(
+                        "{mine}, but the folder of zinf.model.from has {theirs}; drop the key \
+                         (the folder's config.json gives the shape)"
+                    ),
+                );
+            }
+        }
+        return (spec, from);
+    }
     if !m.n_embd.is_multiple_of(m.n_head) {
         diag.error(
             "zinf.model.n_embd",
             format!("{} is not divisible by n_head = {}", m.n_embd, m.n_head),
         );
     }
-    m
+    (ModelSpec::Gpt2(m), None)
 }
 
-fn read_data(parent: &mut Section<'_>, model: &GptConfig, diag: &mut Diagnostics) -> DataConfig {
+/// A GPT-2-named dimension of any spec (`n_layer`, `n_head`, `n_embd`, `vocab_size`,
+/// `block_size`), for checking a `zinf.model` block against a folder.
+fn spec_dim(spec: &ModelSpec, key: &str) -> usize {
+    match (spec, key) {
+        (ModelSpec::Gpt2(c), "n_layer") => c.n_layer,
+        (ModelSpec::Gpt2(c), "n_head") => c.n_head,
+        (ModelSpec::Gpt2(c), "n_embd") => c.n_embd,
+        (ModelSpec::Llama(c), "n_layer") => c.num_hidden_layers,
+        (ModelSpec::Llama(c), "n_head") => c.num_attention_heads,
+        (ModelSpec::Llama(c), "n_embd") => c.hidden_size,
+        (s, "vocab_size") => s.vocab_size(),
+        (s, _) => s.max_positions(),
+    }
+}
+
+/// The default `zinf.data.seq_len` is the model's positions capped at this, as transformers'
+/// `run_clm.py` caps its `block_size` at 1024 (a Llama's 131072 positions are not a sequence
+/// length to train at by default).
+const DEFAULT_SEQ_LEN_CAP: u64 = 1024;
+
+fn read_data(parent: &mut Section<'_>, model: &ModelSpec, diag: &mut Diagnostics) -> DataConfig {
     let raw = parent.raw("data");
     let mut s = Section::new("zinf.data", raw, diag);
     let path = s.opt_string("path", diag);
-    let seq_len = s.u64("seq_len", model.block_size as u64, diag);
-    if seq_len == 0 || seq_len > model.block_size as u64 {
+    let max = model.max_positions() as u64;
+    let seq_len = s.u64("seq_len", max.min(DEFAULT_SEQ_LEN_CAP), diag);
+    if seq_len == 0 || seq_len > max {
         diag.error(
             "zinf.data.seq_len",
             format!(
-                "{seq_len} must be between 1 and zinf.model.block_size = {}",
-                model.block_size
+                "{seq_len} must be between 1 and the model's positions, {max} ({})",
+                match model {
+                    ModelSpec::Gpt2(_) => "zinf.model.block_size",
+                    ModelSpec::Llama(_) => "max_position_embeddings of zinf.model.from",
+                }
             ),
         );
     }

@@ -22,7 +22,7 @@
 
 use super::{Engine, EngineError, EngineSettings};
 use crate::device::Device;
-use crate::model::{GptConfig, Model};
+use crate::model::{Model, ModelSpec};
 use crate::optim::{LossScaler, LrSchedulerState, OptimizerStepState};
 use crate::tiers::layout::dtype_tag;
 use crate::tiers::{NvmePlacement, Recorder, SwapQueue, TierLayout};
@@ -50,7 +50,7 @@ struct EngineState {
     batches_drawn: u64,
     scaler: LossScaler,
     scheduler: Option<LrSchedulerState>,
-    model: GptConfig,
+    model: ModelSpec,
     dtype: String,
     params_tier: String,
     optimizer_tier: String,
@@ -150,6 +150,44 @@ fn ckpt_err(path: &Path, message: impl Into<String>) -> EngineError {
 }
 
 impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
+    /// Group `gi`'s parameters as stored (the run's dtype, little-endian), from whichever tier
+    /// holds their newest copy; the next group's read starts first, so the drive reads it
+    /// while this one is copied (callers walk the groups in order).
+    pub fn param_group_bytes(&mut self, gi: usize) -> Result<Vec<u8>, EngineError> {
+        let layout = self.tiers.layout();
+        let (n_groups, width) = (layout.groups.len(), layout.dtype.bytes());
+        let len = layout.groups[gi].len();
+        if gi + 1 < n_groups {
+            self.tiers.prefetch_params(gi + 1, true)?;
+        }
+        let mut group = vec![0u8; len * width];
+        self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
+            let b = chunk.as_bytes();
+            let at = at * width;
+            group[at..at + b.len()].copy_from_slice(b);
+            Ok(())
+        })?;
+        Ok(group)
+    }
+
+    /// Writes the trained parameters as a Hugging Face folder (`config.json`, safetensors
+    /// sharded at `max_shard_bytes`, the tokenizer files of `source` copied), streamed one
+    /// group at a time from the tiers: parameters on NVMe never sit whole in host memory.
+    /// `source` is the folder the run started from (required for a Llama-family model, whose
+    /// `config.json` it keeps).
+    pub fn export_hf(
+        &mut self,
+        dir: &Path,
+        source: Option<&Path>,
+        max_shard_bytes: u64,
+    ) -> Result<crate::model::export::ExportReport, EngineError> {
+        let spec = self.settings.train.model.clone();
+        let dtype = self.settings.train.dtype;
+        crate::model::export::write_folder(dir, &spec, dtype, source, max_shard_bytes, |gi| {
+            self.param_group_bytes(gi)
+        })
+    }
+
     fn state(&self) -> EngineState {
         let s = &self.settings.train;
         let opt = self.opt.state();
@@ -160,7 +198,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             batches_drawn: self.batches_drawn,
             scaler: opt.scaler,
             scheduler: opt.scheduler,
-            model: s.model,
+            model: s.model.clone(),
             dtype: dtype_tag(s.dtype).into(),
             params_tier: self.settings.placement.params.name().into(),
             optimizer_tier: self.settings.placement.optimizer.name().into(),
@@ -202,17 +240,8 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         // Reads run one shard ahead of the copy, so the drive reads the next while the save
         // store writes this one.
         let n_groups = layout.groups.len();
-        for (gi, r) in layout.groups.iter().enumerate() {
-            if gi + 1 < n_groups {
-                self.tiers.prefetch_params(gi + 1, true)?;
-            }
-            let mut group = vec![0u8; r.len() * layout.dtype.bytes()];
-            self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
-                let b = chunk.as_bytes();
-                let at = at * layout.dtype.bytes();
-                group[at..at + b.len()].copy_from_slice(b);
-                Ok(())
-            })?;
+        for gi in 0..n_groups {
+            let group = self.param_group_bytes(gi)?;
             let id = store.shard_id(&crate::tiers::layout::param_shard(gi))?;
             q.write_bytes(&mut store, &mut rec, id, &group)?;
             bytes += group.len() as u64;

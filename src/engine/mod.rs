@@ -30,7 +30,7 @@ pub use placement::{Placement, Tier};
 
 use crate::data::{val_batches, Batcher, Dataset};
 use crate::device::{Device, DeviceError};
-use crate::model::{Gpt, HostParams, Model, ModelError, ParamSource, Stages};
+use crate::model::{AnyModel, HostParams, Model, ModelError, ParamSource, Stages};
 use crate::optim::{Grad, OptimError, OptimizerStep, StepScalars};
 use crate::settings::{StepMetrics, TrainSettings};
 use crate::tiers::layout::is_persistent;
@@ -108,7 +108,7 @@ pub struct EngineSettings {
 }
 
 /// A model with its state in the configured tiers, ready to step.
-pub struct Engine<D: Device, B: BlockIo, M: Model<D> = Gpt<D>> {
+pub struct Engine<D: Device, B: BlockIo, M: Model<D> = AnyModel<D>> {
     pub settings: EngineSettings,
     pub dev: D,
     model: M,
@@ -156,8 +156,9 @@ pub enum Start {
     Resume(PathBuf),
 }
 
-impl<D: Device, B: BlockIo> Engine<D, B, Gpt<D>> {
-    /// Builds the engine for the GPT-2 of `settings.train.model` (see [`Engine::with_model`]).
+impl<D: Device, B: BlockIo> Engine<D, B, AnyModel<D>> {
+    /// Builds the engine for the model of `settings.train.model` (GPT-2 or a Llama-family
+    /// shape; see [`Engine::with_model`]).
     pub fn new(
         settings: EngineSettings,
         dev: D,
@@ -167,14 +168,10 @@ impl<D: Device, B: BlockIo> Engine<D, B, Gpt<D>> {
         timeline: Timeline,
     ) -> Result<Self, EngineError> {
         let s = &settings.train;
-        crate::model::check_vocab(&data, s.model.vocab_size)?;
-        let model = Gpt::without_groups(
-            &dev,
-            s.model,
-            s.micro_batch,
-            s.seq_len,
-            s.activation_checkpointing,
-        )?;
+        crate::model::check_vocab(&data, s.model.vocab_size())?;
+        let model = s
+            .model
+            .build(&dev, s.micro_batch, s.seq_len, s.activation_checkpointing)?;
         Self::with_model(settings, dev, model, data, io_factory, start, timeline)
     }
 }
@@ -193,6 +190,14 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         timeline: Timeline,
     ) -> Result<Self, EngineError> {
         let s = &settings.train;
+        if model.num_params() != s.model.num_params() {
+            return Err(EngineError::Config(format!(
+                "the model has {} parameters but the settings describe {} ({})",
+                model.num_params(),
+                s.model.describe(),
+                s.model.num_params()
+            )));
+        }
         let stages = Arc::new(model.stages().clone());
         stages.assert_consistent(model.groups().len());
         let persistent = model

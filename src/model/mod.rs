@@ -7,11 +7,13 @@
 //! Gradients are fp32 in the same layout. This module does not own an optimizer.
 
 pub mod checkpoint;
+pub mod export;
 pub mod gpt;
 pub mod hf;
 pub mod layout;
 pub mod llama;
 pub mod params;
+pub mod spec;
 pub mod stages;
 pub mod train;
 
@@ -19,6 +21,7 @@ pub use gpt::Gpt;
 pub use layout::{param_layout, BlockOffsets, Group, ParamLayout, TensorSpec};
 pub use llama::{Llama, LlamaConfig};
 pub use params::{init_params, HostParams, ParamDtype, ParamInit};
+pub use spec::{AnyModel, ModelSpec};
 pub use stages::{GroupSpec, Model, ParamSource, Stage, Stages};
 
 use crate::device::DeviceError;

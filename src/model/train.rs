@@ -47,21 +47,25 @@ impl Trainer {
         init: Option<HostParams>,
     ) -> Result<Self, TrainError> {
         let s = &settings;
-        super::check_vocab(&data, s.model.vocab_size)?;
+        let super::ModelSpec::Gpt2(cfg) = s.model else {
+            return Err(ModelError::Shape(format!(
+                "the resident reference trainer runs GPT-2 only, not {}; the engine runs it",
+                s.model.describe()
+            ))
+            .into());
+        };
+        super::check_vocab(&data, cfg.vocab_size)?;
         let dev = CpuDevice::new(s.threads, s.device_memory_budget);
         let mut model = Gpt::new(
             &dev,
-            s.model,
+            cfg,
             s.micro_batch,
             s.seq_len,
             s.activation_checkpointing,
         )?;
         let params = match init {
             Some(p) => HostParams::from_f32(s.dtype, &p.to_f32()),
-            None => HostParams::from_f32(
-                s.dtype,
-                &init_params(&model.layout, s.model.n_layer, s.seed),
-            ),
+            None => HostParams::from_f32(s.dtype, &init_params(&model.layout, cfg.n_layer, s.seed)),
         };
         model.load_params(&dev, &params)?;
         // The fp32 master starts from the stored (rounded) values, as DeepSpeed's does.

@@ -8,7 +8,7 @@ use zinf::device::CpuDevice;
 use zinf::engine::timeline::Timeline;
 use zinf::engine::{Engine, EngineSettings, IoFactory, Placement, Start, Tier};
 use zinf::model::train::Trainer;
-use zinf::model::{GptConfig, ParamDtype};
+use zinf::model::{GptConfig, ModelSpec, ParamDtype};
 use zinf::optim::{AdamConfig, LossScalerConfig};
 use zinf::settings::{StepMetrics, TrainSettings};
 use zinf_swap::fake::{FakeDisk, FakeIo};
@@ -29,13 +29,13 @@ pub fn dataset() -> Dataset {
 
 pub fn train_settings(dtype: ParamDtype, clip: f64, gas: usize) -> TrainSettings {
     TrainSettings {
-        model: GptConfig {
+        model: ModelSpec::Gpt2(GptConfig {
             n_layer: 3,
             n_head: 2,
             n_embd: 32,
             vocab_size: VOCAB,
             block_size: 16,
-        },
+        }),
         micro_batch: 2,
         gradient_accumulation_steps: gas,
         seq_len: 16,
