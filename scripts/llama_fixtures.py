@@ -10,6 +10,12 @@ transformers computes for it in fp32, eager attention:
                         grad.NAME           d(loss)/d(NAME) at the initial weights
                         after.NAME          NAME after 3 torch.optim.AdamW steps
 
+The `chat` case also has a tokenizer: tokenizer.json (a byte-level BPE trained here with
+`tokenizers` on the first 200 kB of corpus/tinyshakespeare.txt, vocabulary 320 with ChatML
+special tokens), tokenizer_config.json with a ChatML chat_template, and tokenizer_cases.json:
+strings with the ids `tokenizers` gives them, and conversations with the text transformers'
+`apply_chat_template` renders.
+
 The Rust tests (tests/model_llama.rs) load the folder with zinf, run the same batch and
 compare. The files are committed; nothing runs this script in CI. To regenerate (needs
 network once, ~3 GB of wheels):
@@ -91,7 +97,67 @@ def case_configs():
     for k in ("attention_bias", "mlp_bias"):
         del mistral[k]
     cases.append(("mistral", mistral, 32, 1))
+    chat = dict(BASE, architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=320,
+                intermediate_size=48, tie_word_embeddings=True, bos_token_id=None,
+                eos_token_id=319)  # <|im_end|>: 317 BPE tokens, then CHAT_SPECIALS
+    for k in ("attention_bias", "mlp_bias"):
+        del chat[k]
+    cases.append(("chat", chat, 32, 1))
     return cases
+
+
+CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CHATML = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'].strip() + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What light through yonder window breaks?"},
+     {"role": "assistant", "content": "  It is the east, and Juliet is the sun. "}],
+    [{"role": "system", "content": "Speak as a king."},
+     {"role": "user", "content": "Now is the winter?"},
+     {"role": "assistant", "content": "Of our discontent."},
+     {"role": "user", "content": "Made glorious summer?"},
+     {"role": "assistant", "content": "By this sun of York."}],
+]
+
+
+def make_tokenizer(root, out):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    text = open(os.path.join(root, "..", "..", "..", "corpus", "tinyshakespeare.txt")).read()[:200000]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320 - len(CHAT_SPECIALS), special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer)
+    tok.add_special_tokens(CHAT_SPECIALS)
+    assert tok.get_vocab_size() <= 320, tok.get_vocab_size()
+    tok.save(os.path.join(out, "tokenizer.json"))
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None,
+           "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": CHATML,
+           "model_max_length": 256}
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    fast = PreTrainedTokenizerFast.from_pretrained(out)
+    strings = ["Hello, world!", "To be, or not to be: that is the question.",
+               "  spaced   out\n\nlines\t", "ünïcödé and emoji 🎭", "<|im_start|>user\nhi<|im_end|>"]
+    cases = {
+        "strings": [{"text": t, "ids": tok.encode(t).ids} for t in strings],
+        "chats": [{"messages": m,
+                   "text": fast.apply_chat_template(m, tokenize=False),
+                   "prompt": fast.apply_chat_template(m[:-1], tokenize=False, add_generation_prompt=True)}
+                  for m in CONVERSATIONS],
+    }
+    with open(os.path.join(out, "tokenizer_cases.json"), "w") as f:
+        json.dump(cases, f, indent=2, ensure_ascii=False)
 
 
 def batch(vocab, t, gen):
@@ -162,6 +228,8 @@ def make_case(root, name, cfg, t, shards, seed):
         expected["after." + n] = p.detach().clone()
     expected["losses"] = torch.tensor(losses, dtype=torch.float32)
     save_file(expected, os.path.join(out, "expected.safetensors"))
+    if name == "chat":
+        make_tokenizer(root, out)
     print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, losses {losses}")
 
 

@@ -14,7 +14,9 @@
 //! backend runs the model's ops.
 
 use crate::config::Config;
-use crate::data::{load_tokens, Dataset, Tokenizer, BUILTIN_TEXT};
+use crate::data::chat::ChatTemplate;
+use crate::data::formats::{self, DataFormat, TokenizeWith};
+use crate::data::{Dataset, Tokenizer, BUILTIN_TEXT};
 use crate::device::CpuDevice;
 use crate::engine::{
     swap_lock::SwapLock, Engine, EngineError, EngineSettings, IoFactory, Partition, Placement,
@@ -507,18 +509,43 @@ pub fn load_data(
     seq_len: usize,
 ) -> Result<Dataset, SessionError> {
     let path = path.or(cfg.zinf.data.path.as_ref().map(PathBuf::from));
+    let folder = cfg.zinf.model_from.as_ref().map(PathBuf::from);
+    // GPT-2 reads GPT-2 BPE; a Llama-family model its folder's tokenizer.json.
+    let tokenizer = match (&cfg.zinf.model, &folder) {
+        (ModelSpec::Llama(_), Some(dir)) => Tokenizer::from_folder(dir)?,
+        _ => Tokenizer::gpt2(),
+    };
+    let chat = match &folder {
+        Some(dir) => ChatTemplate::from_folder(dir)?,
+        None => None,
+    };
+    let format = DataFormat::from_name(&cfg.zinf.data.format).unwrap_or(DataFormat::Auto);
     let tokens = match &path {
-        Some(p) => load_tokens(p)?,
+        Some(p) => formats::load(
+            p,
+            format,
+            &TokenizeWith {
+                tokenizer: &tokenizer,
+                chat: chat.as_ref(),
+            },
+        )?,
         None => {
             tracing::info!(
                 "no data path: training on the built-in corpus (Shakespeare, corpus/tinyshakespeare.txt)"
             );
-            Tokenizer::gpt2().encode(BUILTIN_TEXT)
+            tokenizer.encode(BUILTIN_TEXT)?
         }
     };
     let name = path.map_or("built-in Shakespeare".to_string(), |p| {
         p.display().to_string()
     });
-    tracing::info!("data: {name}, {} tokens", tokens.len());
+    let learned = tokens
+        .iter()
+        .filter(|&&k| k & formats::PROMPT_FLAG == 0)
+        .count();
+    tracing::info!(
+        "data: {name}, {} tokens ({learned} learned, the rest prompt)",
+        tokens.len()
+    );
     Ok(Dataset::split(tokens, cfg.zinf.data.val_fraction, seq_len)?)
 }

@@ -64,7 +64,7 @@ pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Resu
     let (cfg, params) = load_hf(&args.from, ParamDtype::F32)
         .with_context(|| format!("loading checkpoint {}", args.from.display()))?;
     let tok = Tokenizer::gpt2();
-    let mut ids = tok.encode(&args.prompt);
+    let mut ids = tok.encode(&args.prompt)?;
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenization");
     anyhow::ensure!(
         cfg.vocab_size >= crate::data::GPT2_VOCAB_SIZE,

@@ -35,14 +35,16 @@ pub struct TrainArgs {
     /// Optimizer steps (overrides zinf.train_steps).
     #[arg(long, value_parser = crate::cli::count_in(1, 1 << 53))]
     pub steps: Option<u64>,
-    /// UTF-8 text or llm.c .bin tokens (overrides zinf.data.path; none: built-in corpus).
+    /// Text, llm.c .bin tokens, or JSONL (text, chat messages, alpaca, sharegpt; prompts masked)
+    /// (overrides zinf.data.path; none: built-in corpus).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Output folder for metrics.csv and the HF checkpoint
     /// (default: csv_monitor.output_path/job_name).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Start from an HF GPT-2 checkpoint folder (model.safetensors + config.json).
+    /// Start from a Hugging Face folder (config.json + safetensors, sharded or not): GPT-2 or
+    /// Llama/Mistral/Qwen2/Qwen3; sets zinf.model.from. Its tokenizer.json tokenizes the data.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Also write the final summary as JSON here.

@@ -20,6 +20,9 @@ pub struct DataConfig {
     pub eval_interval: u64,
     /// Micro-batches per validation.
     pub eval_batches: u64,
+    /// How the data file is read: `auto` (by extension and keys), `text`, `jsonl` (a `text`
+    /// field a line), `messages`, `alpaca`, `sharegpt` (chat data, prompt masked).
+    pub format: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -239,8 +242,17 @@ fn read_data(parent: &mut Section<'_>, model: &ModelSpec, diag: &mut Diagnostics
     }
     let eval_interval = s.u64("eval_interval", 50, diag);
     let eval_batches = s.u64_in("eval_batches", 4, (0, MAX_EVAL_BATCHES), diag);
+    let format = s
+        .choice(
+            "format",
+            crate::data::formats::DataFormat::NAMES,
+            "auto",
+            diag,
+        )
+        .to_string();
     s.finish(diag);
     DataConfig {
+        format,
         path,
         seq_len,
         val_fraction,

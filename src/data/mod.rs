@@ -6,6 +6,12 @@
 //! last `t`. Training windows start at offsets drawn from ChaCha8 seeded by the run's seed, so
 //! the same seed gives the same batches on every machine. Validation walks its split in order.
 
+pub mod chat;
+pub mod formats;
+pub mod tokenizer;
+
+pub use tokenizer::Tokenizer;
+
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
@@ -33,35 +39,8 @@ pub enum DataError {
     Tokenizer(String),
 }
 
-/// The GPT-2 BPE tokenizer.
-pub struct Tokenizer {
-    bpe: &'static tiktoken_rs::CoreBPE,
-}
-
-impl Tokenizer {
-    /// GPT-2's encoding (`r50k_base`), embedded in tiktoken-rs: no download.
-    pub fn gpt2() -> Self {
-        Tokenizer {
-            bpe: tiktoken_rs::r50k_base_singleton(),
-        }
-    }
-
-    /// Text -> token ids (special tokens are encoded as plain text).
-    pub fn encode(&self, text: &str) -> Vec<u32> {
-        self.bpe.encode_ordinary(text)
-    }
-
-    /// Token ids -> text; invalid UTF-8 sequences at token boundaries are replaced.
-    pub fn decode(&self, tokens: &[u32]) -> Result<String, DataError> {
-        let bytes = self
-            .bpe
-            .decode_bytes(tokens)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-}
-
-/// Reads tokens from `path`: llm.c `.bin` (by extension) or UTF-8 text tokenized with GPT-2 BPE.
+/// Reads tokens from `path`: llm.c `.bin` (by extension) or UTF-8 text tokenized with GPT-2 BPE
+/// (see [`formats::load`] for every format and tokenizer).
 pub fn load_tokens(path: &Path) -> Result<Vec<u32>, DataError> {
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
@@ -78,7 +57,7 @@ pub fn load_tokens(path: &Path) -> Result<Vec<u32>, DataError> {
             e.utf8_error().valid_up_to()
         ),
     })?;
-    Ok(Tokenizer::gpt2().encode(&text))
+    Tokenizer::gpt2().encode(&text)
 }
 
 /// Parses llm.c's token file: header (magic 20240520, version 1, token count, 253 zeros), u16s.
@@ -182,10 +161,29 @@ impl Batcher {
         let mut y = Vec::with_capacity(self.b * self.t);
         for _ in 0..self.b {
             let start = (self.rng.random::<u64>() % span) as usize;
-            x.extend_from_slice(&tokens[start..start + self.t]);
-            y.extend_from_slice(&tokens[start + 1..start + self.t + 1]);
+            x.extend(tokens[start..start + self.t].iter().map(|&k| input(k)));
+            y.extend(
+                tokens[start + 1..start + self.t + 1]
+                    .iter()
+                    .map(|&k| target(k)),
+            );
         }
         (x, y)
+    }
+}
+
+/// A stream token as the model reads it (its [`formats::PROMPT_FLAG`] cleared).
+pub fn input(k: u32) -> u32 {
+    k & !formats::PROMPT_FLAG
+}
+
+/// A stream token as a target: [`crate::device::IGNORE_INDEX`] when it is prompt (flagged),
+/// else the token.
+pub fn target(k: u32) -> u32 {
+    if k & formats::PROMPT_FLAG != 0 {
+        crate::device::IGNORE_INDEX
+    } else {
+        k
     }
 }
 
@@ -202,8 +200,11 @@ pub fn val_batches(
         .map(|i| {
             let s = i * per_batch;
             (
-                tokens[s..s + per_batch].to_vec(),
-                tokens[s + 1..s + per_batch + 1].to_vec(),
+                tokens[s..s + per_batch].iter().map(|&k| input(k)).collect(),
+                tokens[s + 1..s + per_batch + 1]
+                    .iter()
+                    .map(|&k| target(k))
+                    .collect(),
             )
         })
         .collect()

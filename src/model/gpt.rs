@@ -336,7 +336,7 @@ impl<D: Device> Gpt<D> {
         dev.wait(dev.download(&self.top.losses, 0, &mut losses)?)?;
         // Summed in f64 in token order: the same losses give the same mean on every backend.
         let sum: f64 = losses.iter().map(|&x| x as f64).sum();
-        Ok((sum / losses.len() as f64) as f32)
+        Ok((sum / super::stages::valid_targets(targets) as f64) as f32)
     }
 
     /// Loss -> d(resid[L]) in the residual-gradient scratch; `Embed` (tied head) and `Final`
@@ -349,7 +349,7 @@ impl<D: Device> Gpt<D> {
     ) -> Result<(), ModelError> {
         self.check_len("targets", targets)?;
         let (v, nl) = (self.cfg.vocab_size, self.cfg.n_layer);
-        let dloss = loss_scale / (self.b * self.t) as f32;
+        let dloss = loss_scale / super::stages::valid_targets(targets) as f32;
         let (g, top) = (&mut self.g, &self.top);
         dev.zero(&mut g.dlogits)?;
         dev.softmax_crossentropy_backward(&mut g.dlogits, &top.logits, targets, v, dloss)?;

@@ -49,7 +49,7 @@ pub fn check_vocab(data: &crate::data::Dataset, vocab_size: usize) -> Result<(),
         .train
         .iter()
         .chain(&data.val)
-        .copied()
+        .map(|&k| crate::data::input(k))
         .max()
         .unwrap_or(0);
     if max_tok as usize >= vocab_size {

@@ -219,3 +219,15 @@ impl<B: DeviceBuffer> GroupBuffers<B> {
         self.grads[g] = Some(buf);
     }
 }
+
+/// Targets that take part in the loss (not [`crate::device::IGNORE_INDEX`]), at least 1: the
+/// mean loss of a micro-batch divides by it (transformers' `ForCausalLMLoss` with
+/// `reduction="mean"` over labels that are not −100); a micro-batch whose targets are all
+/// ignored has loss 0 and no gradient.
+pub fn valid_targets(targets: &[u32]) -> usize {
+    targets
+        .iter()
+        .filter(|&&t| t != crate::device::IGNORE_INDEX)
+        .count()
+        .max(1)
+}

@@ -24,7 +24,7 @@ use super::stages::{
     fetched, fetched_mut, GroupBuffers, GroupSpec, Model, ParamSource, Stage, Stages,
 };
 use super::ModelError;
-use crate::device::{AttnShape, Device, DeviceError, HostSlice, IGNORE_INDEX};
+use crate::device::{AttnShape, Device, DeviceError, HostSlice};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -116,8 +116,6 @@ pub struct Llama<D: Device> {
     layers: Vec<LayerActs<D::Buffer>>,
     top: Top<D::Buffer>,
     g: Scratch<D::Buffer>,
-    /// Valid (not ignored) targets of the last `loss_forward`.
-    valid_targets: usize,
     group_specs: Vec<GroupSpec>,
     stages: Stages,
 }
@@ -245,7 +243,6 @@ impl<D: Device> Llama<D> {
             layers,
             top,
             g,
-            valid_targets: 0,
             group_specs,
             stages,
         })
@@ -392,12 +389,8 @@ impl<D: Device> Llama<D> {
         dev.softmax_crossentropy_forward(&mut top.logits, &mut top.losses, targets, v)?;
         let mut losses = vec![0.0f32; targets.len()];
         dev.wait(dev.download(&top.losses, 0, &mut losses)?)?;
-        self.valid_targets = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
-        if self.valid_targets == 0 {
-            return Ok(0.0);
-        }
         let sum: f64 = losses.iter().map(|&x| x as f64).sum();
-        Ok((sum / self.valid_targets as f64) as f32)
+        Ok((sum / super::stages::valid_targets(targets) as f64) as f32)
     }
 
     /// The loss and head backward: dres = d(loss)/d(resid[L]) scaled by `grad_scale`; adds into
@@ -409,7 +402,7 @@ impl<D: Device> Llama<D> {
         grad_scale: f32,
     ) -> Result<(), ModelError> {
         let (v, fin) = (self.cfg.vocab_size, self.final_group());
-        let dloss = grad_scale / self.valid_targets.max(1) as f32;
+        let dloss = grad_scale / super::stages::valid_targets(targets) as f32;
         let g = &mut self.g;
         dev.zero(&mut g.dlogits)?;
         dev.softmax_crossentropy_backward(&mut g.dlogits, &self.top.logits, targets, v, dloss)?;
