@@ -128,7 +128,17 @@ CONVERSATIONS = [
 ]
 
 
-def make_tokenizer(root, out):
+def greedy_ids(model, ids, n):
+    """n greedy tokens after ids, one full forward each (no cache, no stop)."""
+    ids = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            ids.append(int(torch.argmax(logits)))
+    return ids
+
+
+def make_tokenizer(root, out, model):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     text = open(os.path.join(root, "..", "..", "..", "corpus", "tinyshakespeare.txt")).read()[:200000]
@@ -156,6 +166,9 @@ def make_tokenizer(root, out):
                    "prompt": fast.apply_chat_template(m[:-1], tokenize=False, add_generation_prompt=True)}
                   for m in CONVERSATIONS],
     }
+    prompt = tok.encode("To be, or not").ids
+    # Greedy continuation of the initial weights (before the AdamW steps of make_case).
+    cases["greedy"] = {"text": "To be, or not", "ids": greedy_ids(model, prompt, 8)}
     with open(os.path.join(out, "tokenizer_cases.json"), "w") as f:
         json.dump(cases, f, indent=2, ensure_ascii=False)
 
@@ -229,7 +242,12 @@ def make_case(root, name, cfg, t, shards, seed):
     expected["losses"] = torch.tensor(losses, dtype=torch.float32)
     save_file(expected, os.path.join(out, "expected.safetensors"))
     if name == "chat":
-        make_tokenizer(root, out)
+        initial = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        initial.config._attn_implementation = "eager"
+        initial.load_state_dict({**state, **({"lm_head.weight": state["model.embed_tokens.weight"]}
+                                             if config.tie_word_embeddings else {})})
+        initial.eval()
+        make_tokenizer(root, out, initial)
     print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, losses {losses}")
 
 

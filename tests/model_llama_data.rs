@@ -258,3 +258,181 @@ fn train_from_a_qwen2_folder_on_chat_data_with_state_on_nvme_exports_a_loadable_
     let after = w.read_range(&layout.tensors, 0..layout.total).unwrap();
     assert_ne!(before, after);
 }
+
+#[test]
+fn estimate_and_config_check_read_the_shape_from_the_folder() {
+    use zinf::config::Config;
+    use zinf::session::{Overrides, Session};
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/llama_sft_nvme.json");
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("runs/llama_sft/nvme", &tmp.path().display().to_string());
+    let cfg = copy_to(tmp.path(), "cfg.json", &text);
+    let loaded = Config::load_from(Some(&cfg), Some(&chat_dir())).unwrap();
+    let c = &loaded.config;
+    // "auto" sizes follow the folder's hidden size (32), not GPT-2's 768.
+    assert_eq!(c.zero_optimization.param_persistence_threshold, 320);
+    let (plan, est) = Session::plan(c, &Overrides::default()).unwrap();
+    assert_eq!(est.model.params, 25888);
+    assert_eq!(plan.settings.train.model.vocab_size(), 320);
+    assert_eq!(
+        plan.settings.train.seq_len, 256,
+        "the folder's positions, under the 1024 cap"
+    );
+    // A zinf.model block that disagrees with the folder is an error naming the key.
+    let bad = text.replace("\"zinf\": {", "\"zinf\": { \"model\": { \"n_layer\": 3 },");
+    let bad = copy_to(tmp.path(), "bad.json", &bad);
+    let e = Config::load_from(Some(&bad), Some(&chat_dir()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("zinf.model.n_layer") && e.contains("3, but the folder"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_llama_run_saved_and_resumed_continues_bit_identically() {
+    use std::sync::atomic::AtomicBool;
+    use zinf::cli::train::{train, TrainArgs};
+    let tmp = tempfile::tempdir().unwrap();
+    let nvme = tmp.path().join("nvme");
+    let cfg = format!(
+        r#"{{
+  "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
+  "optimizer": {{ "type": "AdamW", "params": {{ "lr": 1e-3 }} }},
+  "bf16": {{ "enabled": true }},
+  "zero_optimization": {{ "stage": 3,
+    "offload_param": {{ "device": "nvme", "nvme_path": "{n}" }},
+    "offload_optimizer": {{ "device": "cpu" }} }},
+  "zinf": {{ "model": {{ "from": "{m}" }},
+            "data": {{ "seq_len": 32, "val_fraction": 0.2, "eval_batches": 1 }},
+            "device_memory_budget": "256MiB" }}
+}}"#,
+        n = nvme.display(),
+        m = chat_dir().display()
+    );
+    let cfg_path = copy_to(tmp.path(), "cfg.json", &cfg);
+    let data: String = (0..6)
+        .map(|_| std::fs::read_to_string(chat_dir().join("../chat_data.jsonl")).unwrap())
+        .collect();
+    let data_path = copy_to(tmp.path(), "chat.jsonl", &data);
+    let run = |steps: u64, out: &str, save: Option<&Path>, resume: Option<&Path>| {
+        let a = TrainArgs {
+            config: Some(cfg_path.clone()),
+            data: Some(data_path.clone()),
+            steps: Some(steps),
+            out: Some(tmp.path().join(out)),
+            save: save.map(Path::to_path_buf),
+            resume: resume.map(Path::to_path_buf),
+            threads: Some(2),
+            no_progress: true,
+            ..TrainArgs::default()
+        };
+        train(&a, &AtomicBool::new(false)).unwrap()
+    };
+    let whole = run(4, "whole", None, None);
+    let save = tmp.path().join("save");
+    let first = run(2, "first", Some(&save), None);
+    let second = run(4, "second", None, Some(&save));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&first.losses), bits(&whole.losses[..2]));
+    assert_eq!(bits(&second.losses), bits(&whole.losses[2..]));
+    // Both runs end with the same weights.
+    let read = |dir: &str| {
+        let d = tmp.path().join(dir);
+        let cfg = zinf::model::LlamaConfig::from_folder(&d).unwrap();
+        let l = zinf::model::llama::llama_layout(&cfg);
+        zinf::model::hf::HfWeights::open(&d)
+            .unwrap()
+            .read_range(&l.tensors, 0..l.total)
+            .unwrap()
+    };
+    assert_eq!(bits(&read("whole")), bits(&read("second")));
+}
+
+#[test]
+fn greedy_generation_follows_transformers() {
+    use zinf::cli::generate::{generate, GenerateArgs};
+    let g = &cases()["greedy"];
+    let want: Vec<u32> = g["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let tok = Tokenizer::from_folder(&chat_dir()).unwrap();
+    let prompt = g["text"].as_str().unwrap();
+    let n_prompt = tok.encode(prompt).unwrap().len();
+    let args = GenerateArgs {
+        from: chat_dir(),
+        chat: false,
+        prompt: prompt.into(),
+        max_new_tokens: want.len() - n_prompt,
+        top_k: 1,
+        temperature: 0.0,
+        seed: 1,
+        threads: 2,
+        device_memory_gib: 1.0,
+    };
+    let text = generate(&args, |_| {}).unwrap();
+    assert_eq!(text, tok.decode(&want[n_prompt..]).unwrap());
+}
+
+#[test]
+fn eval_streams_the_folder_and_gives_the_resident_models_loss() {
+    use zinf::cli::eval::{eval, EvalArgs};
+    let tmp = tempfile::tempdir().unwrap();
+    let data: String = (0..6)
+        .map(|_| std::fs::read_to_string(chat_dir().join("../chat_data.jsonl")).unwrap())
+        .collect();
+    let data_path = copy_to(tmp.path(), "chat.jsonl", &data);
+    let args = EvalArgs {
+        from: chat_dir(),
+        data: data_path.clone(),
+        format: "auto".into(),
+        seq_len: Some(32),
+        batch: 2,
+        max_batches: Some(3),
+        threads: 2,
+        device_memory_gib: 1.0,
+        json: false,
+    };
+    let r = eval(&args).unwrap();
+    assert_eq!(r.batches, 3);
+    // The same windows through the resident model, losses weighted by predicted tokens.
+    let tok = Tokenizer::from_folder(&chat_dir()).unwrap();
+    let chat = ChatTemplate::from_folder(&chat_dir()).unwrap().unwrap();
+    let with = TokenizeWith {
+        tokenizer: &tok,
+        chat: Some(&chat),
+    };
+    let tokens = formats::load(&data_path, DataFormat::Auto, &with).unwrap();
+    let cfg = zinf::model::LlamaConfig::from_folder(&chat_dir()).unwrap();
+    let layout = zinf::model::llama::llama_layout(&cfg);
+    let p = zinf::model::hf::HfWeights::open(&chat_dir())
+        .unwrap()
+        .read_range(&layout.tensors, 0..layout.total)
+        .unwrap();
+    let dev = zinf::device::CpuDevice::new(2, 1 << 30);
+    let mut m = zinf::model::Llama::new(&dev, cfg, 2, 32, false).unwrap();
+    m.load_params(&dev, &p).unwrap();
+    let (mut sum, mut n) = (0.0f64, 0u64);
+    for (x, y) in zinf::data::val_batches(&tokens, 2, 32, 3) {
+        let k = y
+            .iter()
+            .filter(|&&t| t != zinf::device::IGNORE_INDEX)
+            .count() as u64;
+        sum += m.forward_all(&dev, &x, &y).unwrap() as f64 * k as f64;
+        n += k;
+    }
+    assert_eq!(r.tokens, n);
+    assert!(
+        (r.loss - sum / n as f64).abs() < 1e-6,
+        "{} vs {}",
+        r.loss,
+        sum / n as f64
+    );
+    assert!((r.perplexity - r.loss.exp()).abs() < 1e-9);
+}

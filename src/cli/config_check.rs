@@ -19,10 +19,14 @@ pub struct CheckArgs {
     /// Print the resolved config as JSON on stdout (diagnostics go to stderr).
     #[arg(long)]
     pub json: bool,
+    /// A Hugging Face folder whose shape the run trains (sets zinf.model.from, as
+    /// `zinf train --init-from` does).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match Config::load(&args.file) {
+    let loaded = match Config::load_from(Some(&args.file), args.init_from.as_deref()) {
         Ok(l) => l,
         // A missing or unreadable file is bad input too: exit 2, like every config error.
         Err(e) => {

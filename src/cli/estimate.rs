@@ -18,10 +18,14 @@ pub struct EstimateArgs {
     /// Print the estimate as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// A Hugging Face folder whose shape the run trains (sets zinf.model.from, as
+    /// `zinf train --init-from` does).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
 }
 
 pub fn run(args: &EstimateArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match Config::load(&args.config) {
+    let loaded = match Config::load_from(Some(&args.config), args.init_from.as_deref()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,12 +1,14 @@
-//! `zinf generate`: load a Hugging Face GPT-2 checkpoint folder (as written by `zinf train`
-//! or `save_pretrained`) and continue a prompt with greedy or top-k sampling on the CPU device.
+//! `zinf generate`: load a Hugging Face folder (GPT-2 or the Llama family, as written by
+//! `zinf train` or `save_pretrained`) and continue a prompt with greedy or top-k sampling on
+//! the CPU device; `--chat` wraps the prompt in the folder's chat template as a user turn.
 //! A sanity check that a trained model learned something, not a serving path (no KV cache:
 //! every new token reruns the window).
 
 use crate::data::Tokenizer;
-use crate::device::CpuDevice;
+use crate::device::{CpuDevice, Device, HostSlice};
 use crate::model::checkpoint::load_hf;
-use crate::model::{Gpt, ParamDtype};
+use crate::model::hf::HfWeights;
+use crate::model::{AnyModel, Model, ModelSpec, ParamDtype, ParamSource};
 use anyhow::Context;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -16,9 +18,14 @@ use std::process::ExitCode;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// Checkpoint folder with model.safetensors and config.json.
+    /// Hugging Face folder: config.json, safetensors (sharded or not), and for the Llama
+    /// family tokenizer.json.
     #[arg(long = "from")]
     pub from: PathBuf,
+    /// Render the prompt as a user turn with the folder's chat template (and stop at the end
+    /// of the assistant's turn).
+    #[arg(long)]
+    pub chat: bool,
     /// Text to continue.
     #[arg(long, default_value = "The")]
     pub prompt: String,
@@ -58,24 +65,100 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A folder's model resident on `dev` for one sequence of `t` tokens: every group's
+/// parameters uploaded (fp32) and installed. Returns the model, its spec and tokenizer.
+pub fn load_resident(
+    dev: &CpuDevice,
+    dir: &std::path::Path,
+    t: Option<usize>,
+    b: usize,
+) -> anyhow::Result<(AnyModel<CpuDevice>, ModelSpec, Tokenizer)> {
+    let spec = ModelSpec::from_folder(dir)
+        .with_context(|| format!("loading checkpoint {}", dir.display()))?;
+    let t = t
+        .unwrap_or(spec.max_positions())
+        .min(spec.max_positions())
+        .max(1);
+    let (tensors, groups) = spec.layout();
+    let (mut source, tok): (ParamSource, Tokenizer) = match &spec {
+        ModelSpec::Gpt2(_) => {
+            let (_, p) = load_hf(dir, ParamDtype::F32)?;
+            (Box::new(move |r| Ok(p.range_to_f32(r))), Tokenizer::gpt2())
+        }
+        ModelSpec::Llama(_) => {
+            let w = HfWeights::open(dir)?;
+            w.check(&tensors)?;
+            (w.into_source(tensors), Tokenizer::from_folder(dir)?)
+        }
+    };
+    let mut model = spec.build(dev, b, t, false)?;
+    for (g, r) in groups.iter().enumerate() {
+        let values = source(r.clone())?;
+        let mut buf = dev.alloc("parameters", r.len())?;
+        dev.wait(dev.upload(&mut buf, 0, HostSlice::F32(&values))?)?;
+        model.install_params(g, buf);
+    }
+    Ok((model, spec, tok))
+}
+
+/// Runs every forward stage but the loss: logits for `input` (B,T) are left in the model.
+pub fn forward_logits(
+    model: &mut AnyModel<CpuDevice>,
+    dev: &CpuDevice,
+    input: &[u32],
+) -> anyhow::Result<()> {
+    let n = model.stages().forward.len();
+    for stage in 0..n - 1 {
+        model.forward(dev, stage, input, &[])?;
+    }
+    Ok(())
+}
+
 /// Continues `args.prompt`, handing each newly decodable piece of text to `emit`; returns the
 /// whole continuation (without the prompt).
 pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Result<String> {
-    let (cfg, params) = load_hf(&args.from, ParamDtype::F32)
-        .with_context(|| format!("loading checkpoint {}", args.from.display()))?;
-    let tok = Tokenizer::gpt2();
-    let mut ids = tok.encode(&args.prompt)?;
-    anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenization");
-    anyhow::ensure!(
-        cfg.vocab_size >= crate::data::GPT2_VOCAB_SIZE,
-        "the checkpoint's vocabulary ({}) is smaller than GPT-2's BPE",
-        cfg.vocab_size
-    );
-    let t = cfg.block_size.min(ids.len() + args.max_new_tokens).max(1);
     let budget_bytes = (args.device_memory_gib * (1u64 << 30) as f64) as u64;
     let dev = CpuDevice::new(args.threads, budget_bytes);
-    let mut model = Gpt::new(&dev, cfg, 1, t, false)?;
-    model.load_params(&dev, &params)?;
+    // The window: the prompt and what is generated, at most the model's positions.
+    let probe = ModelSpec::from_folder(&args.from)
+        .with_context(|| format!("loading checkpoint {}", args.from.display()))?;
+    let prompt = if args.chat {
+        let chat = crate::data::chat::ChatTemplate::from_folder(&args.from)?
+            .context("--chat: the folder has no chat_template")?;
+        let user = crate::data::chat::Message {
+            role: "user".into(),
+            content: args.prompt.clone(),
+        };
+        chat.render(&[user], true)?
+    } else {
+        args.prompt.clone()
+    };
+    let tok_probe = match &probe {
+        ModelSpec::Gpt2(_) => Tokenizer::gpt2(),
+        ModelSpec::Llama(_) => Tokenizer::from_folder(&args.from)?,
+    };
+    let mut ids = if args.chat {
+        tok_probe.encode_with_offsets(&prompt)?.0
+    } else {
+        tok_probe.encode(&prompt)?
+    };
+    anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenization");
+    if let Some(&big) = ids.iter().max() {
+        anyhow::ensure!(
+            (big as usize) < probe.vocab_size(),
+            "the tokenizer gives id {big}, beyond the model's vocabulary ({})",
+            probe.vocab_size()
+        );
+    }
+    let t = probe
+        .max_positions()
+        .min(ids.len() + args.max_new_tokens)
+        .max(1);
+    let (mut model, spec, tok) = load_resident(&dev, &args.from, Some(t), 1)?;
+    let stop: Vec<u32> = match &spec {
+        ModelSpec::Llama(c) => c.eos_token_ids.clone(),
+        ModelSpec::Gpt2(_) => Vec::new(),
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let (prompt_len, mut printed) = (ids.len(), ids.len());
     let mut text = String::new();
@@ -83,10 +166,14 @@ pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Resu
         let start = ids.len().saturating_sub(t);
         let window = &ids[start..];
         let mut input = window.to_vec();
-        input.resize(t, crate::data::GPT2_EOT); // later positions cannot affect earlier ones
-        model.forward_logits(&dev, &input)?;
+        input.resize(t, 0); // later positions cannot affect earlier ones
+        forward_logits(&mut model, &dev, &input)?;
         let logits = model.logits_at(&dev, 0, window.len() - 1)?;
-        ids.push(pick_token(&logits, args.top_k, args.temperature, &mut rng));
+        let next = pick_token(&logits, args.top_k, args.temperature, &mut rng);
+        if stop.contains(&next) {
+            break;
+        }
+        ids.push(next);
         // Emit whole characters only: a token may end inside a multi-byte one.
         let piece = tok.decode(&ids[printed..])?;
         if !piece.contains('\u{FFFD}') {

@@ -7,6 +7,7 @@ pub mod bench_adam;
 pub mod bench_swap;
 pub mod config_check;
 pub mod estimate;
+pub mod eval;
 pub mod generate;
 pub mod io_bench;
 pub mod train;
@@ -30,7 +31,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a GPT model from a DeepSpeed JSON config (embedded tiny default when none is given).
+    /// Train from a DeepSpeed JSON config: zinf's GPT-2, or a Hugging Face folder with
+    /// --init-from (embedded tiny default when no config is given).
     Train(train::TrainArgs),
     /// Inspect a DeepSpeed JSON config.
     #[command(subcommand)]
@@ -44,6 +46,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// Generate text from a saved checkpoint.
     Generate(generate::GenerateArgs),
+    /// Mean loss and perplexity of a Hugging Face folder's model over a data file.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Adam(a)) => bench_adam::run(&a),
         Command::Bench(BenchCommand::Swap(a)) => bench_swap::run(&a),
         Command::Generate(a) => generate::run(&a),
+        Command::Eval(a) => eval::run(&a),
     }
 }
 
