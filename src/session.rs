@@ -65,6 +65,9 @@ pub struct Overrides {
     pub resume: Option<PathBuf>,
     /// Record a timeline (`--trace`).
     pub trace: bool,
+    /// Plan from the folder's `config.json` alone, without checking its weights (`zinf
+    /// estimate` of a shape: a folder with only `config.json` is enough).
+    pub shape_only: bool,
 }
 
 /// A plan of a run: everything [`Session::build`] needs, nothing allocated yet.
@@ -135,7 +138,7 @@ impl Session {
             .init_from
             .clone()
             .or_else(|| cfg.zinf.model_from.as_ref().map(PathBuf::from));
-        if let Some(dir) = &init_from {
+        if let (Some(dir), false) = (&init_from, o.shape_only) {
             check_weights(dir, &train.model)?;
         }
         let settings = engine_settings(cfg, train)?;
@@ -510,9 +513,13 @@ pub fn load_data(
 ) -> Result<Dataset, SessionError> {
     let path = path.or(cfg.zinf.data.path.as_ref().map(PathBuf::from));
     let folder = cfg.zinf.model_from.as_ref().map(PathBuf::from);
-    // GPT-2 reads GPT-2 BPE; a Llama-family model its folder's tokenizer.json.
+    // GPT-2 reads GPT-2 BPE; a Llama-family model its folder's tokenizer.json (not needed
+    // for pre-tokenized .bin data).
+    let pre_tokenized = path
+        .as_ref()
+        .is_some_and(|p| p.extension().is_some_and(|e| e == "bin"));
     let tokenizer = match (&cfg.zinf.model, &folder) {
-        (ModelSpec::Llama(_), Some(dir)) => Tokenizer::from_folder(dir)?,
+        (ModelSpec::Llama(_), Some(dir)) if !pre_tokenized => Tokenizer::from_folder(dir)?,
         _ => Tokenizer::gpt2(),
     };
     let chat = match &folder {

@@ -19,7 +19,7 @@ pub struct EstimateArgs {
     #[arg(long)]
     pub json: bool,
     /// A Hugging Face folder whose shape the run trains (sets zinf.model.from, as
-    /// `zinf train --init-from` does).
+    /// `zinf train --init-from` does); its config.json is enough.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
 }
@@ -36,7 +36,12 @@ pub fn run(args: &EstimateArgs) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
     let host_ram = crate::config::host_memory_bytes();
     // The same plan `zinf train` makes; what it would refuse is an error here too.
-    let plan = match Session::draft(config, &Overrides::default()) {
+    // A shape is enough to estimate: the folder may hold only its config.json.
+    let o = Overrides {
+        shape_only: true,
+        ..Overrides::default()
+    };
+    let plan = match Session::draft(config, &o) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

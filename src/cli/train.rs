@@ -180,6 +180,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         init_from: args.init_from.clone(),
         resume: args.resume.clone(),
         trace: args.trace.is_some() || cfg.zinf.trace.is_some(),
+        shape_only: false,
     };
     let (plan, est) = Session::plan(cfg, &overrides)?;
     let data = load_data(cfg, args.data.clone(), plan.settings.train.seq_len)?;

@@ -583,6 +583,17 @@ struct LlamaInit {
     next: usize,
 }
 
+/// The seeded initial parameters of `cfg` (as [`Model::seeded_init`] gives them), one group
+/// range at a time in layout order: what a random-weights folder for benchmarks is made of.
+pub fn seeded_source(cfg: &LlamaConfig, seed: u64) -> ParamSource {
+    let layout = llama_layout(cfg);
+    let mut gen = LlamaInit {
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        next: 0,
+    };
+    Box::new(move |r| Ok(gen.next_range(&layout, r)))
+}
+
 impl LlamaInit {
     fn next_range(&mut self, layout: &LlamaLayout, r: std::ops::Range<usize>) -> Vec<f32> {
         assert_eq!(
@@ -655,12 +666,7 @@ impl<D: Device> Model<D> for Llama<D> {
     }
 
     fn seeded_init(&self, seed: u64) -> ParamSource {
-        let layout = self.layout.clone();
-        let mut gen = LlamaInit {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            next: 0,
-        };
-        Box::new(move |r| Ok(gen.next_range(&layout, r)))
+        seeded_source(&self.cfg, seed)
     }
 
     fn buffers_mut(&mut self) -> &mut GroupBuffers<D::Buffer> {
