@@ -350,6 +350,21 @@ fn a_llama_run_saved_and_resumed_continues_bit_identically() {
             .unwrap()
     };
     assert_eq!(bits(&read("whole")), bits(&read("second")));
+    // `zinf export` of the save writes what the first run exported at its end.
+    let args = zinf::cli::export::ExportArgs {
+        from: save.clone(),
+        to: tmp.path().join("exported"),
+        config: cfg_path.clone(),
+        init_from: None,
+        max_shard_bytes: 30_000,
+    };
+    zinf::cli::export::run(&args).unwrap();
+    assert!(tmp
+        .path()
+        .join("exported/model.safetensors.index.json")
+        .is_file());
+    assert!(tmp.path().join("exported/tokenizer.json").is_file());
+    assert_eq!(bits(&read("exported")), bits(&read("first")));
 }
 
 #[test]

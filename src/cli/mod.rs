@@ -8,6 +8,7 @@ pub mod bench_swap;
 pub mod config_check;
 pub mod estimate;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod io_bench;
 pub mod train;
@@ -48,6 +49,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Mean loss and perplexity of a Hugging Face folder's model over a data file.
     Eval(eval::EvalArgs),
+    /// Write a save's parameters as a Hugging Face folder.
+    Export(export::ExportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +177,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Swap(a)) => bench_swap::run(&a),
         Command::Generate(a) => generate::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Export(a) => export::run(&a),
     }
 }
 

@@ -1,0 +1,65 @@
+//! `zinf export --from SAVE --to DIR --config CFG`: writes the parameters of a save (`--save`
+//! of `zinf train`) as a Hugging Face folder transformers loads, as the end of a run does.
+//!
+//! The save is opened the way `--resume` opens it (the run's config says the placement and
+//! the model; a Llama-family run also names the folder it started from, `--init-from` or
+//! `zinf.model.from`, whose `config.json` and tokenizer files the export keeps), then the
+//! parameters stream one group at a time from the tiers into sharded safetensors.
+
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::engine::summary::human_bytes;
+use crate::model::export::DEFAULT_MAX_SHARD_BYTES;
+use crate::session::{Overrides, Session};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// The save folder (`zinf train --save DIR`).
+    #[arg(long = "from")]
+    pub from: PathBuf,
+    /// The folder to write (created; files of the same names are replaced).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// The run's DeepSpeed config (placement and model of the save).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The Hugging Face folder the run started from (sets zinf.model.from).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Largest safetensors file, bytes (transformers' default "5GB").
+    #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES)]
+    pub max_shard_bytes: u64,
+}
+
+pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let loaded = Config::load_from(Some(&args.config), args.init_from.as_deref())?;
+    loaded.log();
+    let cfg = &loaded.config;
+    let o = Overrides {
+        resume: Some(args.from.clone()),
+        ..Overrides::default()
+    };
+    let (plan, _) = Session::plan(cfg, &o)?;
+    // The engine never steps here: a window of token 0 satisfies its data check.
+    let t = plan.settings.train.seq_len;
+    let data = Dataset {
+        train: vec![0; t + 1],
+        val: vec![0; t + 1],
+    };
+    let mut engine = plan.build(data)?;
+    let source = cfg.zinf.model_from.as_ref().map(PathBuf::from);
+    let start = std::time::Instant::now();
+    let report = engine.export_hf(&args.to, source.as_deref(), args.max_shard_bytes)?;
+    println!(
+        "exported step {} of {}: {} in {} file(s) to {} in {:.1} s",
+        engine.steps(),
+        args.from.display(),
+        human_bytes(report.bytes),
+        report.files.len(),
+        args.to.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
