@@ -103,6 +103,10 @@ def case_configs():
     for k in ("attention_bias", "mlp_bias"):
         del chat[k]
     cases.append(("chat", chat, 32, 1))
+    yarn = dict(BASE, hidden_size=64, intermediate_size=48, rope_theta=10000.0,
+                rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                              "original_max_position_embeddings": 32})
+    cases.append(("rope_yarn", yarn, 96, 1))
     return cases
 
 

@@ -1,6 +1,6 @@
 //! The Llama family against Hugging Face transformers: for each tiny random model under
-//! `tests/data/llama/` (GQA, tied head, llama3 RoPE in v4 and v5 form, linear RoPE, explicit
-//! head_dim, a sharded folder, Qwen2 biases, Qwen3 q/k norm, Mistral), zinf loads the folder,
+//! `tests/data/llama/` (GQA, tied head, llama3 RoPE in v4 and v5 form, linear and yarn RoPE,
+//! explicit head_dim, a sharded folder, Qwen2 biases, Qwen3 q/k norm, Mistral), zinf loads the folder,
 //! runs the batch of `batch.json` (labels −100 masked) and compares with what transformers
 //! computed in fp32: the loss, every parameter's gradient, and every parameter after 3 AdamW
 //! steps (hyper-parameters in `adamw.json`).
@@ -227,6 +227,11 @@ fn mistral_matches_transformers() {
     check_case("mistral");
 }
 
+#[test]
+fn yarn_rope_matches_transformers() {
+    check_case("rope_yarn");
+}
+
 fn gqa_model(dev: &CpuDevice, checkpointing: bool) -> (Llama<CpuDevice>, Vec<f32>) {
     let dir = fixtures().join("gqa");
     let cfg = LlamaConfig::from_folder(&dir).unwrap();
@@ -297,10 +302,10 @@ fn config_errors_name_the_problem() {
     ));
     assert!(e.contains("rope_scaling") && e.contains("disagree"), "{e}");
     let e = config_error(&format!(
-        r#"{{"model_type": "llama", {base}, "rope_scaling": {{"rope_type": "yarn", "factor": 4.0}}}}"#
+        r#"{{"model_type": "llama", {base}, "rope_scaling": {{"rope_type": "dynamic", "factor": 4.0}}}}"#
     ));
     assert!(
-        e.contains("rope_scaling.rope_type") && e.contains("yarn"),
+        e.contains("rope_scaling.rope_type") && e.contains("dynamic"),
         "{e}"
     );
     let e = config_error(&format!(

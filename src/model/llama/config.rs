@@ -3,7 +3,8 @@
 //! Fields, defaults and per-architecture differences follow transformers'
 //! `configuration_llama.py`, `modeling_llama.py`, `modeling_qwen2.py`, `modeling_qwen3.py`,
 //! `modeling_mistral.py`; RoPE from `modeling_rope_utils.py` (`_compute_default_rope_parameters`,
-//! `_compute_linear_scaling_rope_parameters`, `_compute_llama3_parameters`). RoPE parameters
+//! `_compute_linear_scaling_rope_parameters`, `_compute_llama3_parameters`,
+//! `_compute_yarn_parameters`). RoPE parameters
 //! come in transformers v4's form (top-level `rope_theta` + `rope_scaling`) or v5's
 //! (`rope_parameters`); both are accepted and a file where they disagree is refused.
 
@@ -58,6 +59,17 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// `yarn` (YaRN, Peng et al. 2023; Qwen2.5 long context, DeepSeek): frequencies blended
+    /// between interpolated (`/ factor`) and kept over a ramp of dimensions set by `beta_fast`
+    /// and `beta_slow` rotations, and cos/sin scaled by `attention_factor`.
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+        truncate: bool,
+    },
 }
 
 /// RoPE: base and scaling.
@@ -102,6 +114,48 @@ impl Rope {
                     }
                 })
                 .collect(),
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: old,
+                beta_fast,
+                beta_slow,
+                truncate,
+                ..
+            } => {
+                // transformers' `_compute_yarn_parameters`: the correction range in f64 (Python
+                // floats), the frequencies in fp32 (torch).
+                let dim = head_dim as f64;
+                let ln_base = 2.0 * self.theta.ln();
+                let corr =
+                    |rot: f64| dim * (old / (rot * 2.0 * std::f64::consts::PI)).ln() / ln_base;
+                let (mut low, mut high) = (corr(beta_fast), corr(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, high) = (low.max(0.0), high.min(dim - 1.0));
+                let span = if low == high { 0.001 } else { high - low };
+                let factor = factor as f32;
+                (0..head_dim / 2)
+                    .map(|i| {
+                        let pos = base.powf((2 * i) as f32 / d);
+                        let (extrap, interp) = (1.0 / pos, 1.0 / (factor * pos));
+                        let ramp = (((i as f64 - low) / span) as f32).clamp(0.0, 1.0);
+                        let keep = 1.0 - ramp;
+                        interp * (1.0 - keep) + extrap * keep
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The factor cos and sin are multiplied by (`attention_factor`, yarn's mscale; 1 for
+    /// the other scalings).
+    pub fn attention_scaling(&self) -> f32 {
+        match self.scaling {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            } => attention_factor as f32,
+            _ => 1.0,
         }
     }
 
@@ -112,11 +166,12 @@ impl Rope {
         let half = inv.len();
         let mut out = vec![0.0f32; 2 * positions * half];
         let (cos, sin) = out.split_at_mut(positions * half);
+        let scale = self.attention_scaling();
         for p in 0..positions {
             for (j, &f) in inv.iter().enumerate() {
                 let angle = p as f32 * f;
-                cos[p * half + j] = angle.cos();
-                sin[p * half + j] = angle.sin();
+                cos[p * half + j] = angle.cos() * scale;
+                sin[p * half + j] = angle.sin() * scale;
             }
         }
         out
@@ -302,11 +357,50 @@ fn read_rope_params(
                 .unwrap_or(max_pos as f64),
             }
         }
+        "yarn" => {
+            let old =
+                get_f64(p, file, "original_max_position_embeddings")?.unwrap_or(max_pos as f64);
+            let factor = match get_f64(p, file, "factor")? {
+                Some(f) if f > 0.0 => f,
+                Some(_) => return Err(bad(file, format!("{}: not positive", key("factor")))),
+                None => max_pos as f64 / old,
+            };
+            let mscale = |scale: f64, m: f64| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
+            let attention_factor = match (
+                get_f64(p, file, "attention_factor")?,
+                get_f64(p, file, "mscale")?.filter(|m| *m != 0.0),
+                get_f64(p, file, "mscale_all_dim")?.filter(|m| *m != 0.0),
+            ) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
+                _ => mscale(factor, 1.0),
+            };
+            let beta = |k: &str, default: f64| -> Result<f64, ModelError> {
+                Ok(get_f64(p, file, k)?
+                    .filter(|b| *b != 0.0)
+                    .unwrap_or(default))
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: old,
+                beta_fast: beta("beta_fast", 32.0)?,
+                beta_slow: beta("beta_slow", 1.0)?,
+                attention_factor,
+                truncate: get_bool(p, file, "truncate")?.unwrap_or(true),
+            }
+        }
         other => {
             return Err(bad(
                 file,
                 format!(
-                    "{}: \"{other}\" is not supported; zinf supports default, linear and llama3",
+                    "{}: \"{other}\" is not supported; zinf supports default, linear, llama3 \
+                     and yarn",
                     key("rope_type")
                 ),
             ))
