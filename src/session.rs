@@ -540,7 +540,7 @@ pub fn load_data(
             tracing::info!(
                 "no data path: training on the built-in corpus (Shakespeare, corpus/tinyshakespeare.txt)"
             );
-            tokenizer.encode(BUILTIN_TEXT)?
+            tokenizer.encode(BUILTIN_TEXT)?.into()
         }
     };
     let name = path.map_or("built-in Shakespeare".to_string(), |p| {

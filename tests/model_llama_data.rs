@@ -95,7 +95,7 @@ fn chat_data_in_every_format_learns_only_the_assistant_text() {
     // Masked tokens become ignored targets in a batch.
     let ds = zinf::data::Dataset {
         train: s.clone(),
-        val: Vec::new(),
+        val: Vec::new().into(),
     };
     let (x, y) = zinf::data::val_batches(&ds.train, 1, s.len() - 1, 1)[0].clone();
     assert!(x.iter().all(|k| k & PROMPT_FLAG == 0));
@@ -163,7 +163,7 @@ fn malformed_lines_and_missing_templates_are_errors_naming_file_and_line() {
 }
 
 #[test]
-fn tokenized_data_is_cached_beside_the_input_and_keyed_by_its_bytes() {
+fn tokenized_data_is_cached_beside_the_input_mapped_and_keyed_by_its_bytes() {
     let tok = Tokenizer::from_folder(&chat_dir()).unwrap();
     let with = TokenizeWith {
         tokenizer: &tok,
@@ -172,6 +172,8 @@ fn tokenized_data_is_cached_beside_the_input_and_keyed_by_its_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let p = copy_to(tmp.path(), "a.txt", "To be, or not to be.");
     let first = formats::load(&p, DataFormat::Auto, &with).unwrap();
+    // Served from the mapped cache, not a copy in memory.
+    assert!(first.is_mapped());
     let caches: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -281,7 +281,8 @@ fn a_failed_store_creation_leaves_nothing_on_the_drive() {
     // Plan as if the drive had room (the check is what a full drive would beat).
     let plan = Session::draft(&cfg, &Overrides::default()).expect("plan");
     let data =
-        zinf::data::Dataset::split((0..4000).map(|i| i % 500).collect(), 0.1, 16).expect("dataset");
+        zinf::data::Dataset::split((0..4000).map(|i| i % 500).collect::<Vec<u32>>(), 0.1, 16)
+            .expect("dataset");
     let err = plan
         .build(data)
         .err()

@@ -45,8 +45,8 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     // The engine never steps here: a window of token 0 satisfies its data check.
     let t = plan.settings.train.seq_len;
     let data = Dataset {
-        train: vec![0; t + 1],
-        val: vec![0; t + 1],
+        train: vec![0; t + 1].into(),
+        val: vec![0; t + 1].into(),
     };
     let mut engine = plan.build(data)?;
     let source = cfg.zinf.model_from.as_ref().map(PathBuf::from);

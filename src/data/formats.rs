@@ -11,11 +11,14 @@
 //! message adds to the rendering.
 //!
 //! Tokenized data is cached beside the input (`FILE.zinf-<key>.tokens`, the key hashing the
-//! tokenizer, the chat template, the format and the file's bytes), so a second run starts at
-//! once; a cache that cannot be written is only a warning.
+//! tokenizer, the chat template, the format and the file's bytes), written as JSONL lines are
+//! read and memory-mapped from there, so neither a JSONL file nor its tokens need fit in RAM
+//! and a second run starts at once; a cache that cannot be written is a warning (the tokens
+//! are then held in memory). Plain text is tokenized whole (BPE merges across any cut).
 
 use super::chat::{ChatTemplate, Message};
-use super::{parse_llmc_bin, DataError, Tokenizer};
+use super::{parse_llmc_bin, DataError, Tokenizer, Tokens};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 /// Set on a token that is context only: not a training target (the prompt of a chat turn).
@@ -72,18 +75,25 @@ fn fmt_err(path: &Path, message: impl Into<String>) -> DataError {
     }
 }
 
-/// 64-bit FNV-1a (stable across builds and machines, unlike std's hasher).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in *p {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff; // separates the parts
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// 64-bit FNV-1a (stable across builds and machines, unlike std's hasher), fed in parts.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
     }
-    h
+
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// Ends a part (so `ab|c` and `a|bc` differ).
+    fn end_part(&mut self) {
+        self.bytes(&[0xff]);
+    }
 }
 
 const CACHE_MAGIC: &[u8; 8] = b"ZINFTOK1";
@@ -95,68 +105,180 @@ pub fn cache_path(path: &Path, key: u64) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn read_cache(path: &Path) -> Option<Vec<u32>> {
-    let bytes = std::fs::read(path).ok()?;
-    let (head, body) = bytes.split_at_checked(16)?;
+/// Maps a cache file: `ZINFTOK1`, the u64 token count, the tokens as little-endian u32.
+fn map_cache(path: &Path) -> Option<Tokens> {
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: a read-only mapping of a file only zinf writes (atomically, by rename); a cache
+    // changed by another process gives wrong tokens, not memory unsafety (only copied out).
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let head = map.get(..16)?;
     let n = u64::from_le_bytes(head[8..16].try_into().ok()?) as usize;
-    if &head[..8] != CACHE_MAGIC || body.len() != n.checked_mul(4)? {
+    if &head[..8] != CACHE_MAGIC || map.len() != 16usize.checked_add(n.checked_mul(4)?)? {
         return None;
     }
-    Some(
-        body.chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    )
+    Some(Tokens::mapped(map, 16, n))
 }
 
-fn write_cache(path: &Path, tokens: &[u32]) -> std::io::Result<()> {
-    let mut bytes = Vec::with_capacity(16 + 4 * tokens.len());
-    bytes.extend_from_slice(CACHE_MAGIC);
-    bytes.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
-    bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
-    let tmp = path.with_extension("tokens.tmp");
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, path)
+/// Writes tokens to a cache file as they come (header first, count patched at the end), then
+/// renames it into place: a killed run leaves no half cache under the real name.
+struct CacheWriter {
+    tmp: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    count: u64,
+}
+
+impl CacheWriter {
+    fn create(path: &Path) -> std::io::Result<Self> {
+        let tmp = path.with_extension("tokens.tmp");
+        let mut out = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(&tmp)?);
+        out.write_all(CACHE_MAGIC)?;
+        out.write_all(&0u64.to_le_bytes())?;
+        Ok(CacheWriter { tmp, out, count: 0 })
+    }
+
+    fn push(&mut self, tokens: &[u32]) -> std::io::Result<()> {
+        for t in tokens {
+            self.out.write_all(&t.to_le_bytes())?;
+        }
+        self.count += tokens.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self, path: &Path) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.out.flush()?;
+        let mut f = self.out.into_inner().map_err(|e| e.into_error())?;
+        f.seek(SeekFrom::Start(8))?;
+        f.write_all(&self.count.to_le_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&self.tmp, path)
+    }
+}
+
+/// Where tokenized lines go: the cache file as they come (memory stays flat: a JSONL file
+/// larger than RAM tokenizes), or memory when the cache cannot be written.
+enum Sink {
+    Cache(CacheWriter),
+    Memory(Vec<u32>),
+}
+
+impl Sink {
+    fn push(&mut self, tokens: &[u32], cache: &Path) {
+        if let Sink::Cache(w) = self {
+            if let Err(e) = w.push(tokens) {
+                tracing::warn!(
+                    "data: cannot write the token cache {}: {e}",
+                    cache.display()
+                );
+                *self = Sink::Memory(Vec::new());
+                // Start over in memory: the caller re-feeds from the first line.
+            }
+        }
+        if let Sink::Memory(v) = self {
+            v.extend_from_slice(tokens);
+        }
+    }
 }
 
 /// Reads `path` as `format` into one token stream (prompt tokens flagged with
-/// [`PROMPT_FLAG`]), from the cache beside it when the tokenizer, template, format and bytes
-/// are unchanged.
+/// [`PROMPT_FLAG`]). The stream is written to a cache beside the file as it is made and
+/// mapped from there (a tokenized dataset larger than RAM is paged, not held); the next run
+/// with the same tokenizer, template, format and bytes maps the cache at once.
 ///
 /// # Errors
 /// The file unreadable or not UTF-8 (naming the byte), a line that is not a JSON object or
 /// lacks the fields of its format (naming file and line), chat data without a chat
 /// template, a template whose renderings are not prefixes of each other.
-pub fn load(
-    path: &Path,
-    format: DataFormat,
-    with: &TokenizeWith<'_>,
-) -> Result<Vec<u32>, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+pub fn load(path: &Path, format: DataFormat, with: &TokenizeWith<'_>) -> Result<Tokens, DataError> {
+    let io_err = |source| DataError::Io {
         path: path.display().to_string(),
         source,
-    })?;
+    };
     let is_bin = path.extension().is_some_and(|e| e == "bin");
     if is_bin && matches!(format, DataFormat::Auto) {
-        return parse_llmc_bin(&bytes).map_err(|m| fmt_err(path, m));
+        let bytes = std::fs::read(path).map_err(io_err)?;
+        return parse_llmc_bin(&bytes)
+            .map(Tokens::from)
+            .map_err(|m| fmt_err(path, m));
     }
-    let template = with.chat.map_or("", |c| c.source.as_str());
-    let key = fnv1a(&[
-        &with.tokenizer.identity(),
-        template.as_bytes(),
-        format!("{format:?}").as_bytes(),
-        &bytes,
-    ]);
-    let cache = cache_path(path, key);
-    if let Some(tokens) = read_cache(&cache) {
+    let mut h = Fnv::new();
+    h.bytes(&with.tokenizer.identity());
+    h.end_part();
+    h.bytes(with.chat.map_or("", |c| c.source.as_str()).as_bytes());
+    h.end_part();
+    h.bytes(format!("{format:?}").as_bytes());
+    h.end_part();
+    {
+        let mut f =
+            std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(io_err)?);
+        loop {
+            let buf = f.fill_buf().map_err(io_err)?;
+            if buf.is_empty() {
+                break;
+            }
+            h.bytes(buf);
+            let n = buf.len();
+            f.consume(n);
+        }
+    }
+    let cache = cache_path(path, h.0);
+    if let Some(tokens) = map_cache(&cache) {
         tracing::info!(
-            "data: {} tokens from the cache {}",
+            "data: {} tokens mapped from the cache {}",
             tokens.len(),
             cache.display()
         );
         return Ok(tokens);
     }
-    let text = String::from_utf8(bytes).map_err(|e| {
+    let jsonl = path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json");
+    let mut sink = match CacheWriter::create(&cache) {
+        Ok(w) => Sink::Cache(w),
+        Err(e) => {
+            tracing::warn!(
+                "data: cannot write the token cache {}: {e}",
+                cache.display()
+            );
+            Sink::Memory(Vec::new())
+        }
+    };
+    match format {
+        DataFormat::Text => sink.push(&with.tokenizer.encode(&read_text(path)?)?, &cache),
+        DataFormat::Auto if !jsonl => sink.push(&with.tokenizer.encode(&read_text(path)?)?, &cache),
+        _ => {
+            let started_in_cache = matches!(sink, Sink::Cache(_));
+            load_lines(path, format, with, &mut sink, &cache)?;
+            if started_in_cache && matches!(sink, Sink::Memory(_)) {
+                // The cache failed part-way: the lines before the failure are not in memory.
+                let mut fresh = Sink::Memory(Vec::new());
+                load_lines(path, format, with, &mut fresh, &cache)?;
+                sink = fresh;
+            }
+        }
+    }
+    match sink {
+        Sink::Memory(v) => Ok(Tokens::from(v)),
+        Sink::Cache(w) => {
+            let n = w.count;
+            match w.finish(&cache).ok().and_then(|_| map_cache(&cache)) {
+                Some(t) => Ok(t),
+                None => Err(fmt_err(
+                    &cache,
+                    format!("the token cache of {n} tokens could not be written and mapped"),
+                )),
+            }
+        }
+    }
+}
+
+/// The whole file as UTF-8 text.
+fn read_text(path: &Path) -> Result<String, DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
         fmt_err(
             path,
             format!(
@@ -164,38 +286,44 @@ pub fn load(
                 e.utf8_error().valid_up_to()
             ),
         )
-    })?;
-    let jsonl = path
-        .extension()
-        .is_some_and(|e| e == "jsonl" || e == "json");
-    let tokens = match format {
-        DataFormat::Text => with.tokenizer.encode(&text)?,
-        DataFormat::Auto if !jsonl => with.tokenizer.encode(&text)?,
-        _ => load_lines(path, &text, format, with)?,
-    };
-    if let Err(e) = write_cache(&cache, &tokens) {
-        tracing::warn!(
-            "data: cannot write the token cache {}: {e}",
-            cache.display()
-        );
-    }
-    Ok(tokens)
+    })
 }
 
-/// JSONL: each non-empty line one object, tokenized by its format and appended.
+/// JSONL: each non-empty line one object, tokenized by its format and pushed to `sink`,
+/// read one line at a time.
 fn load_lines(
     path: &Path,
-    text: &str,
     format: DataFormat,
     with: &TokenizeWith<'_>,
-) -> Result<Vec<u32>, DataError> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
+    sink: &mut Sink,
+    cache: &Path,
+) -> Result<(), DataError> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut raw = Vec::new();
+    let mut i = 0usize;
+    loop {
+        raw.clear();
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(|source| DataError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        i += 1;
+        let at = |msg: String| fmt_err(path, format!("line {i}: {msg}"));
+        let line = std::str::from_utf8(&raw)
+            .map_err(|e| at(format!("not UTF-8 (byte {} of the line)", e.valid_up_to())))?
+            .trim();
         if line.is_empty() {
             continue;
         }
-        let at = |msg: String| fmt_err(path, format!("line {}: {msg}", i + 1));
         let v: serde_json::Value =
             serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
         let obj = v
@@ -226,7 +354,7 @@ fn load_lines(
                 .get("text")
                 .and_then(|t| t.as_str())
                 .ok_or_else(|| at("\"text\" missing or not a string".into()))?;
-            out.extend(with.tokenizer.encode(t)?);
+            sink.push(&with.tokenizer.encode(t)?, cache);
             continue;
         }
         let messages = to_messages(obj, kind).map_err(at)?;
@@ -237,14 +365,13 @@ fn load_lines(
                     .into(),
             )
         })?;
-        out.extend(
-            render_masked(&messages, chat, with.tokenizer).map_err(|e| match e {
-                DataError::Tokenizer(m) => at(m),
-                e => e,
-            })?,
-        );
+        let tokens = render_masked(&messages, chat, with.tokenizer).map_err(|e| match e {
+            DataError::Tokenizer(m) => at(m),
+            e => e,
+        })?;
+        sink.push(&tokens, cache);
     }
-    Ok(out)
+    Ok(())
 }
 
 fn field<'a>(

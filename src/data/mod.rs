@@ -109,16 +109,109 @@ pub fn llmc_bin_bytes(tokens: &[u32]) -> Vec<u8> {
     out
 }
 
+/// A token stream in memory, or a view of a memory-mapped token cache file (a tokenized
+/// dataset larger than RAM is paged in by the kernel as batches read it). Reads as `[u32]`.
+#[derive(Clone)]
+pub struct Tokens(TokensInner);
+
+#[derive(Clone)]
+enum TokensInner {
+    Owned(std::sync::Arc<Vec<u32>>, std::ops::Range<usize>),
+    Mapped(std::sync::Arc<memmap2::Mmap>, std::ops::Range<usize>),
+}
+
+impl Tokens {
+    /// A view of `map` (whose bytes from `byte_start` are little-endian u32 tokens, 4-byte
+    /// aligned) holding `len` tokens.
+    pub fn mapped(map: memmap2::Mmap, byte_start: usize, len: usize) -> Self {
+        assert!(byte_start.is_multiple_of(4) && byte_start + 4 * len <= map.len());
+        let start = byte_start / 4;
+        Tokens(TokensInner::Mapped(
+            std::sync::Arc::new(map),
+            start..start + len,
+        ))
+    }
+
+    /// Whether the tokens are a view of a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.0, TokensInner::Mapped(..))
+    }
+
+    /// The tokens `r` of this stream, sharing its storage.
+    pub fn slice(&self, r: std::ops::Range<usize>) -> Self {
+        assert!(r.end <= self.len());
+        match &self.0 {
+            TokensInner::Owned(v, base) => Tokens(TokensInner::Owned(
+                v.clone(),
+                base.start + r.start..base.start + r.end,
+            )),
+            TokensInner::Mapped(m, base) => Tokens(TokensInner::Mapped(
+                m.clone(),
+                base.start + r.start..base.start + r.end,
+            )),
+        }
+    }
+}
+
+impl From<Vec<u32>> for Tokens {
+    fn from(v: Vec<u32>) -> Self {
+        let n = v.len();
+        Tokens(TokensInner::Owned(std::sync::Arc::new(v), 0..n))
+    }
+}
+
+impl std::ops::Deref for Tokens {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match &self.0 {
+            TokensInner::Owned(v, r) => &v[r.clone()],
+            // The mapping is page-aligned and the view starts on a 4-byte boundary.
+            TokensInner::Mapped(m, r) => {
+                &bytemuck::cast_slice::<u8, u32>(&m[..m.len() / 4 * 4])[r.clone()]
+            }
+        }
+    }
+}
+
+impl PartialEq for Tokens {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<Vec<u32>> for Tokens {
+    fn eq(&self, other: &Vec<u32>) -> bool {
+        **self == other[..]
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tokens({} tokens{})",
+            self.len(),
+            if self.is_mapped() { ", mapped" } else { "" }
+        )
+    }
+}
+
 /// A token stream split into a training head and a validation tail.
 pub struct Dataset {
-    pub train: Vec<u32>,
-    pub val: Vec<u32>,
+    pub train: Tokens,
+    pub val: Tokens,
 }
 
 impl Dataset {
     /// Splits off the last `val_fraction` of `tokens` (at least one window of `t + 1`) for
-    /// validation; errors when either side is too short for one sequence of `t` tokens.
-    pub fn split(tokens: Vec<u32>, val_fraction: f64, t: usize) -> Result<Self, DataError> {
+    /// validation; errors when either side is too short for one sequence of `t` tokens. The
+    /// two parts share the stream's storage (a mapped cache stays mapped).
+    pub fn split(
+        tokens: impl Into<Tokens>,
+        val_fraction: f64,
+        t: usize,
+    ) -> Result<Self, DataError> {
+        let tokens: Tokens = tokens.into();
         let n = tokens.len();
         let n_val = ((n as f64 * val_fraction) as usize).max(t + 1);
         if n < n_val + t + 1 {
@@ -127,9 +220,10 @@ impl Dataset {
                 message: format!("{n} tokens is too few for sequences of {t} tokens plus a validation split; use more text or a smaller block size"),
             });
         }
-        let mut train = tokens;
-        let val = train.split_off(n - n_val);
-        Ok(Dataset { train, val })
+        Ok(Dataset {
+            train: tokens.slice(0..n - n_val),
+            val: tokens.slice(n - n_val..n),
+        })
     }
 }
 

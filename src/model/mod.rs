@@ -48,7 +48,7 @@ pub fn check_vocab(data: &crate::data::Dataset, vocab_size: usize) -> Result<(),
     let max_tok = data
         .train
         .iter()
-        .chain(&data.val)
+        .chain(data.val.iter())
         .map(|&k| crate::data::input(k))
         .max()
         .unwrap_or(0);
