@@ -85,6 +85,29 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Drops the pages of `len` bytes at `offset` from this process's resident set once read
+    /// (they stay in the page cache): loading a checkpoint larger than RAM keeps the RSS at
+    /// one group, not the whole mapping. Advice only; a failure changes nothing.
+    fn release(&self, offset: usize, len: usize) {
+        let page = 4096;
+        let start = offset.div_ceil(page) * page;
+        let end = (offset + len) / page * page;
+        if end > start {
+            // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping only discards this
+            // process's copies of the pages; a later read faults them in again from the file,
+            // unchanged. No reference into the range is held past this point by `read_range`.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
+}
+
 /// The weights of a checkpoint folder, mapped and indexed by tensor name.
 pub struct HfWeights {
     shards: Vec<Shard>,
@@ -253,6 +276,7 @@ impl HfWeights {
                 ));
             }
             convert(dtype, bytes, dst);
+            shard.release(shard.data_start + a, b - a);
         }
         Ok(out)
     }
