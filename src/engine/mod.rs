@@ -301,9 +301,10 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         };
         for (gi, g) in groups.iter().enumerate() {
             let r = g.range.clone();
-            let values = source(r.clone())?;
             // Stored (rounded) values; the fp32 master starts from them, as DeepSpeed's does.
-            let stored = HostParams::from_f32(s.dtype, &values);
+            // The fp32 values read are dropped before the master is made: two copies of the
+            // largest group at once, not three.
+            let stored = HostParams::from_f32(s.dtype, &source(r.clone())?);
             let master = stored.to_f32();
             self.tiers.init_group(gi, &stored, &master)?;
         }
