@@ -403,3 +403,22 @@ fn weights_that_do_not_match_the_config_are_refused_naming_the_tensor_and_file()
 fn cfg_path_of(tmp: &tempfile::TempDir) -> PathBuf {
     tmp.path().join("config.json")
 }
+
+#[test]
+fn mistral_is_trained_within_its_sliding_window() {
+    let text = std::fs::read_to_string(fixtures().join("mistral/config.json"))
+        .unwrap()
+        .replace("\"sliding_window\": 4096", "\"sliding_window\": 16");
+    let cfg = LlamaConfig::from_json(&text, "config.json").unwrap();
+    assert_eq!(cfg.sliding_window, Some(16));
+    let dev = CpuDevice::new(1, 1 << 30);
+    let e = Llama::new(&dev, cfg.clone(), 1, 32, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("sliding_window (16)") && e.contains("seq_len"),
+        "{e}"
+    );
+    assert!(Llama::new(&dev, cfg, 1, 16, false).is_ok());
+}

@@ -208,6 +208,10 @@ pub struct LlamaConfig {
     pub eos_token_ids: Vec<u32>,
     /// `torch_dtype` / `dtype` as written (`bfloat16`, `float16`, `float32`), if any.
     pub torch_dtype: Option<String>,
+    /// The attention window when one applies (Mistral's `sliding_window`; Qwen2/3's when
+    /// `use_sliding_window` is true): zinf trains sequences no longer than it, where
+    /// sliding-window attention is plain causal attention.
+    pub sliding_window: Option<usize>,
 }
 
 /// A `config.json` error naming the file and the key.
@@ -454,6 +458,15 @@ impl LlamaConfig {
             Arch::Mistral => (false, false, false),
         };
         let rope = Self::read_rope(obj, file, max_position_embeddings)?;
+        let sliding_window = match arch {
+            Arch::Mistral => get_usize(obj, file, "sliding_window")?,
+            Arch::Qwen2 | Arch::Qwen3
+                if get_bool(obj, file, "use_sliding_window")? == Some(true) =>
+            {
+                get_usize(obj, file, "sliding_window")?
+            }
+            _ => None,
+        };
         let torch_dtype = ["torch_dtype", "dtype"]
             .iter()
             .find_map(|k| obj.get(*k).and_then(|v| v.as_str()).map(str::to_string));
@@ -477,6 +490,7 @@ impl LlamaConfig {
             bos_token_id: token_ids(obj, file, "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(obj, file, "eos_token_id")?,
             torch_dtype,
+            sliding_window,
         };
         cfg.validate().map_err(|e| bad(file, e.to_string()))?;
         Ok(cfg)

@@ -155,6 +155,13 @@ impl<D: Device> Llama<D> {
                 cfg.max_position_embeddings
             )));
         }
+        if let Some(w) = cfg.sliding_window.filter(|&w| t > w) {
+            return Err(ModelError::Shape(format!(
+                "sequences of {t} tokens are longer than the model's sliding_window ({w}); zinf \
+                 trains within the window, where the attention is plainly causal: set \
+                 zinf.data.seq_len to at most {w}"
+            )));
+        }
         let layout = llama_layout(&cfg);
         let s = shape(&cfg, b, t);
         let (n, c, v, im) = (
