@@ -422,3 +422,47 @@ fn mistral_is_trained_within_its_sliding_window() {
     );
     assert!(Llama::new(&dev, cfg, 1, 16, false).is_ok());
 }
+
+#[test]
+fn absent_keys_take_each_classes_defaults_and_bad_values_are_refused() {
+    let base = r#""vocab_size": 96, "hidden_size": 64, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 32"#;
+    let cfg = |extra: &str| LlamaConfig::from_json(&format!("{{{base}{extra}}}"), "config.json");
+    // Qwen3: head_dim 128, 32 kv heads, 32768 positions, no bos/eos (configuration_qwen3.py).
+    let q3 = cfg(r#", "model_type": "qwen3""#).unwrap();
+    assert_eq!((q3.head_dim, q3.num_key_value_heads), (128, 32));
+    assert_eq!(q3.max_position_embeddings, 32768);
+    assert!(q3.eos_token_ids.is_empty() && q3.sliding_window.is_none());
+    // Mistral: 8 kv heads, 131072 positions, a 4096 window unless null, bos 1 / eos 2.
+    let m = cfg(r#", "model_type": "mistral""#).unwrap();
+    assert_eq!(
+        (m.num_key_value_heads, m.max_position_embeddings),
+        (8, 131072)
+    );
+    assert_eq!(
+        (m.sliding_window, m.bos_token_id, m.eos_token_ids.clone()),
+        (Some(4096), Some(1), vec![2])
+    );
+    let m = cfg(r#", "model_type": "mistral", "sliding_window": null"#).unwrap();
+    assert_eq!(m.sliding_window, None);
+    // Llama: kv heads = heads, 2048 positions, head_dim = hidden / heads.
+    let l = cfg(r#", "model_type": "llama""#).unwrap();
+    assert_eq!(
+        (l.num_key_value_heads, l.head_dim, l.max_position_embeddings),
+        (32, 2, 2048)
+    );
+    for (extra, want) in [
+        (r#", "model_type": "llama", "rope_theta": 0"#, "rope_theta"),
+        (
+            r#", "model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 2, "original_max_position_embeddings": 0}"#,
+            "original_max_position_embeddings",
+        ),
+        (
+            r#", "model_type": "llama", "num_key_value_heads": 6148914691236517206, "head_dim": 2"#,
+            "num_attention_heads",
+        ),
+    ] {
+        let e = cfg(extra).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+}

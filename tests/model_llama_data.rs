@@ -453,3 +453,107 @@ fn eval_streams_the_folder_and_gives_the_resident_models_loss() {
     );
     assert!((r.perplexity - r.loss.exp()).abs() < 1e-9);
 }
+
+#[test]
+fn export_replaces_an_earlier_export_and_never_overwrites_its_source() {
+    use zinf::model::export::{group_reader, write_folder};
+    use zinf::model::{HostParams, ModelError, ModelSpec, ParamDtype};
+    let spec = ModelSpec::from_folder(&chat_dir()).unwrap();
+    let (tensors, groups) = spec.layout();
+    let w = zinf::model::hf::HfWeights::open(&chat_dir()).unwrap();
+    let values = w.read_range(&tensors, 0..spec.num_params()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let one = HostParams::from_f32(ParamDtype::Bf16, &values);
+    let two = HostParams::from_f32(
+        ParamDtype::Bf16,
+        &values.iter().map(|x| x * 2.0).collect::<Vec<_>>(),
+    );
+    // Sharded first, then one file: nothing of the first is left to be read.
+    write_folder::<ModelError>(
+        &out,
+        &spec,
+        ParamDtype::Bf16,
+        Some(&chat_dir()),
+        20_000,
+        group_reader(&one, &groups),
+    )
+    .unwrap();
+    write_folder::<ModelError>(
+        &out,
+        &spec,
+        ParamDtype::Bf16,
+        Some(&chat_dir()),
+        u64::MAX,
+        group_reader(&two, &groups),
+    )
+    .unwrap();
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("safetensors"))
+        .collect();
+    assert_eq!(names, vec!["model.safetensors".to_string()]);
+    let back = zinf::model::hf::HfWeights::open(&out)
+        .unwrap()
+        .read_range(&tensors, 0..spec.num_params())
+        .unwrap();
+    assert_eq!(
+        HostParams::from_f32(ParamDtype::Bf16, &back).range_bytes(0..back.len()),
+        two.range_bytes(0..two.len())
+    );
+    // Into the folder the run started from: refused, the folder untouched.
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(chat_dir().join(f), src.join(f)).unwrap();
+    }
+    let before = std::fs::read(src.join("model.safetensors")).unwrap();
+    let e = write_folder::<ModelError>(
+        &src,
+        &spec,
+        ParamDtype::Bf16,
+        Some(&src.join("..").join("src")),
+        u64::MAX,
+        group_reader(&two, &groups),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("started from"), "{e}");
+    assert_eq!(
+        std::fs::read(src.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert!(std::fs::metadata(src.join("tokenizer.json")).unwrap().len() > 0);
+}
+
+#[test]
+fn a_stored_truncation_in_tokenizer_json_is_ignored_and_an_empty_index_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(chat_dir().join("tokenizer.json")).unwrap())
+            .unwrap();
+    v["truncation"] = serde_json::json!({"max_length": 4, "strategy": "LongestFirst", "stride": 0, "direction": "Right"});
+    std::fs::write(tmp.path().join("tokenizer.json"), v.to_string()).unwrap();
+    let tok = Tokenizer::from_folder(tmp.path()).unwrap();
+    let text = "To be, or not to be: that is the question.";
+    assert_eq!(
+        tok.encode(text).unwrap().len(),
+        Tokenizer::from_folder(&chat_dir())
+            .unwrap()
+            .encode(text)
+            .unwrap()
+            .len()
+    );
+    assert!(tok.encode(text).unwrap().len() > 4);
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        r#"{"weight_map": {}}"#,
+    )
+    .unwrap();
+    let e = zinf::model::hf::HfWeights::open(tmp.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("weight_map names no tensor"), "{e}");
+}

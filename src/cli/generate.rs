@@ -155,10 +155,25 @@ pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Resu
         .min(ids.len() + args.max_new_tokens)
         .max(1);
     let (mut model, spec, tok) = load_resident(&dev, &args.from, Some(t), 1)?;
-    let stop: Vec<u32> = match &spec {
+    // transformers stops at generation_config.json's eos ids (Llama 3 Instruct lists its
+    // end-of-turn token only there) and config.json's.
+    let mut stop: Vec<u32> = match &spec {
         ModelSpec::Llama(c) => c.eos_token_ids.clone(),
         ModelSpec::Gpt2(_) => Vec::new(),
     };
+    if let Ok(text) = std::fs::read_to_string(args.from.join("generation_config.json")) {
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not valid JSON",
+                args.from.join("generation_config.json").display()
+            )
+        })?;
+        let ids = match &v["eos_token_id"] {
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).collect(),
+            x => x.as_u64().into_iter().collect::<Vec<_>>(),
+        };
+        stop.extend(ids.into_iter().filter_map(|x| u32::try_from(x).ok()));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let (prompt_len, mut printed) = (ids.len(), ids.len());
     let mut text = String::new();

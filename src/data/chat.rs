@@ -24,7 +24,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
-    /// The template source (part of the tokenized-data cache key).
+    /// The template source.
     pub source: String,
 }
 
@@ -130,7 +130,8 @@ impl ChatTemplate {
             }
         };
         let jinja = dir.join("chat_template.jinja");
-        let source = if jinja.is_file() {
+        let from_jinja = jinja.is_file();
+        let source = if from_jinja {
             Some(std::fs::read_to_string(&jinja).map_err(|e| DataError::Io {
                 path: jinja.display().to_string(),
                 source: e,
@@ -164,14 +165,24 @@ impl ChatTemplate {
             },
         );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        let template_path = if from_jinja { &jinja } else { &cfg_path };
         env.add_template_owned("chat", source.clone())
-            .map_err(|e| fmt_err(&cfg_path, format!("chat_template: {e}")))?;
+            .map_err(|e| fmt_err(template_path, format!("chat_template: {e}")))?;
         Ok(Some(ChatTemplate {
             env,
             bos_token: token_text(&cfg["bos_token"]),
             eos_token: token_text(&cfg["eos_token"]),
             source,
         }))
+    }
+
+    /// What the rendering depends on (the tokenized-data cache key): the template and the
+    /// bos/eos token texts it may print.
+    pub fn identity(&self) -> String {
+        format!(
+            "{}\u{0}{}\u{0}{}",
+            self.source, self.bos_token, self.eos_token
+        )
     }
 
     /// Renders `messages` (with the assistant's turn opened when `add_generation_prompt`).

@@ -204,7 +204,7 @@ pub fn load(path: &Path, format: DataFormat, with: &TokenizeWith<'_>) -> Result<
     let mut h = Fnv::new();
     h.bytes(&with.tokenizer.identity());
     h.end_part();
-    h.bytes(with.chat.map_or("", |c| c.source.as_str()).as_bytes());
+    h.bytes(with.chat.map_or(String::new(), |c| c.identity()).as_bytes());
     h.end_part();
     h.bytes(format!("{format:?}").as_bytes());
     h.end_part();
@@ -248,7 +248,12 @@ pub fn load(path: &Path, format: DataFormat, with: &TokenizeWith<'_>) -> Result<
         DataFormat::Auto if !jsonl => sink.push(&with.tokenizer.encode(&read_text(path)?)?, &cache),
         _ => {
             let started_in_cache = matches!(sink, Sink::Cache(_));
-            load_lines(path, format, with, &mut sink, &cache)?;
+            if let Err(e) = load_lines(path, format, with, &mut sink, &cache) {
+                if let Sink::Cache(w) = &sink {
+                    let _ = std::fs::remove_file(&w.tmp);
+                }
+                return Err(e);
+            }
             if started_in_cache && matches!(sink, Sink::Memory(_)) {
                 // The cache failed part-way: the lines before the failure are not in memory.
                 let mut fresh = Sink::Memory(Vec::new());
@@ -260,13 +265,36 @@ pub fn load(path: &Path, format: DataFormat, with: &TokenizeWith<'_>) -> Result<
     match sink {
         Sink::Memory(v) => Ok(Tokens::from(v)),
         Sink::Cache(w) => {
-            let n = w.count;
-            match w.finish(&cache).ok().and_then(|_| map_cache(&cache)) {
-                Some(t) => Ok(t),
-                None => Err(fmt_err(
-                    &cache,
-                    format!("the token cache of {n} tokens could not be written and mapped"),
-                )),
+            let tmp = w.tmp.clone();
+            let finished = w.finish(&cache).and_then(|_| {
+                map_cache(&cache)
+                    .ok_or_else(|| std::io::Error::other("the written cache does not map"))
+            });
+            match finished {
+                Ok(t) => Ok(t),
+                Err(e) => {
+                    // The disk filled at the last flush, say: tokenize again into memory.
+                    tracing::warn!(
+                        "data: cannot write the token cache {}: {e}; tokenizing again into memory",
+                        cache.display()
+                    );
+                    let _ = std::fs::remove_file(&tmp);
+                    let _ = std::fs::remove_file(&cache);
+                    let mut fresh = Sink::Memory(Vec::new());
+                    match format {
+                        DataFormat::Text => {
+                            fresh.push(&with.tokenizer.encode(&read_text(path)?)?, &cache)
+                        }
+                        DataFormat::Auto if !jsonl => {
+                            fresh.push(&with.tokenizer.encode(&read_text(path)?)?, &cache)
+                        }
+                        _ => load_lines(path, format, with, &mut fresh, &cache)?,
+                    }
+                    match fresh {
+                        Sink::Memory(v) => Ok(Tokens::from(v)),
+                        Sink::Cache(_) => unreachable!("a memory sink stays in memory"),
+                    }
+                }
             }
         }
     }
@@ -354,7 +382,8 @@ fn load_lines(
                 .get("text")
                 .and_then(|t| t.as_str())
                 .ok_or_else(|| at("\"text\" missing or not a string".into()))?;
-            sink.push(&with.tokenizer.encode(t)?, cache);
+            let tokens = with.tokenizer.encode(t).map_err(|e| at(e.to_string()))?;
+            sink.push(&tokens, cache);
             continue;
         }
         let messages = to_messages(obj, kind).map_err(at)?;

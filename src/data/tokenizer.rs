@@ -44,12 +44,15 @@ impl Tokenizer {
                     .into(),
             });
         }
-        tokenizers::Tokenizer::from_file(&path)
-            .map(|t| Tokenizer::Hf(Box::new(t)))
-            .map_err(|e| DataError::Format {
-                path: path.display().to_string(),
-                message: format!("not a tokenizer.json tokenizers reads: {e}"),
-            })
+        let mut t = tokenizers::Tokenizer::from_file(&path).map_err(|e| DataError::Format {
+            path: path.display().to_string(),
+            message: format!("not a tokenizer.json tokenizers reads: {e}"),
+        })?;
+        // transformers turns a tokenizer.json's truncation and padding off for a plain
+        // `tokenizer(text)` call; so does zinf (a stored truncation would cut whole files).
+        t.with_padding(None);
+        t.with_truncation(None).map_err(tok_err)?;
+        Ok(Tokenizer::Hf(Box::new(t)))
     }
 
     /// Text -> token ids, as transformers' `tokenizer(text)` gives them (a Hugging Face

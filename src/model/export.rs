@@ -163,6 +163,24 @@ pub fn write_folder<E: From<ModelError>>(
     let names = file_names(spec, &tensors);
     let config = config_json(spec, dtype, source)?;
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    if let Some(src) = source {
+        let same = match (dir.canonicalize(), src.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            return Err(ModelError::Checkpoint {
+                path: dir.display().to_string(),
+                message: "is the folder the run started from: exporting there would overwrite \
+                          its weights; give --out / --to another folder"
+                    .into(),
+            }
+            .into());
+        }
+    }
+    // Weight files of an earlier export in this folder (another sharding) would shadow or mix
+    // with this one's: removed first.
+    remove_old_weights(dir)?;
     let width = dtype.bytes() as u64;
     let shard_of = plan_shards(&tensors, width, max_shard_bytes.max(1));
     let n_shards = shard_of.last().map_or(1, |s| s + 1);
@@ -207,7 +225,9 @@ pub fn write_folder<E: From<ModelError>>(
                     &members.iter().map(|&i| &tensors[i]).collect::<Vec<_>>(),
                     dtype,
                 );
-                let file = std::fs::File::create(&path).map_err(|e| io_err(&path, e))?;
+                // Written under a temporary name, renamed at the end: a reader that has the
+                // old file mapped keeps it whole.
+                let file = std::fs::File::create(tmp_name(&path)).map_err(|e| io_err(&path, e))?;
                 let mut w = std::io::BufWriter::with_capacity(8 << 20, file);
                 w.write_all(&(h.len() as u64).to_le_bytes())
                     .and_then(|_| w.write_all(&h))
@@ -229,6 +249,9 @@ pub fn write_folder<E: From<ModelError>>(
             .and_then(|_| w.get_ref().sync_all())
             .map_err(|e| io_err(&path, e))?;
     }
+    for path in &report.files {
+        std::fs::rename(tmp_name(path), path).map_err(|e| io_err(path, e))?;
+    }
     if n_shards > 1 {
         let weight_map: serde_json::Map<String, serde_json::Value> = names
             .iter()
@@ -245,13 +268,34 @@ pub fn write_folder<E: From<ModelError>>(
     if let Some(src) = source {
         for f in COPIED_FILES {
             let from = src.join(f);
-            if from.is_file() && src != dir {
+            if from.is_file() {
                 let to = dir.join(f);
                 std::fs::copy(&from, &to).map_err(|e| io_err(&to, e))?;
             }
         }
     }
     Ok(report)
+}
+
+/// The temporary name a weight file is written under.
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut n = path.as_os_str().to_os_string();
+    n.push(".tmp");
+    PathBuf::from(n)
+}
+
+/// Removes `model.safetensors`, the index and `model-*-of-*.safetensors` from `dir`.
+fn remove_old_weights(dir: &Path) -> Result<(), ModelError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let shard =
+            name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
+        if name == super::hf::WEIGHTS_FILE || name == super::hf::INDEX_FILE || shard {
+            std::fs::remove_file(e.path()).map_err(|err| io_err(&e.path(), err))?;
+        }
+    }
+    Ok(())
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), ModelError> {

@@ -58,9 +58,11 @@ struct Shard {
 impl Shard {
     fn open(path: &Path) -> Result<Self, ModelError> {
         let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-        // SAFETY: the mapping is read-only; a checkpoint file changed by another process while
-        // a run reads it gives wrong values, as it would to any reader, not memory unsafety in
-        // our code (the bytes are only ever copied out and converted).
+        // SAFETY: the mapping is read-only and the bytes are only copied out and converted. A
+        // file rewritten in place by another process while mapped gives wrong values; one
+        // truncated while mapped raises SIGBUS on the next read (the process dies, nothing is
+        // written). zinf's own export never rewrites a mapped file in place: it writes a new
+        // file and renames it over the old one.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
         let (header, meta) = SafeTensors::read_metadata(&map)
             .map_err(|e| ckpt_err(path, format!("not a valid safetensors file: {e}")))?;
@@ -125,7 +127,8 @@ impl HfWeights {
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
         let index = dir.join(INDEX_FILE);
         let single = dir.join(WEIGHTS_FILE);
-        if index.exists() {
+        // transformers' `from_pretrained` takes `model.safetensors` when both are there.
+        if index.exists() && !single.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| ckpt_err(&index, format!("not valid JSON: {e}")))?;
@@ -153,6 +156,9 @@ impl HfWeights {
                     }
                 };
                 owner.insert(name.clone(), i);
+            }
+            if files.is_empty() {
+                return Err(ckpt_err(&index, "weight_map names no tensor"));
             }
             let shards = files
                 .iter()
@@ -236,8 +242,13 @@ impl HfWeights {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect();
+            let dir = self
+                .shards
+                .first()
+                .and_then(|s| s.path.parent())
+                .unwrap_or(Path::new("."));
             ckpt_err(
-                self.shards[0].path.parent().unwrap_or(Path::new(".")),
+                dir,
                 format!("tensor {name} is missing (looked in {})", files.join(", ")),
             )
         })?;

@@ -317,6 +317,9 @@ fn read_rope_params(
         (Some(a), _) | (None, Some(a)) => a,
         (None, None) => 10000.0,
     };
+    if theta <= 0.0 {
+        return Err(bad(file, format!("rope_theta {theta} must be positive")));
+    }
     if let Some(f) = get_f64(p, file, "partial_rotary_factor")? {
         if f != 1.0 {
             return Err(bad(
@@ -353,17 +356,37 @@ fn read_rope_params(
                 factor: factor()?,
                 low_freq_factor: lo,
                 high_freq_factor: hi,
-                original_max_position_embeddings: get_f64(
+                original_max_position_embeddings: match get_f64(
                     p,
                     file,
                     "original_max_position_embeddings",
-                )?
-                .unwrap_or(max_pos as f64),
+                )? {
+                    Some(o) if o < 1.0 => {
+                        return Err(bad(
+                            file,
+                            format!(
+                                "{}: {o} must be at least 1",
+                                key("original_max_position_embeddings")
+                            ),
+                        ))
+                    }
+                    Some(o) => o,
+                    None => max_pos as f64,
+                },
             }
         }
         "yarn" => {
             let old =
                 get_f64(p, file, "original_max_position_embeddings")?.unwrap_or(max_pos as f64);
+            if old < 1.0 {
+                return Err(bad(
+                    file,
+                    format!(
+                        "{}: {old} must be at least 1",
+                        key("original_max_position_embeddings")
+                    ),
+                ));
+            }
             let factor = match get_f64(p, file, "factor")? {
                 Some(f) if f > 0.0 => f,
                 Some(_) => return Err(bad(file, format!("{}: not positive", key("factor")))),
@@ -429,12 +452,26 @@ impl LlamaConfig {
         let arch = Self::read_arch(obj, file)?;
         let hidden_size = need_usize(obj, file, "hidden_size")?;
         let num_attention_heads = need_usize(obj, file, "num_attention_heads")?;
-        let num_key_value_heads =
-            get_usize(obj, file, "num_key_value_heads")?.unwrap_or(num_attention_heads);
-        let head_dim =
-            get_usize(obj, file, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        // Defaults of each configuration class when a key is absent (`configuration_*.py`);
+        // an explicit null means "as many as the attention heads" / "hidden / heads".
+        let absent = |k: &str| !obj.contains_key(k);
+        let num_key_value_heads = match (get_usize(obj, file, "num_key_value_heads")?, arch) {
+            (Some(n), _) => n,
+            (None, Arch::Qwen2 | Arch::Qwen3) if absent("num_key_value_heads") => 32,
+            (None, Arch::Mistral) if absent("num_key_value_heads") => 8,
+            (None, _) => num_attention_heads,
+        };
+        let head_dim = match (get_usize(obj, file, "head_dim")?, arch) {
+            (Some(d), _) => d,
+            (None, Arch::Qwen3) if absent("head_dim") => 128,
+            (None, _) => hidden_size / num_attention_heads,
+        };
         let max_position_embeddings =
-            get_usize(obj, file, "max_position_embeddings")?.unwrap_or(2048);
+            get_usize(obj, file, "max_position_embeddings")?.unwrap_or(match arch {
+                Arch::Llama => 2048,
+                Arch::Qwen2 | Arch::Qwen3 => 32768,
+                Arch::Mistral => 4096 * 32,
+            });
         if let Some(act) = obj
             .get("hidden_act")
             .or_else(|| obj.get("hidden_activation"))
@@ -458,14 +495,34 @@ impl LlamaConfig {
             Arch::Mistral => (false, false, false),
         };
         let rope = Self::read_rope(obj, file, max_position_embeddings)?;
+        // Mistral: 4096 when absent, none when null; Qwen: only with use_sliding_window.
+        let window = || -> Result<Option<usize>, ModelError> {
+            Ok(match get_usize(obj, file, "sliding_window")? {
+                Some(w) => Some(w),
+                None if absent("sliding_window") => Some(4096),
+                None => None,
+            })
+        };
+        let qwen_window = get_bool(obj, file, "use_sliding_window")? == Some(true);
         let sliding_window = match arch {
-            Arch::Mistral => get_usize(obj, file, "sliding_window")?,
-            Arch::Qwen2 | Arch::Qwen3
-                if get_bool(obj, file, "use_sliding_window")? == Some(true) =>
-            {
-                get_usize(obj, file, "sliding_window")?
-            }
+            Arch::Mistral => window()?,
+            Arch::Qwen2 | Arch::Qwen3 if qwen_window => window()?,
             _ => None,
+        };
+        // bos/eos: Llama's and Mistral's classes default to 1 and 2; Qwen's to none.
+        let (bos_default, eos_default) = match arch {
+            Arch::Llama | Arch::Mistral => (Some(1), vec![2]),
+            Arch::Qwen2 | Arch::Qwen3 => (None, vec![]),
+        };
+        let bos_token_id = if absent("bos_token_id") {
+            bos_default
+        } else {
+            token_ids(obj, file, "bos_token_id")?.first().copied()
+        };
+        let eos_token_ids = if absent("eos_token_id") {
+            eos_default
+        } else {
+            token_ids(obj, file, "eos_token_id")?
         };
         let torch_dtype = ["torch_dtype", "dtype"]
             .iter()
@@ -487,8 +544,8 @@ impl LlamaConfig {
             qk_norm: arch == Arch::Qwen3,
             tie_word_embeddings: get_bool(obj, file, "tie_word_embeddings")?.unwrap_or(false),
             rope,
-            bos_token_id: token_ids(obj, file, "bos_token_id")?.first().copied(),
-            eos_token_ids: token_ids(obj, file, "eos_token_id")?,
+            bos_token_id,
+            eos_token_ids,
             torch_dtype,
             sliding_window,
         };
@@ -556,10 +613,13 @@ impl LlamaConfig {
                 format!("rope_scaling ({a:?}) and rope_parameters ({b:?}) disagree: keep one form"),
             )),
             (Some(r), _) | (None, Some(r)) => Ok(r),
-            (None, None) => Ok(Rope {
-                theta: theta.unwrap_or(10000.0),
-                scaling: RopeScaling::Default,
-            }),
+            (None, None) => match theta.unwrap_or(10000.0) {
+                t if t > 0.0 => Ok(Rope {
+                    theta: t,
+                    scaling: RopeScaling::Default,
+                }),
+                t => Err(bad(file, format!("rope_theta {t} must be positive"))),
+            },
         }
     }
 

@@ -63,7 +63,7 @@ pub fn llama_layout_checked(cfg: &LlamaConfig) -> Option<usize> {
     );
     let (q, w, hd) = (
         u(cfg.num_attention_heads) * u(cfg.head_dim),
-        u(cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * u(cfg.head_dim),
+        (u(cfg.num_attention_heads) + 2 * u(cfg.num_key_value_heads)) * u(cfg.head_dim),
         u(cfg.head_dim),
     );
     let b = |on: bool, n: u128| if on { n } else { 0 };
