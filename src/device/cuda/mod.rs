@@ -1,6 +1,8 @@
-//! CUDA device backend (feature `cuda`): for now only the context a later issue builds the
-//! [`crate::device::Device`] implementation on. It exists so `cargo check --features cuda`
-//! compiles the cudarc bindings; it launches no kernels yet.
+//! CUDA device backend (feature `cuda`): the driver context and the NVRTC-compiled kernels
+//! (`kernels.rs`) the [`crate::device::Device`] implementation will launch (the CUDA backend
+//! issue). A missing driver is a clear error, never a cudarc panic. It launches no kernel yet.
+
+pub mod kernels;
 
 use crate::device::{DeviceError, MemoryBudget};
 use cudarc::driver::CudaContext;
@@ -15,6 +17,15 @@ pub struct CudaDevice {
 impl CudaDevice {
     /// Opens device `ordinal` (loads the driver library at run time).
     pub fn new(ordinal: usize, budget_bytes: u64) -> Result<Self, DeviceError> {
+        // SAFETY: only probes whether the driver library loads; cudarc panics on first use
+        // when it does not, so this check comes first.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(DeviceError::Backend(
+                "no CUDA driver found (libcuda.so): install the NVIDIA driver, or run with \
+                 zinf.device: \"cpu\""
+                    .into(),
+            ));
+        }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| DeviceError::Backend(format!("cuda:{ordinal}: {e:?}")))?;
         Ok(CudaDevice {
