@@ -22,8 +22,7 @@ use crate::engine::{
     swap_lock::SwapLock, Engine, EngineError, EngineSettings, IoFactory, Partition, Placement,
     Start, Tier,
 };
-use crate::model::checkpoint::load_hf;
-use crate::model::hf::HfWeights;
+use crate::model::hf::open_weights;
 use crate::model::{ModelSpec, ParamDtype, ParamSource};
 use crate::settings::TrainSettings;
 use crate::tiers::layout::MIN_SUB_GROUP_SIZE;
@@ -272,43 +271,28 @@ impl Session {
 /// tensor present with its shape and a dtype zinf reads (names unused by the model are
 /// logged, as transformers ignores them).
 fn check_weights(dir: &Path, model: &ModelSpec) -> Result<(), SessionError> {
-    match model {
-        ModelSpec::Gpt2(_) => Ok(()), // read whole and checked by `load_hf` at build
-        ModelSpec::Llama(_) => {
-            let (tensors, _) = model.layout();
-            let unused = HfWeights::open(dir)?.check(&tensors)?;
-            if !unused.is_empty() {
-                tracing::warn!(
-                    "{}: {} tensors the model does not use are ignored: {}",
-                    dir.display(),
-                    unused.len(),
-                    unused
-                        .iter()
-                        .take(5)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            Ok(())
-        }
+    let (_, _, unused) = open_weights(dir, model)?;
+    if !unused.is_empty() {
+        tracing::warn!(
+            "{}: {} tensors the model does not use are ignored: {}",
+            dir.display(),
+            unused.len(),
+            unused
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
+    Ok(())
 }
 
-/// The initial parameters from a Hugging Face folder, read group by group as the engine fills
-/// the tiers: a Llama-family folder straight from its mapped shards; a GPT-2 folder read
-/// whole (its single file is small).
+/// The initial parameters from a Hugging Face folder, read group by group from its mapped
+/// shards as the engine fills the tiers.
 fn init_source(dir: &Path, s: &TrainSettings) -> Result<ParamSource, SessionError> {
-    Ok(match &s.model {
-        ModelSpec::Gpt2(_) => {
-            let (_, p) = load_hf(dir, s.dtype)?;
-            Box::new(move |r| Ok(p.range_to_f32(r)))
-        }
-        ModelSpec::Llama(_) => {
-            let (tensors, _) = s.model.layout();
-            HfWeights::open(dir)?.into_source(tensors)
-        }
-    })
+    let (weights, tensors, _) = open_weights(dir, &s.model)?;
+    Ok(weights.into_source(tensors))
 }
 
 /// Bytes of a swap store an earlier run left under `nvme_path` (the next run removes it
@@ -513,14 +497,14 @@ pub fn load_data(
 ) -> Result<Dataset, SessionError> {
     let path = path.or(cfg.zinf.data.path.as_ref().map(PathBuf::from));
     let folder = cfg.zinf.model_from.as_ref().map(PathBuf::from);
-    // GPT-2 reads GPT-2 BPE; a Llama-family model its folder's tokenizer.json (not needed
-    // for pre-tokenized .bin data).
+    // The model's tokenizer; pre-tokenized .bin data needs none (GPT-2's stands in, unused).
     let pre_tokenized = path
         .as_ref()
         .is_some_and(|p| p.extension().is_some_and(|e| e == "bin"));
-    let tokenizer = match (&cfg.zinf.model, &folder) {
-        (ModelSpec::Llama(_), Some(dir)) if !pre_tokenized => Tokenizer::from_folder(dir)?,
-        _ => Tokenizer::gpt2(),
+    let tokenizer = if pre_tokenized {
+        Tokenizer::gpt2()
+    } else {
+        Tokenizer::for_model(&cfg.zinf.model, folder.as_deref())?
     };
     let chat = match &folder {
         Some(dir) => ChatTemplate::from_folder(dir)?,

@@ -11,12 +11,10 @@ use crate::data::chat::ChatTemplate;
 use crate::data::formats::{self, DataFormat, TokenizeWith, PROMPT_FLAG};
 use crate::data::{val_batches, Tokenizer};
 use crate::device::{CpuDevice, Device, HostSlice};
-use crate::model::checkpoint::load_hf;
-use crate::model::hf::HfWeights;
+use crate::model::hf::open_weights;
 use crate::model::stages::valid_targets;
-use crate::model::{Model, ModelSpec, ParamDtype};
+use crate::model::{Model, ModelSpec};
 use anyhow::Context;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,9 +48,6 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
 }
-
-/// Reads a range of the flat parameter array (fp32) from the folder.
-type GroupRead = Box<dyn Fn(Range<usize>) -> anyhow::Result<Vec<f32>>>;
 
 /// What `zinf eval` measured.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -90,23 +85,10 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<EvalResult> {
             DataFormat::NAMES.join(", ")
         )
     })?;
-    let (tensors, groups) = spec.layout();
+    let (_, groups) = spec.layout();
     // The parameters' home: the mapped folder, read one group range at a time.
-    let (read, tok): (GroupRead, Tokenizer) = match &spec {
-        ModelSpec::Gpt2(_) => {
-            let (_, p) = load_hf(&args.from, ParamDtype::F32)?;
-            (Box::new(move |r| Ok(p.range_to_f32(r))), Tokenizer::gpt2())
-        }
-        ModelSpec::Llama(_) => {
-            let w = HfWeights::open(&args.from)?;
-            w.check(&tensors)?;
-            let tensors = tensors.clone();
-            (
-                Box::new(move |r| Ok(w.read_range(&tensors, r)?)),
-                Tokenizer::from_folder(&args.from)?,
-            )
-        }
-    };
+    let (weights, tensors, _) = open_weights(&args.from, &spec)?;
+    let tok = Tokenizer::for_model(&spec, Some(&args.from))?;
     let chat = ChatTemplate::from_folder(&args.from)?;
     let tokens = formats::load(
         &args.data,
@@ -149,7 +131,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<EvalResult> {
         let mut loss = None;
         for (i, st) in stages.forward.iter().enumerate() {
             for &g in &st.fetch {
-                let values = read(groups[g].clone())?;
+                let values = weights.read_range(&tensors, groups[g].clone())?;
                 let mut buf = dev.alloc("parameters", values.len())?;
                 dev.wait(dev.upload(&mut buf, 0, HostSlice::F32(&values))?)?;
                 model.install_params(g, buf);

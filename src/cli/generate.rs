@@ -6,9 +6,8 @@
 
 use crate::data::Tokenizer;
 use crate::device::{CpuDevice, Device, HostSlice};
-use crate::model::checkpoint::load_hf;
-use crate::model::hf::HfWeights;
-use crate::model::{AnyModel, Model, ModelSpec, ParamDtype, ParamSource};
+use crate::model::hf::open_weights;
+use crate::model::{AnyModel, Model, ModelSpec};
 use anyhow::Context;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -65,40 +64,25 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A folder's model resident on `dev` for one sequence of `t` tokens: every group's
-/// parameters uploaded (fp32) and installed. Returns the model, its spec and tokenizer.
+/// The model of folder `dir` (shape `spec`) resident on `dev` for `b` sequences of `t` tokens:
+/// every group's parameters uploaded (fp32) and installed.
 pub fn load_resident(
     dev: &CpuDevice,
     dir: &std::path::Path,
-    t: Option<usize>,
+    spec: &ModelSpec,
     b: usize,
-) -> anyhow::Result<(AnyModel<CpuDevice>, ModelSpec, Tokenizer)> {
-    let spec = ModelSpec::from_folder(dir)
-        .with_context(|| format!("loading checkpoint {}", dir.display()))?;
-    let t = t
-        .unwrap_or(spec.max_positions())
-        .min(spec.max_positions())
-        .max(1);
-    let (tensors, groups) = spec.layout();
-    let (mut source, tok): (ParamSource, Tokenizer) = match &spec {
-        ModelSpec::Gpt2(_) => {
-            let (_, p) = load_hf(dir, ParamDtype::F32)?;
-            (Box::new(move |r| Ok(p.range_to_f32(r))), Tokenizer::gpt2())
-        }
-        ModelSpec::Llama(_) => {
-            let w = HfWeights::open(dir)?;
-            w.check(&tensors)?;
-            (w.into_source(tensors), Tokenizer::from_folder(dir)?)
-        }
-    };
+    t: usize,
+) -> anyhow::Result<AnyModel<CpuDevice>> {
+    let (weights, tensors, _) = open_weights(dir, spec)?;
+    let (_, groups) = spec.layout();
     let mut model = spec.build(dev, b, t, false)?;
     for (g, r) in groups.iter().enumerate() {
-        let values = source(r.clone())?;
+        let values = weights.read_range(&tensors, r.clone())?;
         let mut buf = dev.alloc("parameters", r.len())?;
         dev.wait(dev.upload(&mut buf, 0, HostSlice::F32(&values))?)?;
         model.install_params(g, buf);
     }
-    Ok((model, spec, tok))
+    Ok(model)
 }
 
 /// Runs every forward stage but the loss: logits for `input` (B,T) are left in the model.
@@ -120,8 +104,9 @@ pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Resu
     let budget_bytes = (args.device_memory_gib * (1u64 << 30) as f64) as u64;
     let dev = CpuDevice::new(args.threads, budget_bytes);
     // The window: the prompt and what is generated, at most the model's positions.
-    let probe = ModelSpec::from_folder(&args.from)
+    let spec = ModelSpec::from_folder(&args.from)
         .with_context(|| format!("loading checkpoint {}", args.from.display()))?;
+    let tok = Tokenizer::for_model(&spec, Some(&args.from))?;
     let prompt = if args.chat {
         let chat = crate::data::chat::ChatTemplate::from_folder(&args.from)?
             .context("--chat: the folder has no chat_template")?;
@@ -133,28 +118,24 @@ pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Resu
     } else {
         args.prompt.clone()
     };
-    let tok_probe = match &probe {
-        ModelSpec::Gpt2(_) => Tokenizer::gpt2(),
-        ModelSpec::Llama(_) => Tokenizer::from_folder(&args.from)?,
-    };
     let mut ids = if args.chat {
-        tok_probe.encode_with_offsets(&prompt)?.0
+        tok.encode_with_offsets(&prompt)?.0
     } else {
-        tok_probe.encode(&prompt)?
+        tok.encode(&prompt)?
     };
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenization");
     if let Some(&big) = ids.iter().max() {
         anyhow::ensure!(
-            (big as usize) < probe.vocab_size(),
+            (big as usize) < spec.vocab_size(),
             "the tokenizer gives id {big}, beyond the model's vocabulary ({})",
-            probe.vocab_size()
+            spec.vocab_size()
         );
     }
-    let t = probe
+    let t = spec
         .max_positions()
         .min(ids.len() + args.max_new_tokens)
         .max(1);
-    let (mut model, spec, tok) = load_resident(&dev, &args.from, Some(t), 1)?;
+    let mut model = load_resident(&dev, &args.from, &spec, 1, t)?;
     // transformers stops at generation_config.json's eos ids (Llama 3 Instruct lists its
     // end-of-turn token only there) and config.json's.
     let mut stop: Vec<u32> = match &spec {

@@ -120,11 +120,13 @@ fn map_cache(path: &Path) -> Option<Tokens> {
 }
 
 /// Writes tokens to a cache file as they come (header first, count patched at the end), then
-/// renames it into place: a killed run leaves no half cache under the real name.
+/// renames it into place: a killed run leaves no half cache under the real name. The first
+/// write error is kept and stops further writes; `finish` returns it.
 struct CacheWriter {
     tmp: PathBuf,
     out: std::io::BufWriter<std::fs::File>,
     count: u64,
+    failed: Option<std::io::Error>,
 }
 
 impl CacheWriter {
@@ -133,50 +135,53 @@ impl CacheWriter {
         let mut out = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(&tmp)?);
         out.write_all(CACHE_MAGIC)?;
         out.write_all(&0u64.to_le_bytes())?;
-        Ok(CacheWriter { tmp, out, count: 0 })
+        Ok(CacheWriter {
+            tmp,
+            out,
+            count: 0,
+            failed: None,
+        })
     }
 
-    fn push(&mut self, tokens: &[u32]) -> std::io::Result<()> {
-        for t in tokens {
-            self.out.write_all(&t.to_le_bytes())?;
+    fn push(&mut self, tokens: &[u32]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = tokens
+            .iter()
+            .try_for_each(|t| self.out.write_all(&t.to_le_bytes()))
+        {
+            self.failed = Some(e);
         }
         self.count += tokens.len() as u64;
-        Ok(())
     }
 
+    /// Removes the temporary file (the input had an error).
+    fn discard(self) {
+        drop(self.out);
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+
+    /// Patches the count, syncs and renames to `path`; on any error the temporary file is
+    /// removed.
     fn finish(mut self, path: &Path) -> std::io::Result<()> {
         use std::io::{Seek, SeekFrom};
-        self.out.flush()?;
-        let mut f = self.out.into_inner().map_err(|e| e.into_error())?;
-        f.seek(SeekFrom::Start(8))?;
-        f.write_all(&self.count.to_le_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&self.tmp, path)
-    }
-}
-
-/// Where tokenized lines go: the cache file as they come (memory stays flat: a JSONL file
-/// larger than RAM tokenizes), or memory when the cache cannot be written.
-enum Sink {
-    Cache(CacheWriter),
-    Memory(Vec<u32>),
-}
-
-impl Sink {
-    fn push(&mut self, tokens: &[u32], cache: &Path) {
-        if let Sink::Cache(w) = self {
-            if let Err(e) = w.push(tokens) {
-                tracing::warn!(
-                    "data: cannot write the token cache {}: {e}",
-                    cache.display()
-                );
-                *self = Sink::Memory(Vec::new());
-                // Start over in memory: the caller re-feeds from the first line.
+        let tmp = self.tmp.clone();
+        let r = (|| {
+            if let Some(e) = self.failed.take() {
+                return Err(e);
             }
+            self.out.flush()?;
+            let mut f = self.out.into_inner().map_err(|e| e.into_error())?;
+            f.seek(SeekFrom::Start(8))?;
+            f.write_all(&self.count.to_le_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        if let Sink::Memory(v) = self {
-            v.extend_from_slice(tokens);
-        }
+        r
     }
 }
 
@@ -230,74 +235,53 @@ pub fn load(path: &Path, format: DataFormat, with: &TokenizeWith<'_>) -> Result<
         );
         return Ok(tokens);
     }
-    let jsonl = path
-        .extension()
-        .is_some_and(|e| e == "jsonl" || e == "json");
-    let mut sink = match CacheWriter::create(&cache) {
-        Ok(w) => Sink::Cache(w),
-        Err(e) => {
-            tracing::warn!(
-                "data: cannot write the token cache {}: {e}",
-                cache.display()
-            );
-            Sink::Memory(Vec::new())
-        }
-    };
-    match format {
-        DataFormat::Text => sink.push(&with.tokenizer.encode(&read_text(path)?)?, &cache),
-        DataFormat::Auto if !jsonl => sink.push(&with.tokenizer.encode(&read_text(path)?)?, &cache),
-        _ => {
-            let started_in_cache = matches!(sink, Sink::Cache(_));
-            if let Err(e) = load_lines(path, format, with, &mut sink, &cache) {
-                if let Sink::Cache(w) = &sink {
-                    let _ = std::fs::remove_file(&w.tmp);
-                }
+    // Into the cache file as the tokens come, then mapped; when the cache cannot be written
+    // (a read-only folder, a full disk), tokenized again into memory.
+    match CacheWriter::create(&cache) {
+        Ok(mut w) => {
+            if let Err(e) = tokenize(path, format, with, &mut |t| w.push(t)) {
+                w.discard();
                 return Err(e);
             }
-            if started_in_cache && matches!(sink, Sink::Memory(_)) {
-                // The cache failed part-way: the lines before the failure are not in memory.
-                let mut fresh = Sink::Memory(Vec::new());
-                load_lines(path, format, with, &mut fresh, &cache)?;
-                sink = fresh;
-            }
-        }
-    }
-    match sink {
-        Sink::Memory(v) => Ok(Tokens::from(v)),
-        Sink::Cache(w) => {
-            let tmp = w.tmp.clone();
-            let finished = w.finish(&cache).and_then(|_| {
+            let mapped = w.finish(&cache).and_then(|_| {
                 map_cache(&cache)
                     .ok_or_else(|| std::io::Error::other("the written cache does not map"))
             });
-            match finished {
-                Ok(t) => Ok(t),
-                Err(e) => {
-                    // The disk filled at the last flush, say: tokenize again into memory.
-                    tracing::warn!(
-                        "data: cannot write the token cache {}: {e}; tokenizing again into memory",
-                        cache.display()
-                    );
-                    let _ = std::fs::remove_file(&tmp);
-                    let _ = std::fs::remove_file(&cache);
-                    let mut fresh = Sink::Memory(Vec::new());
-                    match format {
-                        DataFormat::Text => {
-                            fresh.push(&with.tokenizer.encode(&read_text(path)?)?, &cache)
-                        }
-                        DataFormat::Auto if !jsonl => {
-                            fresh.push(&with.tokenizer.encode(&read_text(path)?)?, &cache)
-                        }
-                        _ => load_lines(path, format, with, &mut fresh, &cache)?,
-                    }
-                    match fresh {
-                        Sink::Memory(v) => Ok(Tokens::from(v)),
-                        Sink::Cache(_) => unreachable!("a memory sink stays in memory"),
-                    }
-                }
+            match mapped {
+                Ok(t) => return Ok(t),
+                Err(e) => tracing::warn!(
+                    "data: cannot write the token cache {}: {e}; tokenizing into memory",
+                    cache.display()
+                ),
             }
         }
+        Err(e) => tracing::warn!(
+            "data: cannot write the token cache {}: {e}; tokenizing into memory",
+            cache.display()
+        ),
     }
+    let mut tokens = Vec::new();
+    tokenize(path, format, with, &mut |t| tokens.extend_from_slice(t))?;
+    Ok(Tokens::from(tokens))
+}
+
+/// Tokenizes `path` as `format`, handing the tokens to `out` in order: a text file whole, JSONL
+/// a line at a time.
+fn tokenize(
+    path: &Path,
+    format: DataFormat,
+    with: &TokenizeWith<'_>,
+    out: &mut dyn FnMut(&[u32]),
+) -> Result<(), DataError> {
+    let jsonl = path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json");
+    match format {
+        DataFormat::Text => out(&with.tokenizer.encode(&read_text(path)?)?),
+        DataFormat::Auto if !jsonl => out(&with.tokenizer.encode(&read_text(path)?)?),
+        _ => load_lines(path, format, with, out)?,
+    }
+    Ok(())
 }
 
 /// The whole file as UTF-8 text.
@@ -317,14 +301,13 @@ fn read_text(path: &Path) -> Result<String, DataError> {
     })
 }
 
-/// JSONL: each non-empty line one object, tokenized by its format and pushed to `sink`,
-/// read one line at a time.
+/// JSONL: each non-empty line one object, tokenized by its format and handed to `out`, read
+/// one line at a time.
 fn load_lines(
     path: &Path,
     format: DataFormat,
     with: &TokenizeWith<'_>,
-    sink: &mut Sink,
-    cache: &Path,
+    out: &mut dyn FnMut(&[u32]),
 ) -> Result<(), DataError> {
     let file = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.display().to_string(),
@@ -383,7 +366,7 @@ fn load_lines(
                 .and_then(|t| t.as_str())
                 .ok_or_else(|| at("\"text\" missing or not a string".into()))?;
             let tokens = with.tokenizer.encode(t).map_err(|e| at(e.to_string()))?;
-            sink.push(&tokens, cache);
+            out(&tokens);
             continue;
         }
         let messages = to_messages(obj, kind).map_err(at)?;
@@ -398,7 +381,7 @@ fn load_lines(
             DataError::Tokenizer(m) => at(m),
             e => e,
         })?;
-        sink.push(&tokens, cache);
+        out(&tokens);
     }
     Ok(())
 }

@@ -29,6 +29,21 @@ impl Tokenizer {
         Tokenizer::Gpt2(tiktoken_rs::r50k_base_singleton())
     }
 
+    /// The tokenizer of a model: GPT-2's BPE for GPT-2, the folder's `tokenizer.json` for the
+    /// Llama family (`dir`: the folder the model comes from).
+    pub fn for_model(
+        spec: &crate::model::ModelSpec,
+        dir: Option<&Path>,
+    ) -> Result<Self, DataError> {
+        match (spec, dir) {
+            (crate::model::ModelSpec::Llama(_), Some(dir)) => Self::from_folder(dir),
+            (crate::model::ModelSpec::Llama(_), None) => Err(DataError::Tokenizer(
+                "a Llama-family model needs its folder's tokenizer.json (zinf.model.from)".into(),
+            )),
+            (crate::model::ModelSpec::Gpt2(_), _) => Ok(Self::gpt2()),
+        }
+    }
+
     /// The `tokenizer.json` of a Hugging Face folder.
     ///
     /// # Errors

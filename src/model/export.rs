@@ -303,8 +303,8 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), ModelError> {
     std::fs::write(path, text + "\n").map_err(|e| io_err(path, e))
 }
 
-/// A `read_group` for [`write_folder`] over a whole parameter array in memory (tests, the
-/// resident trainer): group `g`'s stored bytes.
+/// A `read_group` for [`write_folder`] over a whole parameter array in memory
+/// ([`super::checkpoint::save_hf`], tests): group `g`'s stored bytes.
 pub fn group_reader<'a>(
     params: &'a super::HostParams,
     groups: &'a [Range<usize>],

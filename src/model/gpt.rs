@@ -13,7 +13,8 @@
 use super::layout::{param_layout, BlockOffsets, Group, ParamLayout};
 use super::params::{HostParams, ParamInit};
 use super::stages::{
-    fetched, fetched_mut, GroupBuffers, GroupSpec, Model, ParamSource, Stage, Stages,
+    decoder_stages, fetched, fetched_mut, DecoderStep, GroupBuffers, GroupSpec, Model, ParamSource,
+    Stages,
 };
 use super::{GptConfig, ModelError};
 use crate::device::{AttnShape, Device, DeviceError};
@@ -211,7 +212,7 @@ impl<D: Device> Gpt<D> {
             top,
             g,
             group_specs,
-            stages: gpt_stages(cfg.n_layer),
+            stages: decoder_stages(cfg.n_layer, true),
         })
     }
 
@@ -503,62 +504,6 @@ fn group_name(g: Group) -> String {
     }
 }
 
-/// GPT-2's stages over groups `0` (embeddings), `1..=L` (blocks), `L+1` (final LayerNorm).
-///
-/// Forward: embed, each block, the head (ln_f and the tied LM head, which reads `wte`), the
-/// loss; `ln_f` and the embeddings stay fetched for the head's backward. Backward is that read
-/// bottom-up: the head's backward installs both gradient buffers (the tied head adds into the
-/// embeddings' gradients, which the embedding backward completes last).
-fn gpt_stages(n_layer: usize) -> Stages {
-    let (embed, fin) = (0, n_layer + 1);
-    let mut forward = vec![Stage {
-        name: "embed forward",
-        fetch: vec![embed],
-        release: vec![embed],
-        ..Stage::default()
-    }];
-    for l in 0..n_layer {
-        forward.push(Stage {
-            name: "block forward",
-            fetch: vec![1 + l],
-            release: vec![1 + l],
-            ..Stage::default()
-        });
-    }
-    forward.push(Stage {
-        name: "head forward",
-        fetch: vec![fin, embed],
-        ..Stage::default()
-    });
-    forward.push(Stage {
-        name: "loss",
-        ..Stage::default()
-    });
-    let mut backward = vec![Stage {
-        name: "head backward",
-        grads_in: vec![embed, fin],
-        release: vec![fin, embed],
-        grads_out: vec![fin],
-        ..Stage::default()
-    }];
-    for l in (0..n_layer).rev() {
-        backward.push(Stage {
-            name: "block backward",
-            fetch: vec![1 + l],
-            grads_in: vec![1 + l],
-            release: vec![1 + l],
-            grads_out: vec![1 + l],
-            recompute: Some(1 + l),
-        });
-    }
-    backward.push(Stage {
-        name: "embed backward",
-        grads_out: vec![embed],
-        ..Stage::default()
-    });
-    Stages { forward, backward }
-}
-
 impl<D: Device> Model<D> for Gpt<D> {
     fn groups(&self) -> &[GroupSpec] {
         &self.group_specs
@@ -579,12 +524,11 @@ impl<D: Device> Model<D> for Gpt<D> {
         tokens: &[u32],
         targets: &[u32],
     ) -> Result<Option<f32>, ModelError> {
-        let nl = self.cfg.n_layer;
-        match stage {
-            0 => self.embed_forward(dev, tokens)?,
-            s if s <= nl => self.block_forward(dev, s - 1)?,
-            s if s == nl + 1 => self.head_forward(dev)?,
-            _ => return self.loss_forward(dev, targets).map(Some),
+        match DecoderStep::forward(stage, self.cfg.n_layer) {
+            DecoderStep::Embed => self.embed_forward(dev, tokens)?,
+            DecoderStep::Block(l) => self.block_forward(dev, l)?,
+            DecoderStep::Head => self.head_forward(dev)?,
+            DecoderStep::Loss => return self.loss_forward(dev, targets).map(Some),
         }
         Ok(None)
     }
@@ -597,11 +541,10 @@ impl<D: Device> Model<D> for Gpt<D> {
         targets: &[u32],
         grad_scale: f32,
     ) -> Result<(), ModelError> {
-        let nl = self.cfg.n_layer;
-        match stage {
-            0 => self.head_backward(dev, targets, grad_scale),
-            s if s <= nl => self.block_backward(dev, nl - s),
-            _ => self.embed_backward(dev, tokens),
+        match DecoderStep::backward(stage, self.cfg.n_layer) {
+            DecoderStep::Head | DecoderStep::Loss => self.head_backward(dev, targets, grad_scale),
+            DecoderStep::Block(l) => self.block_backward(dev, l),
+            DecoderStep::Embed => self.embed_backward(dev, tokens),
         }
     }
 

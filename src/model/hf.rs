@@ -291,22 +291,6 @@ impl HfWeights {
         }
         Ok(out)
     }
-
-    /// The dtype most of the layout's elements are stored in on disk (the dtype a run keeps
-    /// when the config does not choose one).
-    pub fn main_dtype(&self, layout: &[TensorSpec]) -> Option<Dtype> {
-        let mut count: Vec<(Dtype, usize)> = Vec::new();
-        for t in layout {
-            if let Ok((_, e)) = self.find(&t.name) {
-                let d = e.dtype;
-                match count.iter_mut().find(|(k, _)| *k == d) {
-                    Some((_, n)) => *n += t.numel(),
-                    None => count.push((d, t.numel())),
-                }
-            }
-        }
-        count.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
-    }
 }
 
 /// Little-endian F32/F16/BF16 bytes -> fp32 (half values widen exactly).
@@ -335,6 +319,28 @@ pub fn read_config_text(dir: &Path) -> Result<(PathBuf, String), ModelError> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
     Ok((path, text))
+}
+
+/// A folder's weights for `spec`, opened and checked (every tensor present, its shape and a
+/// dtype zinf reads), with the model's tensors named as the files name them (GPT-2's with or
+/// without transformers' `transformer.` prefix, whichever the files use). Names the files hold
+/// that the model does not use are returned too (the caller logs them; transformers ignores
+/// them, e.g. old `rotary_emb.inv_freq`).
+pub fn open_weights(
+    dir: &Path,
+    spec: &super::ModelSpec,
+) -> Result<(HfWeights, Vec<TensorSpec>, Vec<String>), ModelError> {
+    let weights = HfWeights::open(dir)?;
+    let (mut tensors, _) = spec.layout();
+    if let super::ModelSpec::Gpt2(_) = spec {
+        if weights.names().any(|n| n.starts_with("transformer.")) {
+            for t in &mut tensors {
+                t.name = format!("transformer.{}", t.name);
+            }
+        }
+    }
+    let unused = weights.check(&tensors)?;
+    Ok((weights, tensors, unused))
 }
 
 impl HfWeights {

@@ -41,6 +41,13 @@ pub enum ModelError {
     },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: String, message: String },
+    /// A `config.json` naming a model zinf does not train.
+    #[error("checkpoint {path}: {what}; zinf trains {}", supported.join(", "))]
+    Unsupported {
+        path: String,
+        what: String,
+        supported: Vec<&'static str>,
+    },
 }
 
 /// Refuses data holding a token id the model has no embedding for.

@@ -44,10 +44,16 @@ impl ModelSpec {
         LlamaConfig::from_json(&text, &file)
             .map(ModelSpec::Llama)
             .map_err(|e| match e {
-                ModelError::Checkpoint { path, message } if message.contains("zinf trains") => {
-                    ModelError::Checkpoint {
+                ModelError::Unsupported {
+                    path,
+                    what,
+                    mut supported,
+                } => {
+                    supported.push("GPT2LMHeadModel");
+                    ModelError::Unsupported {
                         path,
-                        message: format!("{message}, GPT2LMHeadModel"),
+                        what,
+                        supported,
                     }
                 }
                 e => e,

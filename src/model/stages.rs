@@ -98,6 +98,94 @@ impl Stages {
     }
 }
 
+/// What a decoder stack's stage runs (see [`decoder_stages`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DecoderStep {
+    Embed,
+    Block(usize),
+    Head,
+    Loss,
+}
+
+impl DecoderStep {
+    /// Forward stage `stage` of [`decoder_stages`] with `n_layer` blocks.
+    pub(crate) fn forward(stage: usize, n_layer: usize) -> Self {
+        match stage {
+            0 => DecoderStep::Embed,
+            s if s <= n_layer => DecoderStep::Block(s - 1),
+            s if s == n_layer + 1 => DecoderStep::Head,
+            _ => DecoderStep::Loss,
+        }
+    }
+
+    /// Backward stage `stage` (the head's backward starts from the loss; blocks last first).
+    pub(crate) fn backward(stage: usize, n_layer: usize) -> Self {
+        match stage {
+            0 => DecoderStep::Head,
+            s if s <= n_layer => DecoderStep::Block(n_layer - s),
+            _ => DecoderStep::Embed,
+        }
+    }
+}
+
+/// The stages of a decoder stack — GPT-2's and the Llama family's shape — over groups `0`
+/// (embeddings), `1..=L` (blocks), `L+1` (final norm and, untied, the LM head).
+///
+/// Forward: embed, each block, the head, the loss. `tied`: the head reads the embeddings,
+/// which stay fetched for the head's backward, and the head's backward installs both gradient
+/// buffers (the embedding backward completes the embeddings' last). Untied: the embeddings are
+/// released after the embedding and their gradients installed only for its backward.
+pub(crate) fn decoder_stages(n_layer: usize, tied: bool) -> Stages {
+    let (embed, fin) = (0, n_layer + 1);
+    let mut forward = vec![Stage {
+        name: "embed forward",
+        fetch: vec![embed],
+        release: vec![embed],
+        ..Stage::default()
+    }];
+    for l in 0..n_layer {
+        forward.push(Stage {
+            name: "block forward",
+            fetch: vec![1 + l],
+            release: vec![1 + l],
+            ..Stage::default()
+        });
+    }
+    forward.push(Stage {
+        name: "head forward",
+        fetch: if tied { vec![fin, embed] } else { vec![fin] },
+        ..Stage::default()
+    });
+    forward.push(Stage {
+        name: "loss",
+        ..Stage::default()
+    });
+    let mut backward = vec![Stage {
+        name: "head backward",
+        grads_in: if tied { vec![embed, fin] } else { vec![fin] },
+        release: if tied { vec![fin, embed] } else { vec![fin] },
+        grads_out: vec![fin],
+        ..Stage::default()
+    }];
+    for l in (0..n_layer).rev() {
+        backward.push(Stage {
+            name: "block backward",
+            fetch: vec![1 + l],
+            grads_in: vec![1 + l],
+            release: vec![1 + l],
+            grads_out: vec![1 + l],
+            recompute: Some(1 + l),
+        });
+    }
+    backward.push(Stage {
+        name: "embed backward",
+        grads_in: if tied { vec![] } else { vec![embed] },
+        grads_out: vec![embed],
+        ..Stage::default()
+    });
+    Stages { forward, backward }
+}
+
 /// Initial values of a range of the flat parameter array, called with consecutive group
 /// ranges in layout order: the seeded initialisation, or a checkpoint read group by group
 /// (which can fail: a truncated file, an I/O error).

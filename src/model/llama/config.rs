@@ -37,11 +37,6 @@ impl Arch {
     pub fn class_name(self) -> &'static str {
         SUPPORTED.iter().find(|s| s.2 == self).map_or("", |s| s.0)
     }
-
-    /// The `model_type` value.
-    pub fn model_type(self) -> &'static str {
-        SUPPORTED.iter().find(|s| s.2 == self).map_or("", |s| s.1)
-    }
 }
 
 /// How RoPE frequencies are scaled (`rope_type`).
@@ -554,7 +549,6 @@ impl LlamaConfig {
     }
 
     fn read_arch(obj: &Map<String, Value>, file: &str) -> Result<Arch, ModelError> {
-        let supported = SUPPORTED.iter().map(|s| s.0).collect::<Vec<_>>().join(", ");
         let class = obj
             .get("architectures")
             .and_then(|a| a.as_array())
@@ -563,6 +557,11 @@ impl LlamaConfig {
         let model_type = obj.get("model_type").and_then(|m| m.as_str());
         let by_class = class.map(|c| SUPPORTED.iter().find(|s| s.0 == c));
         let by_type = model_type.map(|m| SUPPORTED.iter().find(|s| s.1 == m));
+        let unsupported = |what: String| ModelError::Unsupported {
+            path: file.to_string(),
+            what,
+            supported: SUPPORTED.iter().map(|s| s.0).collect(),
+        };
         match (by_class, by_type) {
             (Some(Some(a)), Some(Some(b))) if a.2 != b.2 => Err(bad(
                 file,
@@ -572,23 +571,16 @@ impl LlamaConfig {
                 ),
             )),
             (Some(Some(a)), _) | (None, Some(Some(a))) => Ok(a.2),
-            (Some(None), _) => Err(bad(
-                file,
-                format!(
-                    "architecture {} is not supported; zinf trains {supported}",
-                    class.unwrap_or_default()
-                ),
-            )),
-            (None, Some(None)) => Err(bad(
-                file,
-                format!(
-                    "model_type \"{}\" is not supported; zinf trains {supported}",
-                    model_type.unwrap_or_default()
-                ),
-            )),
-            (None, None) => Err(bad(
-                file,
-                format!("neither architectures nor model_type is given; zinf trains {supported}"),
+            (Some(None), _) => Err(unsupported(format!(
+                "architecture {} is not supported",
+                class.unwrap_or_default()
+            ))),
+            (None, Some(None)) => Err(unsupported(format!(
+                "model_type \"{}\" is not supported",
+                model_type.unwrap_or_default()
+            ))),
+            (None, None) => Err(unsupported(
+                "neither architectures nor model_type is given".into(),
             )),
         }
     }

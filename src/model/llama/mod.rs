@@ -19,14 +19,13 @@ pub use config::{Arch, LlamaConfig, Rope, RopeScaling};
 pub use layout::{llama_layout, LlamaLayout};
 
 use super::layout::Group;
-use super::params::normal;
+use super::params::{Fill, SeededInit};
 use super::stages::{
-    fetched, fetched_mut, GroupBuffers, GroupSpec, Model, ParamSource, Stage, Stages,
+    decoder_stages, fetched, fetched_mut, DecoderStep, GroupBuffers, GroupSpec, Model, ParamSource,
+    Stages,
 };
 use super::ModelError;
 use crate::device::{AttnShape, Device, DeviceError, HostSlice};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 /// Activations of one decoder layer kept for its backward.
 struct LayerActs<B> {
@@ -239,7 +238,7 @@ impl<D: Device> Llama<D> {
                     .collect(),
             })
             .collect();
-        let stages = llama_stages(cfg.num_hidden_layers, cfg.tie_word_embeddings);
+        let stages = decoder_stages(cfg.num_hidden_layers, cfg.tie_word_embeddings);
         Ok(Llama {
             bufs: GroupBuffers::new(layout.groups.iter().map(|(_, r)| r.len()).collect()),
             cfg,
@@ -527,103 +526,24 @@ fn group_name(g: Group) -> String {
     }
 }
 
-/// Stages over groups `0` (embed_tokens), `1..=L` (layers), `L+1` (norm and, untied, lm_head).
-/// Tied: as GPT-2 (the head reads the embeddings, which stay fetched for the head's backward).
-/// Untied: the embeddings are released after the embedding and their gradients installed only
-/// for the embedding's backward.
-fn llama_stages(n_layer: usize, tied: bool) -> Stages {
-    let (embed, fin) = (0, n_layer + 1);
-    let mut forward = vec![Stage {
-        name: "embed forward",
-        fetch: vec![embed],
-        release: vec![embed],
-        ..Stage::default()
-    }];
-    for l in 0..n_layer {
-        forward.push(Stage {
-            name: "layer forward",
-            fetch: vec![1 + l],
-            release: vec![1 + l],
-            ..Stage::default()
-        });
-    }
-    forward.push(Stage {
-        name: "head forward",
-        fetch: if tied { vec![fin, embed] } else { vec![fin] },
-        ..Stage::default()
-    });
-    forward.push(Stage {
-        name: "loss",
-        ..Stage::default()
-    });
-    let mut backward = vec![Stage {
-        name: "head backward",
-        grads_in: if tied { vec![embed, fin] } else { vec![fin] },
-        release: if tied { vec![fin, embed] } else { vec![fin] },
-        grads_out: vec![fin],
-        ..Stage::default()
-    }];
-    for l in (0..n_layer).rev() {
-        backward.push(Stage {
-            name: "layer backward",
-            fetch: vec![1 + l],
-            grads_in: vec![1 + l],
-            release: vec![1 + l],
-            grads_out: vec![1 + l],
-            recompute: Some(1 + l),
-        });
-    }
-    backward.push(Stage {
-        name: "embed backward",
-        grads_in: if tied { vec![] } else { vec![embed] },
-        grads_out: vec![embed],
-        ..Stage::default()
-    });
-    Stages { forward, backward }
-}
-
-/// Seeded initialisation as transformers' `LlamaPreTrainedModel._init_weights` with
-/// `initializer_range` 0.02: every weight matrix and the embeddings N(0, 0.02), biases 0,
-/// norm weights 1; draws from ChaCha8 in layout order.
-struct LlamaInit {
-    rng: ChaCha8Rng,
-    next: usize,
-}
-
 /// The seeded initial parameters of `cfg` (as [`Model::seeded_init`] gives them), one group
-/// range at a time in layout order: what a random-weights folder for benchmarks is made of.
+/// range at a time in layout order: transformers' `LlamaPreTrainedModel._init_weights` with
+/// `initializer_range` 0.02 — every weight matrix and the embeddings N(0, 0.02), biases 0,
+/// norm weights 1. What a random-weights folder for benchmarks is made of.
 pub fn seeded_source(cfg: &LlamaConfig, seed: u64) -> ParamSource {
     let layout = llama_layout(cfg);
-    let mut gen = LlamaInit {
-        rng: ChaCha8Rng::seed_from_u64(seed),
-        next: 0,
-    };
-    Box::new(move |r| Ok(gen.next_range(&layout, r)))
-}
-
-impl LlamaInit {
-    fn next_range(&mut self, layout: &LlamaLayout, r: std::ops::Range<usize>) -> Vec<f32> {
-        assert_eq!(
-            r.start, self.next,
-            "LlamaInit: ranges must come in layout order"
-        );
-        self.next = r.end;
-        let mut out = vec![0.0f32; r.len()];
-        for t in layout.tensors.iter().filter(|t| r.contains(&t.offset)) {
-            let tr = t.range();
-            assert!(tr.end <= r.end, "LlamaInit: {} straddles the range", t.name);
-            let dst = &mut out[tr.start - r.start..tr.end - r.start];
+    let mut init = SeededInit::new(seed);
+    Box::new(move |r| {
+        Ok(init.next_range(&layout.tensors, r, |t| {
             if t.name.ends_with(".bias") {
-                continue;
+                Fill::Zeros
             } else if t.shape.len() == 1 {
-                dst.fill(1.0); // RMSNorm weights
+                Fill::Ones // RMSNorm weights
             } else {
-                let rng = &mut self.rng;
-                dst.iter_mut().for_each(|x| *x = normal(rng) * 0.02);
+                Fill::Normal(0.02)
             }
-        }
-        out
-    }
+        }))
+    })
 }
 
 impl<D: Device> Model<D> for Llama<D> {
@@ -646,12 +566,11 @@ impl<D: Device> Model<D> for Llama<D> {
         tokens: &[u32],
         targets: &[u32],
     ) -> Result<Option<f32>, ModelError> {
-        let nl = self.cfg.num_hidden_layers;
-        match stage {
-            0 => self.embed_forward(dev, tokens)?,
-            s if s <= nl => self.layer_forward(dev, s - 1)?,
-            s if s == nl + 1 => self.head_forward(dev)?,
-            _ => return self.loss_forward(dev, targets).map(Some),
+        match DecoderStep::forward(stage, self.cfg.num_hidden_layers) {
+            DecoderStep::Embed => self.embed_forward(dev, tokens)?,
+            DecoderStep::Block(l) => self.layer_forward(dev, l)?,
+            DecoderStep::Head => self.head_forward(dev)?,
+            DecoderStep::Loss => return self.loss_forward(dev, targets).map(Some),
         }
         Ok(None)
     }
@@ -664,11 +583,10 @@ impl<D: Device> Model<D> for Llama<D> {
         targets: &[u32],
         grad_scale: f32,
     ) -> Result<(), ModelError> {
-        let nl = self.cfg.num_hidden_layers;
-        match stage {
-            0 => self.head_backward(dev, targets, grad_scale),
-            s if s <= nl => self.layer_backward(dev, nl - s),
-            _ => self.embed_backward(dev, tokens),
+        match DecoderStep::backward(stage, self.cfg.num_hidden_layers) {
+            DecoderStep::Head | DecoderStep::Loss => self.head_backward(dev, targets, grad_scale),
+            DecoderStep::Block(l) => self.layer_backward(dev, l),
+            DecoderStep::Embed => self.embed_backward(dev, tokens),
         }
     }
 
