@@ -9,15 +9,15 @@
 //! estimate` run the same pre-flight; `zinf train` is it plus flags, printing and a progress
 //! bar (`cli/train.rs`).
 //!
-//! The device is chosen in one place ([`open_device`]) from `zinf.device`: `cpu` and `auto`
-//! open the CPU backend today (logged); `cuda` is refused with what to do until the CUDA
-//! backend runs the model's ops.
+//! The device is chosen in one place: [`pick_device`] resolves `zinf.device` (or `--device`)
+//! when the run is planned (`auto` takes the first GPU when this build has CUDA support and
+//! one is present, and logs which it took and why), and [`Session::open_device`] opens it.
 
-use crate::config::Config;
+use crate::config::{Config, DeviceChoice};
 use crate::data::chat::ChatTemplate;
 use crate::data::formats::{self, DataFormat, TokenizeWith};
 use crate::data::{Dataset, Tokenizer, BUILTIN_TEXT};
-use crate::device::CpuDevice;
+use crate::device::{CpuDevice, Device};
 use crate::engine::{
     swap_lock::SwapLock, Engine, EngineError, EngineSettings, IoFactory, Partition, Placement,
     Start, Tier,
@@ -67,6 +67,80 @@ pub struct Overrides {
     /// Plan from the folder's `config.json` alone, without checking its weights (`zinf
     /// estimate` of a shape: a folder with only `config.json` is enough).
     pub shape_only: bool,
+    /// The compute device (`--device`), over `zinf.device`.
+    pub device: Option<DeviceChoice>,
+}
+
+/// The backend a run computes on, resolved from `zinf.device` by [`pick_device`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    /// CUDA GPU `N`.
+    Cuda(usize),
+}
+
+/// An opened device of either backend ([`Session::open_device`]); `zinf train` runs the
+/// engine generic over whichever it holds.
+pub enum AnyDevice {
+    Cpu(CpuDevice),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::device::cuda::CudaDevice),
+}
+
+/// Resolves a device choice: `cpu` is the CPU; `cuda[:N]` needs a build with CUDA support, a
+/// driver and GPU `N`; `auto` takes `cuda:0` when all three are there, else the CPU, and logs
+/// which it took and why.
+///
+/// # Errors
+/// `cuda` asked for and impossible here, saying why and what to do.
+pub fn pick_device(choice: DeviceChoice) -> Result<DeviceKind, SessionError> {
+    let gpus = cuda_device_count();
+    match choice {
+        DeviceChoice::Cpu => Ok(DeviceKind::Cpu),
+        DeviceChoice::Cuda(n) => match gpus {
+            Err(why) => Err(SessionError::Config(format!(
+                "zinf.device: \"cuda:{n}\": {why}; or run on the CPU (zinf.device: \"cpu\", \
+                 --device cpu)"
+            ))),
+            Ok(count) if n >= count => Err(SessionError::Config(format!(
+                "zinf.device: \"cuda:{n}\": this machine has {count} CUDA GPU(s); pick one of \
+                 cuda:0..{} or run with --device cpu",
+                count.saturating_sub(1)
+            ))),
+            Ok(_) => Ok(DeviceKind::Cuda(n)),
+        },
+        DeviceChoice::Auto => match gpus {
+            Ok(count) if count > 0 => {
+                tracing::info!("zinf.device: auto -> cuda:0 ({count} CUDA GPU(s) found)");
+                Ok(DeviceKind::Cuda(0))
+            }
+            Ok(_) => {
+                tracing::info!("zinf.device: auto -> cpu (the CUDA driver sees no GPU)");
+                Ok(DeviceKind::Cpu)
+            }
+            Err(why) => {
+                tracing::info!("zinf.device: auto -> cpu ({why})");
+                Ok(DeviceKind::Cpu)
+            }
+        },
+    }
+}
+
+/// CUDA GPUs this process can use, or why it can use none.
+fn cuda_device_count() -> Result<usize, String> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::device::cuda::require_driver().map_err(|_| {
+            "no CUDA driver found (libcuda.so.1): install the NVIDIA driver".to_string()
+        })?;
+        Ok(crate::device::cuda::device_count())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(
+        "this zinf was built without CUDA support (rebuild with `cargo build --release \
+         --features cuda`)"
+            .into(),
+    )
 }
 
 /// A plan of a run: everything [`Session::build`] needs, nothing allocated yet.
@@ -79,6 +153,8 @@ pub struct Session {
     pub pool_bytes: u64,
     /// Whether the pool is locked in RAM (`pin_memory`).
     pub pin_pool: bool,
+    /// The backend the run computes on.
+    pub device: DeviceKind,
     /// The Hugging Face folder a fresh run starts from (`zinf.model.from`, `--init-from`).
     init_from: Option<PathBuf>,
     resume: Option<PathBuf>,
@@ -118,19 +194,11 @@ impl Session {
     /// `--init-from` reads the checkpoint's shape (and its parameters, which a fresh run
     /// starts from).
     pub fn draft(cfg: &Config, o: &Overrides) -> Result<Self, SessionError> {
-        if cfg.zinf.device == "cuda" {
-            return Err(SessionError::Config(
-                "zinf.device: \"cuda\": the CUDA backend does not run the model's ops yet \
-                 (it compiles with --features cuda); use \"cpu\" or \"auto\""
-                    .into(),
-            ));
+        let device = pick_device(o.device.unwrap_or(cfg.zinf.device))?;
+        let mut train = train_settings(cfg, o.threads)?;
+        if let (DeviceKind::Cuda(n), true) = (device, cfg.zinf.device_memory_budget_auto) {
+            train.device_memory_budget = cuda_auto_budget(n)?;
         }
-        if cfg.zinf.device == "auto" {
-            tracing::info!(
-                "zinf.device: auto -> cpu (the CUDA backend does not run the model's ops yet)"
-            );
-        }
-        let train = train_settings(cfg, o.threads)?;
         // The config already read the folder's shape (`--init-from` is `zinf.model.from`);
         // its weights are checked here, before anything is allocated.
         let init_from = o
@@ -153,6 +221,7 @@ impl Session {
             layout,
             pool_bytes,
             pin_pool,
+            device,
             init_from,
             resume: o.resume.clone(),
             trace: o.trace,
@@ -235,11 +304,38 @@ impl Session {
         out
     }
 
-    /// Allocates the run: prepares the swap folder, opens the device, builds the tiers and the
-    /// engine (a fresh start from the seed or `--init-from`, or a resume). When a fresh
-    /// start fails (a disk that filled up meanwhile), the swap store it began is removed:
-    /// nothing is left allocated on the drive.
-    pub fn build(self, data: Dataset) -> Result<Engine<CpuDevice, AioBackend>, SessionError> {
+    /// Opens the planned device: the CPU backend with the run's threads, or the GPU (kernels
+    /// compiled for it, products at the precision of the run's dtype), each under the run's
+    /// device memory budget.
+    pub fn open_device(&self) -> Result<AnyDevice, SessionError> {
+        let s = &self.settings.train;
+        match self.device {
+            DeviceKind::Cpu => Ok(AnyDevice::Cpu(open_cpu_device(s))),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda(n) => {
+                use crate::device::cuda::{CudaDevice, MatmulPrecision};
+                let precision = MatmulPrecision::for_dtype(s.dtype);
+                let dev = CudaDevice::new(n, s.device_memory_budget, precision)
+                    .map_err(|e| SessionError::Config(format!("zinf.device: cuda:{n}: {e}")))?;
+                tracing::info!("device: {}", dev.name());
+                Ok(AnyDevice::Cuda(dev))
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda(n) => Err(SessionError::Config(format!(
+                "zinf.device: cuda:{n}: this zinf was built without CUDA support"
+            ))),
+        }
+    }
+
+    /// Allocates the run on `dev` (from [`Session::open_device`]): prepares the swap folder,
+    /// builds the tiers and the engine (a fresh start from the seed or `--init-from`, or a
+    /// resume). When a fresh start fails (a disk that filled up meanwhile), the swap store it
+    /// began is removed: nothing is left allocated on the drive.
+    pub fn build<D: Device>(
+        self,
+        dev: D,
+        data: Dataset,
+    ) -> Result<Engine<D, AioBackend>, SessionError> {
         // The folder is this run's from here on; an earlier run's scratch store is removed.
         let lock = SwapLock::acquire(&self.settings.placement)
             .map_err(|e| SessionError::Config(e.to_string()))?;
@@ -248,7 +344,6 @@ impl Session {
         } else {
             Timeline::disabled()
         };
-        let dev = open_device(&self.settings.train);
         let start = match self.resume {
             Some(dir) => Start::Resume(dir),
             None => Start::Fresh(
@@ -313,11 +408,28 @@ fn stale_store_bytes(nvme_path: &Path) -> u64 {
         .sum()
 }
 
-/// The device, chosen in one place (`zinf.device`; [`Session::draft`] refuses `"cuda"` until
-/// the CUDA backend runs the model's ops): the CPU backend with the run's threads and device
-/// memory budget, which it enforces as a GPU's memory would be.
-pub fn open_device(s: &TrainSettings) -> CpuDevice {
+/// The CPU backend with the run's threads and device memory budget, which it enforces as a
+/// GPU's memory would be.
+pub fn open_cpu_device(s: &TrainSettings) -> CpuDevice {
     CpuDevice::new(s.threads, s.device_memory_budget)
+}
+
+/// `zinf.device_memory_budget: "auto"` on GPU `n`: its free memory less a margin for the
+/// context and cuBLAS (`cuda::auto_budget_margin_bytes`).
+fn cuda_auto_budget(n: usize) -> Result<u64, SessionError> {
+    #[cfg(feature = "cuda")]
+    {
+        let b = crate::device::cuda::auto_budget_bytes(n)
+            .map_err(|e| SessionError::Config(format!("zinf.device: cuda:{n}: {e}")))?;
+        tracing::info!(
+            "zinf.device_memory_budget: auto -> {b} bytes (cuda:{n}'s free memory less a margin)"
+        );
+        Ok(b)
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(SessionError::Config(format!(
+        "zinf.device: cuda:{n}: this zinf was built without CUDA support"
+    )))
 }
 
 /// The run's training settings from a resolved config (`threads` overrides `zinf.threads`).

@@ -8,7 +8,7 @@ use engine_common::{dataset, fake_factory};
 use zinf::config::Config;
 use zinf::device::Device;
 use zinf::engine::{Engine, Start};
-use zinf::session::{open_device, Overrides, Session};
+use zinf::session::{open_cpu_device, Overrides, Session};
 use zinf::timeline::Timeline;
 use zinf_swap::fake::FakeDisk;
 
@@ -57,7 +57,7 @@ fn estimate_and_engine_counters_agree_per_placement() {
         let (plan, est) = Session::plan(&cfg, &Overrides::default()).expect("plan");
         let s = plan.settings.clone();
         let disk = FakeDisk::new(7);
-        let dev = open_device(&s.train);
+        let dev = open_cpu_device(&s.train);
         let mut e = Engine::new(
             s.clone(),
             dev,

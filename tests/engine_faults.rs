@@ -7,7 +7,7 @@ mod engine_common;
 use engine_common::*;
 use zinf::engine::{Engine, Start, Tier};
 use zinf::model::ParamDtype;
-use zinf::session::open_device;
+use zinf::session::open_cpu_device;
 use zinf::timeline::Timeline;
 use zinf_swap::fake::{FakeDisk, FakeIo, Faults};
 use zinf_swap::Store;
@@ -86,7 +86,7 @@ fn a_corrupted_shard_on_resume_is_reported_by_name_not_trained_on() {
     disk.flip_bit(&path, offset + 100, 3);
     let err = match Engine::new(
         s,
-        open_device(&train_settings(ParamDtype::Bf16, 1.0, 1)),
+        open_cpu_device(&train_settings(ParamDtype::Bf16, 1.0, 1)),
         dataset(),
         fake_factory(&disk, POOL),
         Start::Resume(dir.clone()),

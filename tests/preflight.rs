@@ -283,8 +283,9 @@ fn a_failed_store_creation_leaves_nothing_on_the_drive() {
     let data =
         zinf::data::Dataset::split((0..4000).map(|i| i % 500).collect::<Vec<u32>>(), 0.1, 16)
             .expect("dataset");
+    let dev = zinf::session::open_cpu_device(&plan.settings.train);
     let err = plan
-        .build(data)
+        .build(dev, data)
         .err()
         .expect("a 16 MiB drive cannot hold the store");
     // The removed files' blocks return when io_uring's workers close them: allow 5 s.

@@ -355,7 +355,7 @@ fn a_second_save_at_the_same_step_keeps_the_first() {
         engine_common::engine_settings(train.clone(), engine_common::placement(cpu.clone(), cpu));
     let mut e = Engine::new(
         s,
-        zinf::session::open_device(&train),
+        zinf::session::open_cpu_device(&train),
         engine_common::dataset(),
         engine_common::aio_factory(8 << 20),
         Start::Fresh(None),

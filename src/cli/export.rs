@@ -39,6 +39,8 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let cfg = &loaded.config;
     let o = Overrides {
         resume: Some(args.from.clone()),
+        // The export moves bytes from the tiers to files; no product runs.
+        device: Some(crate::config::DeviceChoice::Cpu),
         ..Overrides::default()
     };
     let (plan, _) = Session::plan(cfg, &o)?;
@@ -48,7 +50,8 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         train: vec![0; t + 1].into(),
         val: vec![0; t + 1].into(),
     };
-    let mut engine = plan.build(data)?;
+    let dev = crate::session::open_cpu_device(&plan.settings.train);
+    let mut engine = plan.build(dev, data)?;
     let source = cfg.zinf.model_from.as_ref().map(PathBuf::from);
     let start = std::time::Instant::now();
     let report = engine.export_hf(&args.to, source.as_deref(), args.max_shard_bytes)?;

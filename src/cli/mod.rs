@@ -19,7 +19,7 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(
     name = "zinf",
-    version,
+    version = VERSION,
     about = "ZeRO-Infinity-style offload training from a DeepSpeed config"
 )]
 pub struct Cli {
@@ -29,6 +29,20 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// `zinf --version`: the release and whether this build has the CUDA backend.
+#[cfg(feature = "cuda")]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (CUDA support compiled in: CUDA 13 driver API, cuBLAS, NVRTC-compiled kernels; \
+     --device cuda)"
+);
+/// `zinf --version`: the release and whether this build has the CUDA backend.
+#[cfg(not(feature = "cuda"))]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (CPU only: no CUDA support compiled in; build with --features cuda)"
+);
 
 #[derive(Subcommand, Debug)]
 pub enum Command {

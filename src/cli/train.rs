@@ -11,11 +11,11 @@
 
 use crate::cli::BadInput;
 use crate::config::{Config, Loaded};
-use crate::device::{CpuDevice, Device};
+use crate::device::Device;
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
 use crate::engine::{Engine, EngineCounters, Tier};
 use crate::model::export::DEFAULT_MAX_SHARD_BYTES;
-use crate::session::{load_data, Overrides, Session};
+use crate::session::{load_data, AnyDevice, Overrides, Session};
 use crate::settings::StepMetrics;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -50,6 +50,9 @@ pub struct TrainArgs {
     /// Also write the final summary as JSON here.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// Compute device: auto, cpu, cuda or cuda:N (overrides zinf.device).
+    #[arg(long, value_parser = crate::config::DeviceChoice::parse)]
+    pub device: Option<crate::config::DeviceChoice>,
     /// Compute threads (overrides zinf.threads).
     #[arg(long, value_parser = crate::cli::parse_threads)]
     pub threads: Option<usize>,
@@ -181,6 +184,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         resume: args.resume.clone(),
         trace: args.trace.is_some() || cfg.zinf.trace.is_some(),
         shape_only: false,
+        device: args.device,
     };
     let (plan, est) = Session::plan(cfg, &overrides)?;
     let data = load_data(cfg, args.data.clone(), plan.settings.train.seq_len)?;
@@ -191,71 +195,111 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         .or(cfg.zinf.trace.as_ref().map(PathBuf::from));
     let steps = args.steps.unwrap_or(cfg.zinf.train_steps);
     check_outputs(args, &out_dir, trace_path.as_deref(), &plan)?;
-    let mut engine = plan.build(data)?;
-    let start_step = engine.steps();
-    if args.resume.is_some() && start_step >= steps {
-        return Err(BadInput(format!(
-            "--resume {}: the save is at step {start_step}, and the run is {steps} steps \
+    let run = Run {
+        args,
+        cfg,
+        est,
+        out_dir,
+        trace_path,
+        steps,
+        stop,
+    };
+    // The one place the backend is chosen for the run: the engine is generic over it.
+    match plan.open_device()? {
+        AnyDevice::Cpu(dev) => run.train(plan.build(dev, data)?),
+        #[cfg(feature = "cuda")]
+        AnyDevice::Cuda(dev) => run.train(plan.build(dev, data)?),
+    }
+}
+
+/// What `zinf train` resolved before opening the device: the rest of a run on either backend.
+struct Run<'a> {
+    args: &'a TrainArgs,
+    cfg: &'a Config,
+    est: crate::estimate::Estimate,
+    out_dir: PathBuf,
+    trace_path: Option<PathBuf>,
+    steps: u64,
+    stop: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    /// Trains `engine` to the end (or to Ctrl-C), saves, exports and writes the trace.
+    fn train<D: Device>(self, mut engine: Engine<D, AioBackend>) -> anyhow::Result<Summary> {
+        let Run {
+            args,
+            cfg,
+            est,
+            out_dir,
+            trace_path,
+            steps,
+            stop,
+        } = self;
+        let start_step = engine.steps();
+        if args.resume.is_some() && start_step >= steps {
+            return Err(BadInput(format!(
+                "--resume {}: the save is at step {start_step}, and the run is {steps} steps \
              (--steps or zinf.train_steps): nothing to train; ask for more than {start_step} \
              steps",
-            args.resume.as_deref().unwrap_or(Path::new("")).display()
-        ))
-        .into());
-    }
-    let est = log_start(&engine, cfg, steps, &est);
-    let csv_path =
-        (cfg.csv_monitor.enabled || args.out.is_some()).then(|| out_dir.join("metrics.csv"));
-    let mut csv = match &csv_path {
-        Some(p) => Some(open_csv(p, start_step > 0)?),
-        None => None,
-    };
-    let before = engine.counters();
-    engine.reset_overlap();
-    let r = run_loop(&mut engine, cfg, args, steps, csv.as_mut(), stop)?;
-    engine.flush()?;
-    // The steps' own traffic: not the initial layout, the save or the export below.
-    let counters = engine.counters().since(&before);
-    let saved = match &args.save {
-        Some(dir) => {
-            engine.save(dir)?;
-            Some(dir.display().to_string())
+                args.resume.as_deref().unwrap_or(Path::new("")).display()
+            ))
+            .into());
         }
-        None => None,
-    };
-    // The export streams one parameter group at a time from the tiers to the files.
-    let source = args
-        .init_from
-        .clone()
-        .or_else(|| cfg.zinf.model_from.as_ref().map(PathBuf::from));
-    let export_start = std::time::Instant::now();
-    let report = engine.export_hf(&out_dir, source.as_deref(), DEFAULT_MAX_SHARD_BYTES)?;
-    tracing::info!(
-        "exported {} in {} file(s) to {} in {:.1} s (transformers loads it with \
-         AutoModelForCausalLM.from_pretrained)",
-        human_bytes(report.bytes),
-        report.files.len(),
-        out_dir.display(),
-        export_start.elapsed().as_secs_f64()
-    );
-    if let Some(p) = &trace_path {
-        engine
-            .recorder()
-            .timeline
-            .write_chrome_json(p)
-            .with_context(|| format!("writing the trace {}", p.display()))?;
+        let est = log_start(&engine, cfg, steps, &est);
+        let csv_path =
+            (cfg.csv_monitor.enabled || args.out.is_some()).then(|| out_dir.join("metrics.csv"));
+        let mut csv = match &csv_path {
+            Some(p) => Some(open_csv(p, start_step > 0)?),
+            None => None,
+        };
+        let before = engine.counters();
+        engine.reset_overlap();
+        let r = run_loop(&mut engine, cfg, args, steps, csv.as_mut(), stop)?;
+        engine.flush()?;
+        // The steps' own traffic: not the initial layout, the save or the export below.
+        let counters = engine.counters().since(&before);
+        let saved = match &args.save {
+            Some(dir) => {
+                engine.save(dir)?;
+                Some(dir.display().to_string())
+            }
+            None => None,
+        };
+        // The export streams one parameter group at a time from the tiers to the files.
+        let source = args
+            .init_from
+            .clone()
+            .or_else(|| cfg.zinf.model_from.as_ref().map(PathBuf::from));
+        let export_start = std::time::Instant::now();
+        let report = engine.export_hf(&out_dir, source.as_deref(), DEFAULT_MAX_SHARD_BYTES)?;
         tracing::info!(
-            "trace written to {} (open it in ui.perfetto.dev)",
-            p.display()
+            "exported {} in {} file(s) to {} in {:.1} s (transformers loads it with \
+         AutoModelForCausalLM.from_pretrained)",
+            human_bytes(report.bytes),
+            report.files.len(),
+            out_dir.display(),
+            export_start.elapsed().as_secs_f64()
         );
+        if let Some(p) = &trace_path {
+            engine
+                .recorder()
+                .timeline
+                .write_chrome_json(p)
+                .with_context(|| format!("writing the trace {}", p.display()))?;
+            tracing::info!(
+                "trace written to {} (open it in ui.perfetto.dev)",
+                p.display()
+            );
+        }
+        let summary = finish_summary(
+            r, &engine, counters, est, start_step, out_dir, csv_path, trace_path, saved,
+        );
+        if let Some(p) = &args.summary_json {
+            std::fs::write(p, serde_json::to_string_pretty(&summary)? + "\n")
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        Ok(summary)
     }
-    let summary = finish_summary(
-        r, &engine, counters, est, start_step, out_dir, csv_path, trace_path, saved,
-    );
-    if let Some(p) = &args.summary_json {
-        std::fs::write(p, serde_json::to_string_pretty(&summary)? + "\n")
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(summary)
 }
 
 /// Flags that contradict each other are bad input (exit 2), refused before any work.
@@ -335,9 +379,9 @@ fn writable_dir(dir: &Path, flag: &str) -> anyhow::Result<()> {
 type EstimatePeaks = (u64, u64, u64);
 
 #[allow(clippy::too_many_arguments)]
-fn finish_summary(
+fn finish_summary<D: Device>(
     r: Summary,
-    e: &Engine<CpuDevice, AioBackend>,
+    e: &Engine<D, AioBackend>,
     c: EngineCounters,
     est: EstimatePeaks,
     start_step: u64,
@@ -398,8 +442,8 @@ fn default_out_dir(cfg: &Config) -> PathBuf {
     Path::new(base).join(&m.job_name)
 }
 
-fn log_start(
-    e: &Engine<CpuDevice, AioBackend>,
+fn log_start<D: Device>(
+    e: &Engine<D, AioBackend>,
     cfg: &Config,
     steps: u64,
     est: &crate::estimate::Estimate,
@@ -487,8 +531,8 @@ fn progress(steps: u64, hidden: bool) -> ProgressBar {
     pb
 }
 
-fn run_loop(
-    t: &mut Engine<CpuDevice, AioBackend>,
+fn run_loop<D: Device>(
+    t: &mut Engine<D, AioBackend>,
     cfg: &Config,
     args: &TrainArgs,
     steps: u64,

@@ -27,7 +27,7 @@ pub use zero::{
     AioSection, OffloadDevice, OffloadOptimizer, OffloadParam, ZeroConfig, AIO_MAX_QUEUE_DEPTH,
     AIO_MAX_THREADS,
 };
-pub use zinf::{host_memory_bytes, DataConfig, ZinfConfig, MAX_THREADS};
+pub use zinf::{host_memory_bytes, DataConfig, DeviceChoice, ZinfConfig, MAX_THREADS};
 
 use reader::Section;
 use serde::Serialize;

@@ -25,6 +25,70 @@ pub struct DataConfig {
     pub format: String,
 }
 
+/// `zinf.device`: which backend computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DeviceChoice {
+    /// The first CUDA GPU when this build has CUDA support and a GPU is present, else the CPU
+    /// (the default; the run logs which it took and why).
+    Auto,
+    /// The CPU backend.
+    Cpu,
+    /// CUDA GPU `N` (`"cuda"` is `"cuda:0"`).
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// Reads `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"` (the `--device` flag's values too).
+    ///
+    /// # Errors
+    /// Anything else, with the accepted forms.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+                _ => Err(format!(
+                    "{s:?} is not a device: use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// `zinf.device`: a string [`DeviceChoice::parse`] takes; absent is `"auto"`.
+fn read_device(s: &mut Section<'_>, diag: &mut Diagnostics) -> DeviceChoice {
+    let path = s.key_path("device");
+    match s.raw("device") {
+        None => DeviceChoice::Auto,
+        Some(Value::String(v)) => DeviceChoice::parse(v).unwrap_or_else(|e| {
+            diag.error(&path, e);
+            DeviceChoice::Auto
+        }),
+        Some(other) => {
+            diag.error(
+                &path,
+                format!(
+                    "expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", found {}",
+                    describe(other)
+                ),
+            );
+            DeviceChoice::Auto
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ZinfConfig {
     pub strict_config: bool,
@@ -37,11 +101,15 @@ pub struct ZinfConfig {
     /// tokenizer for a Llama-family model).
     pub model_from: Option<String>,
     pub data: DataConfig,
-    /// The compute device: `"cpu"`, `"cuda"` or `"auto"` (the default: the GPU when the CUDA
-    /// backend can run the model, else the CPU; chosen in `session::open_device`).
-    pub device: &'static str,
+    /// The compute device (`zinf.device`, or `zinf train --device`), resolved to a backend in
+    /// `session::pick_device`.
+    pub device: DeviceChoice,
     /// Bytes of device memory the engine may use (the CPU backend enforces it like HBM).
+    /// `"auto"` resolves here to half of host RAM, which the CPU backend uses; on a GPU it is
+    /// the GPU's free memory less a margin (`device_memory_budget_auto`).
     pub device_memory_budget: u64,
+    /// `zinf.device_memory_budget` was `"auto"` (or absent).
+    pub device_memory_budget_auto: bool,
     /// Bytes of pinned host memory for swap buffers; none = DeepSpeed's buffer_count × buffer_size.
     pub pinned_memory_budget: Option<u64>,
     /// Bytes of host memory the run may use beyond the pinned pool; none = unchecked.
@@ -66,12 +134,10 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
     let train_steps = s.u64("train_steps", 100, diag);
     let (model, model_from) = read_model(&mut s, diag);
     let data = read_data(&mut s, &model, diag);
-    // "auto" is a choice of its own here (resolved when the device is opened), not a default.
-    let device = match s.raw("device") {
-        Some(v) if super::reader::is_auto(v) => "auto",
-        _ => s.choice("device", &["cpu", "cuda", "auto"], "auto", diag),
-    };
-    let device_memory_budget = match size(&mut s, "device_memory_budget", diag) {
+    let device = read_device(&mut s, diag);
+    let budget = size(&mut s, "device_memory_budget", diag);
+    let device_memory_budget_auto = !matches!(budget, Some(Auto::Set(_)));
+    let device_memory_budget = match budget {
         Some(Auto::Set(b)) => b,
         _ => {
             let total = host_memory_bytes().unwrap_or(8 << 30);
@@ -122,6 +188,7 @@ pub fn read(value: Option<&Value>, diag: &mut Diagnostics) -> ZinfConfig {
         data,
         device,
         device_memory_budget,
+        device_memory_budget_auto,
         pinned_memory_budget,
         host_memory_budget,
         threads,

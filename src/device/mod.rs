@@ -206,6 +206,78 @@ pub struct QkNorm {
     pub eps: f32,
 }
 
+/// `offset..offset + n` inside a buffer of `len` elements, or [`DeviceError::OutOfRange`].
+pub(crate) fn check_range(
+    op: &'static str,
+    offset: usize,
+    n: usize,
+    len: usize,
+) -> Result<(), DeviceError> {
+    let end = offset.saturating_add(n);
+    if end > len {
+        return Err(DeviceError::OutOfRange {
+            op,
+            offset,
+            end,
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// Every token id below `vocab_size` (or [`IGNORE_INDEX`] when `ignore` allows targets to
+/// skip the loss), or [`DeviceError::BadToken`] naming the first that is not.
+pub(crate) fn check_tokens(
+    op: &'static str,
+    tokens: &[u32],
+    vocab_size: usize,
+    ignore: bool,
+) -> Result<(), DeviceError> {
+    let bad = tokens
+        .iter()
+        .find(|&&t| !(ignore && t == IGNORE_INDEX) && t as usize >= vocab_size);
+    match bad {
+        Some(&token) => Err(DeviceError::BadToken {
+            op,
+            token,
+            vocab_size,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A shape the kernels can run: heads split evenly into key/value groups. A violation is a
+/// programmer error (the model validates its config first).
+pub(crate) fn check_attn_shape(s: AttnShape) {
+    assert!(
+        s.nh > 0 && s.n_kv_head > 0 && s.nh.is_multiple_of(s.n_kv_head) && s.head_dim > 0,
+        "attention shape {s:?}: heads must split evenly into key/value heads"
+    );
+}
+
+/// Checks a RoPE call: qkv (B,T,W) of `qkv_len` elements, an even head width, and a table of
+/// `table_len` elements covering at least T positions; returns the table's positions.
+/// Violations are programmer errors.
+pub(crate) fn check_rope(qkv_len: usize, table_len: usize, s: AttnShape) -> usize {
+    assert_eq!(
+        qkv_len,
+        s.b * s.t * s.qkv_width(),
+        "rope: qkv is not (B,T,W)"
+    );
+    assert!(
+        s.head_dim.is_multiple_of(2),
+        "rope: head_dim {} is odd",
+        s.head_dim
+    );
+    let half = s.head_dim / 2;
+    assert!(
+        table_len.is_multiple_of(2 * half) && table_len / (2 * half) >= s.t,
+        "rope: the table covers fewer than {} positions",
+        s.t
+    );
+    table_len / (2 * half)
+}
+
 /// A buffer of fp32 elements in device memory.
 pub trait DeviceBuffer: Send {
     /// Number of fp32 elements.

@@ -12,8 +12,8 @@ pub mod kernels;
 use std::sync::Arc;
 
 use super::{
-    AttnShape, Device, DeviceBuffer, DeviceError, HostSlice, Linear, MemoryBudget, Norm, QkNorm,
-    RmsNorm, IGNORE_INDEX,
+    check_attn_shape, check_range, check_rope, check_tokens, AttnShape, Device, DeviceBuffer,
+    DeviceError, HostSlice, Linear, MemoryBudget, Norm, QkNorm, RmsNorm,
 };
 use crate::threads::ThreadPool;
 
@@ -98,77 +98,9 @@ fn bytes_of(len: usize) -> u64 {
     len as u64 * 4
 }
 
-fn check_range(op: &'static str, offset: usize, n: usize, len: usize) -> Result<(), DeviceError> {
-    let end = offset.saturating_add(n);
-    if end > len {
-        return Err(DeviceError::OutOfRange {
-            op,
-            offset,
-            end,
-            len,
-        });
-    }
-    Ok(())
-}
-
 /// Width of a packed qkv row.
 fn width(s: AttnShape) -> usize {
     s.qkv_width()
-}
-
-/// A shape the kernels can run: heads split evenly into key/value groups, head width even
-/// (RoPE pairs the two halves). A violation is a programmer error (the model validates its
-/// config first).
-fn check_attn_shape(s: AttnShape) {
-    assert!(
-        s.nh > 0 && s.n_kv_head > 0 && s.nh.is_multiple_of(s.n_kv_head) && s.head_dim > 0,
-        "attention shape {s:?}: heads must split evenly into key/value heads"
-    );
-}
-
-fn check_rope(qkv: &CpuBuffer, table: &CpuBuffer, s: AttnShape) {
-    assert_eq!(
-        qkv.len(),
-        s.b * s.t * s.qkv_width(),
-        "rope: qkv is not (B,T,W)"
-    );
-    assert!(
-        s.head_dim.is_multiple_of(2),
-        "rope: head_dim {} is odd",
-        s.head_dim
-    );
-    let half = s.head_dim / 2;
-    assert!(
-        table.len().is_multiple_of(2 * half) && table.len() / (2 * half) >= s.t,
-        "rope: the table covers fewer than {} positions",
-        s.t
-    );
-}
-
-/// Checks every target is a token id below `vocab_size` or [`IGNORE_INDEX`].
-fn check_targets(op: &'static str, targets: &[u32], vocab_size: usize) -> Result<(), DeviceError> {
-    let bad = targets
-        .iter()
-        .find(|&&t| t != IGNORE_INDEX && t as usize >= vocab_size);
-    match bad {
-        Some(&token) => Err(DeviceError::BadToken {
-            op,
-            token,
-            vocab_size,
-        }),
-        None => Ok(()),
-    }
-}
-
-fn check_tokens(op: &'static str, tokens: &[u32], vocab_size: usize) -> Result<(), DeviceError> {
-    match tokens.iter().find(|&&t| t as usize >= vocab_size) {
-        Some(&token) => Err(DeviceError::BadToken {
-            op,
-            token,
-            vocab_size,
-        }),
-        None => Ok(()),
-    }
 }
 
 impl Device for CpuDevice {
@@ -267,7 +199,7 @@ impl Device for CpuDevice {
         c: usize,
         vocab_size: usize,
     ) -> Result<(), DeviceError> {
-        check_tokens("encoder_forward", tokens, vocab_size)?;
+        check_tokens("encoder_forward", tokens, vocab_size, false)?;
         assert_eq!(
             out.len(),
             tokens.len() * c,
@@ -620,7 +552,7 @@ impl Device for CpuDevice {
         s: AttnShape,
     ) -> Result<(), DeviceError> {
         check_attn_shape(s);
-        check_rope(qkv, table, s);
+        check_rope(qkv.len(), table.len(), s);
         kernels::rope(&mut qkv.data, &table.data, s, false, &self.pool);
         Ok(())
     }
@@ -632,7 +564,7 @@ impl Device for CpuDevice {
         s: AttnShape,
     ) -> Result<(), DeviceError> {
         check_attn_shape(s);
-        check_rope(dqkv, table, s);
+        check_rope(dqkv.len(), table.len(), s);
         kernels::rope(&mut dqkv.data, &table.data, s, true, &self.pool);
         Ok(())
     }
@@ -693,7 +625,7 @@ impl Device for CpuDevice {
         targets: &[u32],
         vocab_size: usize,
     ) -> Result<(), DeviceError> {
-        check_targets("crossentropy", targets, vocab_size)?;
+        check_tokens("crossentropy", targets, vocab_size, true)?;
         assert!(probs.len() == targets.len() * vocab_size && losses.len() == targets.len());
         kernels::softmax_crossentropy_forward(
             &mut probs.data,
@@ -713,7 +645,7 @@ impl Device for CpuDevice {
         vocab_size: usize,
         dloss: f32,
     ) -> Result<(), DeviceError> {
-        check_targets("crossentropy", targets, vocab_size)?;
+        check_tokens("crossentropy", targets, vocab_size, true)?;
         assert!(dlogits.len() == probs.len() && probs.len() == targets.len() * vocab_size);
         kernels::softmax_crossentropy_backward(
             &mut dlogits.data,

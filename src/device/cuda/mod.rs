@@ -1,37 +1,242 @@
-//! CUDA device backend (feature `cuda`): the driver context and the NVRTC-compiled kernels
-//! (`kernels.rs`) the [`crate::device::Device`] implementation will launch (the CUDA backend
-//! issue). A missing driver is a clear error, never a cudarc panic. It launches no kernel yet.
+//! CUDA device backend (feature `cuda`): every [`Device`] op on an NVIDIA GPU.
+//!
+//! - **Memory**: fp32 buffers in device memory, each charged to the same [`MemoryBudget`] as
+//!   the CPU backend's (and the small scratch an op needs, for as long as it needs it).
+//! - **Kernels**: header-free CUDA C under `kernels/`, compiled by NVRTC for this GPU's own
+//!   architecture when the device opens ([`kernels`]); the matmuls, attention's included, go
+//!   through cuBLAS ([`blas`]).
+//! - **One stream**: every copy, kernel and product is enqueued on one stream, in the order
+//!   the model calls them, so no op needs an event to see its inputs. An upload returns once
+//!   the host bytes are staged (CUDA copies from pageable memory before returning) with an
+//!   event that fires when they are on the device; a download returns when the host slice is
+//!   filled. The pinned pool and the copy streams that overlap transfers with compute are the
+//!   GPU data path's (issue #16).
+//! - **Deterministic**: no float atomics; every reduction (rows, columns, the embedding
+//!   gradient of repeated tokens) runs in a fixed order, and cuBLAS is bit-reproducible on one
+//!   GPU with one stream, so one GPU gives the same losses bit for bit in every placement —
+//!   the promise the CPU backend keeps. The two backends agree to rounding, not bit for bit.
+//! - **Precision** ([`MatmulPrecision`]): fp32 products (TF32 off) for parity with the CPU,
+//!   or, when the config enables bf16/fp16, 16-bit operands with fp32 accumulation (cuBLAS'
+//!   `CUBLAS_COMPUTE_32F_FAST_16BF`/`_16F`: what PyTorch autocast does to a matmul).
+//!
+//! A missing driver or library is a clear [`DeviceError`] before anything is launched, never a
+//! cudarc panic.
 
+pub mod blas;
 pub mod kernels;
 
-use crate::device::{DeviceError, MemoryBudget};
-use cudarc::driver::CudaContext;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A CUDA device: a driver context on one ordinal and the memory budget it will charge.
-pub struct CudaDevice {
-    ctx: Arc<CudaContext>,
+use cudarc::driver::{
+    result as drv, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
+};
+
+use crate::device::{
+    check_attn_shape, check_range, check_rope, check_tokens, AttnShape, Device, DeviceBuffer,
+    DeviceError, HostSlice, Linear, MemoryBudget, Norm, QkNorm, RmsNorm,
+};
+pub use blas::MatmulPrecision;
+use blas::{Blas, Mat};
+
+/// Threads of a row kernel's block (`ROW_THREADS` in `common.cu`).
+const ROW_THREADS: u32 = 256;
+/// Threads of the cross-entropy row kernel (rows are a vocabulary wide).
+const VOCAB_THREADS: u32 = 1024;
+/// Threads of an element-wise or column kernel's block.
+const ELEM_THREADS: u32 = 256;
+/// Rows per partial sum of a column reduction (`CHUNK_ROWS` in `common.cu`).
+const CHUNK_ROWS: usize = 64;
+/// LayerNorm epsilon, as the CPU backend's (Hugging Face's GPT-2 `layer_norm_epsilon`).
+const LN_EPS: f32 = crate::device::cpu::kernels::LN_EPS;
+
+/// Device memory of `len` elements of `T`, charged to a budget until dropped.
+#[derive(Debug)]
+struct DeviceMem<T> {
+    /// Owns the allocation (freed stream-ordered when dropped).
+    _mem: CudaSlice<T>,
+    ptr: u64,
+    len: usize,
+    bytes: u64,
     budget: MemoryBudget,
 }
 
+impl<T> DeviceMem<T> {
+    /// Address of element `i`.
+    fn at(&self, i: usize) -> u64 {
+        self.ptr + (i * std::mem::size_of::<T>()) as u64
+    }
+}
+
+impl<T> Drop for DeviceMem<T> {
+    fn drop(&mut self) {
+        // The memory itself is freed by `CudaSlice`'s drop, stream-ordered after every op
+        // already enqueued that reads it.
+        self.budget.release(self.bytes);
+    }
+}
+
+/// An fp32 buffer in device memory; its bytes go back to the budget when it is dropped.
+#[derive(Debug)]
+pub struct CudaBuffer(DeviceMem<f32>);
+
+impl CudaBuffer {
+    fn at(&self, i: usize) -> u64 {
+        self.0.at(i)
+    }
+}
+
+impl DeviceBuffer for CudaBuffer {
+    fn len(&self) -> usize {
+        self.0.len
+    }
+}
+
+/// A CUDA device: one GPU, one stream, its kernels, a cuBLAS handle and the memory budget.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: Blas,
+    kernels: HashMap<&'static str, CudaFunction>,
+    budget: MemoryBudget,
+    name: String,
+    arch: String,
+    stats: Vec<kernels::KernelStats>,
+}
+
+/// Device memory a budget of `"auto"` leaves free on the GPU: the larger of 1 GiB and 5 % of
+/// it (the CUDA context, cuBLAS' workspace and the allocator's slack).
+pub fn auto_budget_margin_bytes(total_bytes: u64) -> u64 {
+    (1u64 << 30).max(total_bytes / 20)
+}
+
+fn backend(what: &str, e: impl std::fmt::Debug) -> DeviceError {
+    DeviceError::Backend(format!("{what}: {e:?}"))
+}
+
+/// `v` as a kernel's `int`, or an error naming the op.
+fn int(op: &str, v: usize) -> Result<i32, DeviceError> {
+    i32::try_from(v)
+        .map_err(|_| DeviceError::Backend(format!("{op}: {v} does not fit a 32-bit int")))
+}
+
+/// One block per row.
+fn rows_cfg(rows: usize, threads: u32) -> Result<LaunchConfig, DeviceError> {
+    Ok(LaunchConfig {
+        grid_dim: (
+            u32::try_from(rows.max(1)).map_err(|_| backend("rows", rows))?,
+            1,
+            1,
+        ),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// One thread per element.
+fn elems_cfg(n: usize) -> Result<LaunchConfig, DeviceError> {
+    let blocks = n.div_ceil(ELEM_THREADS as usize).max(1);
+    Ok(LaunchConfig {
+        grid_dim: (
+            u32::try_from(blocks).map_err(|_| backend("elements", n))?,
+            1,
+            1,
+        ),
+        block_dim: (ELEM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// One thread per column, one grid row per CHUNK_ROWS rows (the partial-sum kernels).
+fn columns_cfg(rows: usize, cols: usize) -> Result<(LaunchConfig, usize), DeviceError> {
+    let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
+    let cfg = LaunchConfig {
+        grid_dim: (
+            u32::try_from(cols.div_ceil(ELEM_THREADS as usize).max(1))
+                .map_err(|_| backend("columns", cols))?,
+            u32::try_from(chunks).map_err(|_| backend("rows", rows))?,
+            1,
+        ),
+        block_dim: (ELEM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok((cfg, chunks))
+}
+
+/// Launches kernel `$name` on the device's stream with the listed arguments (device addresses
+/// as `u64`, sizes as `i32`/`i64`, scalars as `f32`).
+macro_rules! launch {
+    ($dev:expr, $name:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        let cfg = $cfg;
+        let func = $dev.kernel($name)?;
+        let mut builder = $dev.stream.launch_builder(func);
+        $( let arg = $arg; builder.arg(&arg); )*
+        // SAFETY: the kernel's parameter list in kernels/*.cu matches these arguments in
+        // number, order and type (the call sites below mirror the CUDA signatures); every
+        // address points into a live buffer whose range the caller checked, and buffers are
+        // freed stream-ordered after this launch.
+        unsafe { builder.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| backend($name, e))
+    }};
+}
+
 impl CudaDevice {
-    /// Opens device `ordinal` (loads the driver library at run time).
-    pub fn new(ordinal: usize, budget_bytes: u64) -> Result<Self, DeviceError> {
-        // SAFETY: only probes whether the driver library loads; cudarc panics on first use
-        // when it does not, so this check comes first.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(DeviceError::Backend(
-                "no CUDA driver found (libcuda.so): install the NVIDIA driver, or run with \
-                 zinf.device: \"cpu\""
-                    .into(),
-            ));
+    /// Opens GPU `ordinal` under `budget_bytes` of device memory ([`auto_budget_bytes`] for
+    /// `"auto"`), compiles the kernels for its architecture and creates the cuBLAS handle;
+    /// products run at `precision`.
+    ///
+    /// # Errors
+    /// No driver, no such GPU, NVRTC or cuBLAS missing (what to install), a kernel that does not
+    /// compile (NVRTC's log) — each before anything is launched.
+    pub fn new(
+        ordinal: usize,
+        budget_bytes: u64,
+        precision: MatmulPrecision,
+    ) -> Result<Self, DeviceError> {
+        let ctx = open_context(ordinal)?;
+        // SAFETY: every op of this device runs on the one stream below, in call order, so no
+        // buffer needs cudarc's per-slice events to order its reads and writes.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| backend("cuStreamCreate", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| backend("compute capability", e))?;
+        let arch = format!("sm_{major}{minor}");
+        let compiled = kernels::compile("zinf_kernels.cu", &kernels::program_source(), &arch)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
+            .map_err(|e| backend("loading the kernels", e))?;
+        let mut table = HashMap::new();
+        for &name in kernels::KERNELS {
+            let f = module
+                .load_function(name)
+                .map_err(|e| backend(&format!("kernel {name}"), e))?;
+            table.insert(name, f);
         }
-        let ctx = CudaContext::new(ordinal)
-            .map_err(|e| DeviceError::Backend(format!("cuda:{ordinal}: {e:?}")))?;
+        let blas = Blas::new(stream.clone(), precision)?;
+        let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         Ok(CudaDevice {
             ctx,
+            stream,
+            blas,
+            kernels: table,
             budget: MemoryBudget::new(budget_bytes),
+            name: format!("cuda:{ordinal} ({gpu}, {arch}, {})", precision.name()),
+            arch,
+            stats: compiled.stats,
         })
+    }
+
+    /// The GPU's architecture the kernels were compiled for (`sm_90`).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// What ptxas reported for each kernel (registers, spills) when the device opened.
+    pub fn kernel_stats(&self) -> &[kernels::KernelStats] {
+        &self.stats
     }
 
     /// The driver context.
@@ -39,8 +244,1227 @@ impl CudaDevice {
         &self.ctx
     }
 
-    /// The memory account.
-    pub fn budget(&self) -> &MemoryBudget {
+    /// Blocks until every op enqueued so far has finished (benchmarks and tests).
+    pub fn synchronize(&self) -> Result<(), DeviceError> {
+        self.stream
+            .synchronize()
+            .map_err(|e| backend("synchronize", e))
+    }
+
+    fn kernel(&self, name: &'static str) -> Result<&CudaFunction, DeviceError> {
+        self.kernels
+            .get(name)
+            .ok_or_else(|| DeviceError::Backend(format!("kernel {name} was not loaded")))
+    }
+
+    /// Device memory for `len` elements of `T`, charged as `what`; unset when `zeroed` is
+    /// false.
+    fn mem<T: DeviceRepr>(
+        &self,
+        what: &str,
+        len: usize,
+        zeroed: bool,
+    ) -> Result<DeviceMem<T>, DeviceError> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        self.budget.charge(what, bytes)?;
+        // A zero-length allocation is refused by the driver; one element stands in.
+        // SAFETY: the memory is zeroed below before any read when `zeroed`; otherwise the caller
+        // writes every element before reading it.
+        let alloc = unsafe { self.stream.alloc::<T>(len.max(1)) };
+        let mem = match alloc {
+            Ok(m) => m,
+            Err(e) => {
+                self.budget.release(bytes);
+                return Err(out_of_memory(what, bytes, e));
+            }
+        };
+        let ptr = mem.device_ptr(&self.stream).0;
+        let out = DeviceMem {
+            ptr,
+            _mem: mem,
+            len,
+            bytes,
+            budget: self.budget.clone(),
+        };
+        if zeroed {
+            self.memset_zero(out.ptr, bytes as usize)?;
+        }
+        Ok(out)
+    }
+
+    fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<(), DeviceError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `ptr..ptr + bytes` is inside a live allocation (the caller's buffer).
+        unsafe { drv::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
+            .map_err(|e| backend("cuMemsetD8Async", e))
+    }
+
+    /// Copies a host slice into fresh device memory (token ids, targets, index lists). The
+    /// host bytes are staged before this returns (pageable memory), so the slice may go.
+    fn upload_vec<T: DeviceRepr>(
+        &self,
+        what: &str,
+        data: &[T],
+    ) -> Result<DeviceMem<T>, DeviceError> {
+        let mem = self.mem::<T>(what, data.len(), false)?;
+        self.htod(mem.ptr, data)?;
+        Ok(mem)
+    }
+
+    fn htod<T>(&self, dst: u64, src: &[T]) -> Result<(), DeviceError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller checked `dst` has room for `src`; the source is pageable host
+        // memory, which CUDA stages before the call returns.
+        unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| backend("cuMemcpyHtoDAsync", e))
+    }
+
+    fn record(&self) -> Result<CudaEvent, DeviceError> {
+        self.stream
+            .record_event(None)
+            .map_err(|e| backend("cuEventRecord", e))
+    }
+
+    /// Adds the partial column sums (chunks, C) into `dst` (C), chunks in order.
+    fn colsum_finish(
+        &self,
+        dst: u64,
+        partial: &DeviceMem<f32>,
+        chunks: usize,
+        c: usize,
+    ) -> Result<(), DeviceError> {
+        launch!(
+            self,
+            "colsum_finish",
+            elems_cfg(c)?,
+            [dst, partial.ptr, int("colsum", chunks)?, int("colsum", c)?]
+        )
+    }
+
+    /// The RMSNorm kernels over rows addressed as in `llama.cu` (`hpt` heads per token of
+    /// width `c`, tokens `stride` apart from column `col0`; rstd at `token * rstd_stride +
+    /// rstd_off + head`).
+    #[allow(clippy::too_many_arguments)]
+    fn rms_forward(
+        &self,
+        out: u64,
+        rstd: u64,
+        inp: u64,
+        w: u64,
+        rows: usize,
+        c: usize,
+        eps: f32,
+        a: RowAddr,
+    ) -> Result<(), DeviceError> {
+        let op = "rmsnorm_forward";
+        launch!(
+            self,
+            op,
+            rows_cfg(rows, ROW_THREADS)?,
+            [
+                out,
+                rstd,
+                inp,
+                w,
+                int(op, rows)?,
+                int(op, c)?,
+                eps,
+                a.hpt,
+                a.stride,
+                a.col0,
+                a.rstd_stride,
+                a.rstd_off
+            ]
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rms_backward(
+        &self,
+        dinp: u64,
+        dw: u64,
+        dout: u64,
+        inp: u64,
+        w: u64,
+        rstd: u64,
+        rows: usize,
+        c: usize,
+        a: RowAddr,
+    ) -> Result<(), DeviceError> {
+        let op = "rmsnorm_backward";
+        launch!(
+            self,
+            "rmsnorm_backward_input",
+            rows_cfg(rows, ROW_THREADS)?,
+            [
+                dinp,
+                dout,
+                inp,
+                w,
+                rstd,
+                int(op, rows)?,
+                int(op, c)?,
+                a.hpt,
+                a.stride,
+                a.col0,
+                a.rstd_stride,
+                a.rstd_off
+            ]
+        )?;
+        let (cfg, chunks) = columns_cfg(rows, c)?;
+        let partial = self.mem::<f32>("rmsnorm weight gradient scratch", chunks * c, false)?;
+        launch!(
+            self,
+            "rmsnorm_weight_partial",
+            cfg,
+            [
+                partial.ptr,
+                dout,
+                inp,
+                rstd,
+                int(op, rows)?,
+                int(op, c)?,
+                a.hpt,
+                a.stride,
+                a.col0,
+                a.rstd_stride,
+                a.rstd_off
+            ]
+        )?;
+        self.colsum_finish(dw, &partial, chunks, c)
+    }
+}
+
+/// Row addressing of the RMSNorm kernels (see `llama.cu`).
+#[derive(Clone, Copy)]
+struct RowAddr {
+    hpt: i32,
+    stride: i32,
+    col0: i32,
+    rstd_stride: i32,
+    rstd_off: i32,
+}
+
+impl RowAddr {
+    /// Plain rows of `c` elements, one rstd each.
+    fn plain(c: usize) -> Result<Self, DeviceError> {
+        Ok(RowAddr {
+            hpt: 1,
+            stride: int("rmsnorm", c)?,
+            col0: 0,
+            rstd_stride: 1,
+            rstd_off: 0,
+        })
+    }
+}
+
+fn out_of_memory(what: &str, bytes: u64, e: DriverError) -> DeviceError {
+    DeviceError::Backend(format!(
+        "{what}: the GPU could not allocate {bytes} bytes ({e:?}); lower \
+         zinf.device_memory_budget so the engine offloads more, or shrink the micro-batch"
+    ))
+}
+
+/// A context on GPU `ordinal`, after checking the driver loads and the GPU exists.
+fn open_context(ordinal: usize) -> Result<Arc<CudaContext>, DeviceError> {
+    require_driver()?;
+    let count = device_count();
+    if ordinal >= count {
+        return Err(DeviceError::Backend(format!(
+            "cuda:{ordinal}: this machine has {count} CUDA GPU(s); pick one of cuda:0..{} or \
+             run with zinf.device: \"cpu\"",
+            count.saturating_sub(1)
+        )));
+    }
+    CudaContext::new(ordinal).map_err(|e| backend(&format!("cuda:{ordinal}"), e))
+}
+
+/// `zinf.device_memory_budget: "auto"` on GPU `ordinal`: its free memory now less
+/// [`auto_budget_margin_bytes`] of its total.
+///
+/// # Errors
+/// No driver or no such GPU.
+pub fn auto_budget_bytes(ordinal: usize) -> Result<u64, DeviceError> {
+    let ctx = open_context(ordinal)?;
+    let (free, total) = ctx.mem_get_info().map_err(|e| backend("cuMemGetInfo", e))?;
+    Ok((free as u64).saturating_sub(auto_budget_margin_bytes(total as u64)))
+}
+
+/// Checks the driver library loads (cudarc panics on first use when it does not).
+pub fn require_driver() -> Result<(), DeviceError> {
+    // SAFETY: only probes whether the driver library loads; no driver function is called.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(DeviceError::Backend(
+            "no CUDA driver found (libcuda.so.1): install the NVIDIA driver, or run with \
+             zinf.device: \"cpu\" (--device cpu)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Number of CUDA GPUs this process can see; 0 when there is no driver.
+pub fn device_count() -> usize {
+    if require_driver().is_err() {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+impl Device for CudaDevice {
+    type Buffer = CudaBuffer;
+    type Event = CudaEvent;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn budget(&self) -> &MemoryBudget {
         &self.budget
+    }
+
+    fn alloc(&self, what: &str, len: usize) -> Result<CudaBuffer, DeviceError> {
+        Ok(CudaBuffer(self.mem(what, len, true)?))
+    }
+
+    fn upload(
+        &self,
+        dst: &mut CudaBuffer,
+        offset: usize,
+        src: HostSlice<'_>,
+    ) -> Result<CudaEvent, DeviceError> {
+        check_range("upload", offset, src.len(), dst.len())?;
+        let n = src.len();
+        match src {
+            HostSlice::F32(s) => self.htod(dst.at(offset), s)?,
+            HostSlice::F16(s) => {
+                let staged = self.upload_vec("upload staging (fp16)", s)?;
+                launch!(
+                    self,
+                    "widen_f16",
+                    elems_cfg(n)?,
+                    [dst.at(offset), staged.ptr, n as i64]
+                )?;
+            }
+            HostSlice::Bf16(s) => {
+                let staged = self.upload_vec("upload staging (bf16)", s)?;
+                launch!(
+                    self,
+                    "widen_bf16",
+                    elems_cfg(n)?,
+                    [dst.at(offset), staged.ptr, n as i64]
+                )?;
+            }
+        }
+        self.record()
+    }
+
+    fn download(
+        &self,
+        src: &CudaBuffer,
+        offset: usize,
+        dst: &mut [f32],
+    ) -> Result<CudaEvent, DeviceError> {
+        check_range("download", offset, dst.len(), src.len())?;
+        if !dst.is_empty() {
+            // SAFETY: the range was checked above; the stream is synchronized before `dst`'s
+            // borrow ends, so the copy never outlives it.
+            unsafe { drv::memcpy_dtoh_async(dst, src.at(offset), self.stream.cu_stream()) }
+                .map_err(|e| backend("cuMemcpyDtoHAsync", e))?;
+        }
+        self.synchronize()?;
+        self.record()
+    }
+
+    fn wait(&self, event: CudaEvent) -> Result<(), DeviceError> {
+        event
+            .synchronize()
+            .map_err(|e| backend("cuEventSynchronize", e))
+    }
+
+    fn zero(&self, buf: &mut CudaBuffer) -> Result<(), DeviceError> {
+        self.memset_zero(buf.0.ptr, buf.len() * 4)
+    }
+
+    fn add_assign(&self, dst: &mut CudaBuffer, src: &CudaBuffer) -> Result<(), DeviceError> {
+        assert_eq!(dst.len(), src.len(), "add_assign: length mismatch");
+        let n = dst.len();
+        launch!(
+            self,
+            "add_assign",
+            elems_cfg(n)?,
+            [dst.at(0), src.at(0), n as i64]
+        )
+    }
+
+    fn residual_forward(
+        &self,
+        out: &mut CudaBuffer,
+        a: &CudaBuffer,
+        b: &CudaBuffer,
+    ) -> Result<(), DeviceError> {
+        assert!(
+            out.len() == a.len() && a.len() == b.len(),
+            "residual: length mismatch"
+        );
+        let n = out.len();
+        launch!(
+            self,
+            "residual_forward",
+            elems_cfg(n)?,
+            [out.at(0), a.at(0), b.at(0), n as i64]
+        )
+    }
+
+    fn encoder_forward(
+        &self,
+        out: &mut CudaBuffer,
+        tokens: &[u32],
+        params: &CudaBuffer,
+        wte_off: usize,
+        wpe_off: Option<usize>,
+        t: usize,
+        c: usize,
+        vocab_size: usize,
+    ) -> Result<(), DeviceError> {
+        let op = "encoder_forward";
+        check_tokens(op, tokens, vocab_size, false)?;
+        assert_eq!(
+            out.len(),
+            tokens.len() * c,
+            "encoder_forward: out is not (B,T,C)"
+        );
+        assert_eq!(tokens.len() % t, 0, "encoder_forward: tokens are not (B,T)");
+        check_range(op, wte_off, vocab_size * c, params.len())?;
+        if let Some(o) = wpe_off {
+            check_range(op, o, t * c, params.len())?;
+        }
+        let dev_tokens = self.upload_vec("token ids", tokens)?;
+        let n = tokens.len();
+        launch!(
+            self,
+            op,
+            elems_cfg(n * c)?,
+            [
+                out.at(0),
+                dev_tokens.ptr,
+                params.at(wte_off),
+                params.at(wpe_off.unwrap_or(0)),
+                i32::from(wpe_off.is_some()),
+                int(op, n)?,
+                int(op, t)?,
+                int(op, c)?
+            ]
+        )
+    }
+
+    fn encoder_backward(
+        &self,
+        dparams: &mut CudaBuffer,
+        dwte_off: usize,
+        dwpe_off: Option<usize>,
+        dout: &CudaBuffer,
+        tokens: &[u32],
+        t: usize,
+        c: usize,
+    ) -> Result<(), DeviceError> {
+        let op = "encoder_backward";
+        assert_eq!(
+            dout.len(),
+            tokens.len() * c,
+            "encoder_backward: dout is not (B,T,C)"
+        );
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let max_tok = tokens.iter().copied().max().unwrap_or(0) as usize;
+        check_range(op, dwte_off, (max_tok + 1) * c, dparams.len())?;
+        // Rows grouped by token, each group in row order: one block per distinct token adds
+        // its rows in the order the CPU backend does, with no atomics.
+        let mut order: Vec<i32> = (0..int(op, tokens.len())?).collect();
+        order.sort_by_key(|&r| tokens[r as usize]);
+        let mut uniq: Vec<u32> = Vec::new();
+        let mut starts: Vec<i32> = Vec::new();
+        for (k, &r) in order.iter().enumerate() {
+            let tok = tokens[r as usize];
+            if uniq.last() != Some(&tok) {
+                uniq.push(tok);
+                starts.push(k as i32);
+            }
+        }
+        starts.push(order.len() as i32);
+        let (d_uniq, d_starts, d_rows) = (
+            self.upload_vec("embedding gradient index", &uniq)?,
+            self.upload_vec("embedding gradient index", &starts)?,
+            self.upload_vec("embedding gradient index", &order)?,
+        );
+        launch!(
+            self,
+            "encoder_backward_wte",
+            rows_cfg(uniq.len(), ROW_THREADS)?,
+            [
+                dparams.at(dwte_off),
+                dout.at(0),
+                d_uniq.ptr,
+                d_starts.ptr,
+                d_rows.ptr,
+                int(op, c)?
+            ]
+        )?;
+        if let Some(o) = dwpe_off {
+            check_range(op, o, t * c, dparams.len())?;
+            let b = tokens.len() / t;
+            launch!(
+                self,
+                "encoder_backward_wpe",
+                elems_cfg(t * c)?,
+                [
+                    dparams.at(o),
+                    dout.at(0),
+                    int(op, b)?,
+                    int(op, t)?,
+                    int(op, c)?
+                ]
+            )?;
+        }
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &self,
+        out: &mut CudaBuffer,
+        mean: &mut CudaBuffer,
+        rstd: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        params: &CudaBuffer,
+        norm: Norm,
+    ) -> Result<(), DeviceError> {
+        let (op, c) = ("layernorm_forward", norm.c);
+        assert!(out.len() == inp.len() && mean.len() * c == inp.len() && rstd.len() == mean.len());
+        check_range(op, norm.w_off, c, params.len())?;
+        check_range(op, norm.b_off, c, params.len())?;
+        let n = mean.len();
+        launch!(
+            self,
+            op,
+            rows_cfg(n, ROW_THREADS)?,
+            [
+                out.at(0),
+                mean.at(0),
+                rstd.at(0),
+                inp.at(0),
+                params.at(norm.w_off),
+                params.at(norm.b_off),
+                int(op, n)?,
+                int(op, c)?,
+                LN_EPS
+            ]
+        )
+    }
+
+    fn layernorm_backward(
+        &self,
+        dinp: &mut CudaBuffer,
+        dparams: &mut CudaBuffer,
+        dout: &CudaBuffer,
+        inp: &CudaBuffer,
+        params: &CudaBuffer,
+        mean: &CudaBuffer,
+        rstd: &CudaBuffer,
+        norm: Norm,
+    ) -> Result<(), DeviceError> {
+        let (op, c) = ("layernorm_backward", norm.c);
+        assert!(dinp.len() == inp.len() && dout.len() == inp.len() && mean.len() * c == inp.len());
+        check_range(op, norm.w_off, c, params.len())?;
+        check_range(op, norm.w_off, c, dparams.len())?;
+        check_range(op, norm.b_off, c, dparams.len())?;
+        let n = mean.len();
+        launch!(
+            self,
+            "layernorm_backward_input",
+            rows_cfg(n, ROW_THREADS)?,
+            [
+                dinp.at(0),
+                dout.at(0),
+                inp.at(0),
+                params.at(norm.w_off),
+                mean.at(0),
+                rstd.at(0),
+                int(op, n)?,
+                int(op, c)?
+            ]
+        )?;
+        let (cfg, chunks) = columns_cfg(n, c)?;
+        let pdw = self.mem::<f32>("layernorm gradient scratch", chunks * c, false)?;
+        let pdb = self.mem::<f32>("layernorm gradient scratch", chunks * c, false)?;
+        launch!(
+            self,
+            "layernorm_param_partial",
+            cfg,
+            [
+                pdw.ptr,
+                pdb.ptr,
+                dout.at(0),
+                inp.at(0),
+                mean.at(0),
+                rstd.at(0),
+                int(op, n)?,
+                int(op, c)?
+            ]
+        )?;
+        self.colsum_finish(dparams.at(norm.w_off), &pdw, chunks, c)?;
+        self.colsum_finish(dparams.at(norm.b_off), &pdb, chunks, c)
+    }
+
+    fn matmul_forward(
+        &self,
+        out: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        params: &CudaBuffer,
+        lin: Linear,
+    ) -> Result<(), DeviceError> {
+        let op = "matmul_forward";
+        let (c, oc) = (lin.c, lin.oc);
+        assert_eq!(inp.len() % c, 0, "matmul_forward: inp is not (N,C)");
+        let n = inp.len() / c;
+        assert_eq!(out.len(), n * oc, "matmul_forward: out is not (N,OC)");
+        check_range(op, lin.w_off, c * oc, params.len())?;
+        let x = Mat::rows(inp.at(0), c);
+        // out (N,OC) = inp (N,C) @ W, W stored (C,OC), or (OC,C) and read transposed.
+        let w = if lin.w_out_in {
+            Mat::rows(params.at(lin.w_off), c).t()
+        } else {
+            Mat::rows(params.at(lin.w_off), oc)
+        };
+        self.blas
+            .gemm(n, oc, c, x, w, Mat::rows(out.at(0), oc), 0.0, 1)?;
+        if let Some(b_off) = lin.b_off {
+            check_range(op, b_off, oc, params.len())?;
+            launch!(
+                self,
+                "bias_forward",
+                elems_cfg(n * oc)?,
+                [out.at(0), params.at(b_off), int(op, n)?, int(op, oc)?]
+            )?;
+        }
+        Ok(())
+    }
+
+    fn matmul_backward(
+        &self,
+        dinp: &mut CudaBuffer,
+        dparams: &mut CudaBuffer,
+        dout: &CudaBuffer,
+        inp: &CudaBuffer,
+        params: &CudaBuffer,
+        lin: Linear,
+    ) -> Result<(), DeviceError> {
+        let op = "matmul_backward";
+        let (c, oc) = (lin.c, lin.oc);
+        assert_eq!(dinp.len(), inp.len(), "matmul_backward: dinp is not (N,C)");
+        let n = inp.len() / c;
+        assert_eq!(dout.len(), n * oc, "matmul_backward: dout is not (N,OC)");
+        check_range(op, lin.w_off, c * oc, params.len())?;
+        check_range(op, lin.w_off, c * oc, dparams.len())?;
+        let g = Mat::rows(dout.at(0), oc);
+        let x = Mat::rows(inp.at(0), c);
+        if lin.w_out_in {
+            // W (OC,C): dinp (N,C) += dout @ W; dW (OC,C) += dout^T @ inp.
+            let w = Mat::rows(params.at(lin.w_off), c);
+            self.blas
+                .gemm(n, c, oc, g, w, Mat::rows(dinp.at(0), c), 1.0, 1)?;
+            self.blas.gemm(
+                oc,
+                c,
+                n,
+                g.t(),
+                x,
+                Mat::rows(dparams.at(lin.w_off), c),
+                1.0,
+                1,
+            )?;
+        } else {
+            // W (C,OC): dinp (N,C) += dout @ W^T; dW (C,OC) += inp^T @ dout.
+            let w = Mat::rows(params.at(lin.w_off), oc);
+            self.blas
+                .gemm(n, c, oc, g, w.t(), Mat::rows(dinp.at(0), c), 1.0, 1)?;
+            self.blas.gemm(
+                c,
+                oc,
+                n,
+                x.t(),
+                g,
+                Mat::rows(dparams.at(lin.w_off), oc),
+                1.0,
+                1,
+            )?;
+        }
+        if let Some(b_off) = lin.b_off {
+            check_range(op, b_off, oc, dparams.len())?;
+            let (cfg, chunks) = columns_cfg(n, oc)?;
+            let pdb = self.mem::<f32>("bias gradient scratch", chunks * oc, false)?;
+            launch!(
+                self,
+                "bias_partial",
+                cfg,
+                [pdb.ptr, dout.at(0), int(op, n)?, int(op, oc)?]
+            )?;
+            self.colsum_finish(dparams.at(b_off), &pdb, chunks, oc)?;
+        }
+        Ok(())
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut CudaBuffer,
+        att: &mut CudaBuffer,
+        qkv: &CudaBuffer,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let op = "attention_forward";
+        let (t, hd, w, c) = (s.t, s.head_dim, s.qkv_width(), s.q_width());
+        let g = s.group_size();
+        assert_eq!(
+            qkv.len(),
+            s.b * t * w,
+            "attention_forward: qkv is not (B,T,W)"
+        );
+        assert_eq!(
+            out.len(),
+            s.b * t * c,
+            "attention_forward: out is not (B,T,NH*HD)"
+        );
+        assert_eq!(
+            att.len(),
+            s.b * s.nh * t * t,
+            "attention_forward: att is not (B,NH,T,T)"
+        );
+        // Per batch item b and position r inside a key/value group, one batched product over
+        // the key/value heads j: query head h = j g + r reads key/value head j.
+        for b in 0..s.b {
+            for r in 0..g {
+                let heads = AttnHeads::new(s, b, r);
+                // preatt (T,T) = q_h (T,HD) @ k_j^T
+                let q = Mat::rows(qkv.at(heads.q), w).batch(g * hd);
+                let k = Mat::rows(qkv.at(heads.k), w).batch(hd).t();
+                let a = Mat::rows(att.at(heads.att), t).batch(g * t * t);
+                self.blas.gemm(t, t, hd, q, k, a, 0.0, s.n_kv_head)?;
+            }
+        }
+        let rows = s.b * s.nh * t;
+        let scale = 1.0 / (hd as f32).sqrt();
+        launch!(
+            self,
+            "softmax_causal_forward",
+            rows_cfg(rows, ROW_THREADS)?,
+            [att.at(0), int(op, rows)?, int(op, t)?, scale]
+        )?;
+        for b in 0..s.b {
+            for r in 0..g {
+                let heads = AttnHeads::new(s, b, r);
+                // out_h (T,HD) = att_h (T,T) @ v_j (T,HD)
+                let a = Mat::rows(att.at(heads.att), t).batch(g * t * t);
+                let v = Mat::rows(qkv.at(heads.v), w).batch(hd);
+                let o = Mat::rows(out.at(heads.out), c).batch(g * hd);
+                self.blas.gemm(t, hd, t, a, v, o, 0.0, s.n_kv_head)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: &mut CudaBuffer,
+        scratch: &mut CudaBuffer,
+        dout: &CudaBuffer,
+        qkv: &CudaBuffer,
+        att: &CudaBuffer,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let op = "attention_backward";
+        let (t, hd, w, c) = (s.t, s.head_dim, s.qkv_width(), s.q_width());
+        let g = s.group_size();
+        assert!(
+            dqkv.len() == qkv.len()
+                && qkv.len() == s.b * t * w
+                && scratch.len() == att.len()
+                && att.len() == s.b * s.nh * t * t
+                && dout.len() == s.b * t * c,
+            "attention_backward: buffers do not match {s:?}"
+        );
+        for b in 0..s.b {
+            for r in 0..g {
+                let h = AttnHeads::new(s, b, r);
+                let dout_h = Mat::rows(dout.at(h.out), c).batch(g * hd);
+                // datt (T,T) = dout_h (T,HD) @ v_j^T
+                let v = Mat::rows(qkv.at(h.v), w).batch(hd);
+                let datt = Mat::rows(scratch.at(h.att), t).batch(g * t * t);
+                self.blas
+                    .gemm(t, t, hd, dout_h, v.t(), datt, 0.0, s.n_kv_head)?;
+                // dv_j (T,HD) += att_h^T (T,T) @ dout_h; a group's query heads add in order r.
+                let a = Mat::rows(att.at(h.att), t).batch(g * t * t);
+                let dv = Mat::rows(dqkv.at(h.v), w).batch(hd);
+                self.blas
+                    .gemm(t, hd, t, a.t(), dout_h, dv, 1.0, s.n_kv_head)?;
+            }
+        }
+        let rows = s.b * s.nh * t;
+        let scale = 1.0 / (hd as f32).sqrt();
+        launch!(
+            self,
+            "softmax_causal_backward",
+            rows_cfg(rows, ROW_THREADS)?,
+            [scratch.at(0), att.at(0), int(op, rows)?, int(op, t)?, scale]
+        )?;
+        for b in 0..s.b {
+            for r in 0..g {
+                let h = AttnHeads::new(s, b, r);
+                let dpre = Mat::rows(scratch.at(h.att), t).batch(g * t * t);
+                // dq_h (T,HD) += dpre (T,T) @ k_j; dk_j += dpre^T @ q_h
+                let k = Mat::rows(qkv.at(h.k), w).batch(hd);
+                let dq = Mat::rows(dqkv.at(h.q), w).batch(g * hd);
+                self.blas.gemm(t, hd, t, dpre, k, dq, 1.0, s.n_kv_head)?;
+                let q = Mat::rows(qkv.at(h.q), w).batch(g * hd);
+                let dk = Mat::rows(dqkv.at(h.k), w).batch(hd);
+                self.blas
+                    .gemm(t, hd, t, dpre.t(), q, dk, 1.0, s.n_kv_head)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut CudaBuffer,
+        rstd: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        params: &CudaBuffer,
+        norm: RmsNorm,
+    ) -> Result<(), DeviceError> {
+        let c = norm.c;
+        assert!(
+            out.len() == inp.len() && rstd.len() * c == inp.len(),
+            "rmsnorm_forward: buffers are not (N,C), (N)"
+        );
+        check_range("rmsnorm_forward", norm.w_off, c, params.len())?;
+        let rows = rstd.len();
+        self.rms_forward(
+            out.at(0),
+            rstd.at(0),
+            inp.at(0),
+            params.at(norm.w_off),
+            rows,
+            c,
+            norm.eps,
+            RowAddr::plain(c)?,
+        )
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut CudaBuffer,
+        dparams: &mut CudaBuffer,
+        dout: &CudaBuffer,
+        inp: &CudaBuffer,
+        params: &CudaBuffer,
+        rstd: &CudaBuffer,
+        norm: RmsNorm,
+    ) -> Result<(), DeviceError> {
+        let c = norm.c;
+        assert!(
+            dinp.len() == inp.len() && dout.len() == inp.len() && rstd.len() * c == inp.len(),
+            "rmsnorm_backward: buffers are not (N,C), (N)"
+        );
+        check_range("rmsnorm_backward", norm.w_off, c, params.len())?;
+        check_range("rmsnorm_backward", norm.w_off, c, dparams.len())?;
+        let rows = rstd.len();
+        self.rms_backward(
+            dinp.at(0),
+            dparams.at(norm.w_off),
+            dout.at(0),
+            inp.at(0),
+            params.at(norm.w_off),
+            rstd.at(0),
+            rows,
+            c,
+            RowAddr::plain(c)?,
+        )
+    }
+
+    fn qk_norm_forward(
+        &self,
+        out: &mut CudaBuffer,
+        rstd: &mut CudaBuffer,
+        qkv: &CudaBuffer,
+        params: &CudaBuffer,
+        norm: QkNorm,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let op = "qk_norm_forward";
+        let (n, hd, heads, w) = (s.b * s.t, s.head_dim, s.nh + s.n_kv_head, s.qkv_width());
+        assert!(
+            out.len() == qkv.len() && qkv.len() == n * w && rstd.len() == n * heads,
+            "qk_norm_forward: buffers do not match {s:?}"
+        );
+        check_range(op, norm.q_w_off, hd, params.len())?;
+        check_range(op, norm.k_w_off, hd, params.len())?;
+        for (w_off, a, count) in qk_parts(s)? {
+            self.rms_forward(
+                out.at(0),
+                rstd.at(0),
+                qkv.at(0),
+                params.at(pick(norm, w_off)),
+                n * count,
+                hd,
+                norm.eps,
+                a,
+            )?;
+        }
+        // The values pass through.
+        self.copy_values(out.at(0), qkv.at(0), s, false)
+    }
+
+    fn qk_norm_backward(
+        &self,
+        dqkv: &mut CudaBuffer,
+        dparams: &mut CudaBuffer,
+        dout: &CudaBuffer,
+        qkv: &CudaBuffer,
+        params: &CudaBuffer,
+        rstd: &CudaBuffer,
+        norm: QkNorm,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let op = "qk_norm_backward";
+        let (n, hd, heads, w) = (s.b * s.t, s.head_dim, s.nh + s.n_kv_head, s.qkv_width());
+        assert!(
+            dqkv.len() == qkv.len()
+                && dout.len() == qkv.len()
+                && qkv.len() == n * w
+                && rstd.len() == n * heads,
+            "qk_norm_backward: buffers do not match {s:?}"
+        );
+        for off in [norm.q_w_off, norm.k_w_off] {
+            check_range(op, off, hd, params.len())?;
+            check_range(op, off, hd, dparams.len())?;
+        }
+        for (w_off, a, count) in qk_parts(s)? {
+            let off = pick(norm, w_off);
+            self.rms_backward(
+                dqkv.at(0),
+                dparams.at(off),
+                dout.at(0),
+                qkv.at(0),
+                params.at(off),
+                rstd.at(0),
+                n * count,
+                hd,
+                a,
+            )?;
+        }
+        self.copy_values(dqkv.at(0), dout.at(0), s, true)
+    }
+
+    fn rope_forward(
+        &self,
+        qkv: &mut CudaBuffer,
+        table: &CudaBuffer,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        self.rope(qkv, table, s, false)
+    }
+
+    fn rope_backward(
+        &self,
+        dqkv: &mut CudaBuffer,
+        table: &CudaBuffer,
+        s: AttnShape,
+    ) -> Result<(), DeviceError> {
+        self.rope(dqkv, table, s, true)
+    }
+
+    fn swiglu_forward(
+        &self,
+        out: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        i: usize,
+    ) -> Result<(), DeviceError> {
+        assert!(
+            out.len().is_multiple_of(i) && inp.len() == 2 * out.len(),
+            "swiglu_forward: buffers are not (N,I), (N,2I)"
+        );
+        let op = "swiglu_forward";
+        let n = out.len() / i;
+        launch!(
+            self,
+            op,
+            elems_cfg(n * i)?,
+            [out.at(0), inp.at(0), int(op, n)?, int(op, i)?]
+        )
+    }
+
+    fn swiglu_backward(
+        &self,
+        dinp: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        dout: &CudaBuffer,
+        i: usize,
+    ) -> Result<(), DeviceError> {
+        assert!(
+            dout.len().is_multiple_of(i) && dinp.len() == inp.len() && inp.len() == 2 * dout.len(),
+            "swiglu_backward: buffers are not (N,2I), (N,2I), (N,I)"
+        );
+        let op = "swiglu_backward";
+        let n = dout.len() / i;
+        launch!(
+            self,
+            op,
+            elems_cfg(n * i)?,
+            [dinp.at(0), inp.at(0), dout.at(0), int(op, n)?, int(op, i)?]
+        )
+    }
+
+    fn gelu_forward(&self, out: &mut CudaBuffer, inp: &CudaBuffer) -> Result<(), DeviceError> {
+        assert_eq!(out.len(), inp.len(), "gelu_forward: length mismatch");
+        let n = inp.len();
+        launch!(
+            self,
+            "gelu_forward",
+            elems_cfg(n)?,
+            [out.at(0), inp.at(0), n as i64]
+        )
+    }
+
+    fn gelu_backward(
+        &self,
+        dinp: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        dout: &CudaBuffer,
+    ) -> Result<(), DeviceError> {
+        assert!(
+            dinp.len() == inp.len() && dout.len() == inp.len(),
+            "gelu_backward: length mismatch"
+        );
+        let n = inp.len();
+        launch!(
+            self,
+            "gelu_backward",
+            elems_cfg(n)?,
+            [dinp.at(0), inp.at(0), dout.at(0), n as i64]
+        )
+    }
+
+    fn softmax_crossentropy_forward(
+        &self,
+        probs: &mut CudaBuffer,
+        losses: &mut CudaBuffer,
+        targets: &[u32],
+        vocab_size: usize,
+    ) -> Result<(), DeviceError> {
+        let op = "crossentropy";
+        check_tokens(op, targets, vocab_size, true)?;
+        assert!(probs.len() == targets.len() * vocab_size && losses.len() == targets.len());
+        let n = targets.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let d_targets = self.upload_vec("targets", targets)?;
+        launch!(
+            self,
+            "crossentropy_forward",
+            rows_cfg(n, VOCAB_THREADS)?,
+            [
+                probs.at(0),
+                losses.at(0),
+                d_targets.ptr,
+                int(op, n)?,
+                int(op, vocab_size)?
+            ]
+        )
+    }
+
+    fn softmax_crossentropy_backward(
+        &self,
+        dlogits: &mut CudaBuffer,
+        probs: &CudaBuffer,
+        targets: &[u32],
+        vocab_size: usize,
+        dloss: f32,
+    ) -> Result<(), DeviceError> {
+        let op = "crossentropy";
+        check_tokens(op, targets, vocab_size, true)?;
+        assert!(dlogits.len() == probs.len() && probs.len() == targets.len() * vocab_size);
+        let n = targets.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let d_targets = self.upload_vec("targets", targets)?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32::try_from(vocab_size.div_ceil(ELEM_THREADS as usize))
+                    .map_err(|_| backend(op, vocab_size))?,
+                u32::try_from(n).map_err(|_| backend(op, n))?,
+                1,
+            ),
+            block_dim: (ELEM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            "crossentropy_backward",
+            cfg,
+            [
+                dlogits.at(0),
+                probs.at(0),
+                d_targets.ptr,
+                int(op, n)?,
+                int(op, vocab_size)?,
+                dloss
+            ]
+        )
+    }
+}
+
+impl CudaDevice {
+    /// The value heads of packed qkv rows (B,T,W): `dst = src`, or `dst += src` when
+    /// `accumulate` (Qwen3's q/k norm passes the values through).
+    fn copy_values(
+        &self,
+        dst: u64,
+        src: u64,
+        s: AttnShape,
+        accumulate: bool,
+    ) -> Result<(), DeviceError> {
+        let op = "copy_cols";
+        let (n, w) = (s.b * s.t, s.qkv_width());
+        let (v0, vlen) = ((s.nh + s.n_kv_head) * s.head_dim, s.n_kv_head * s.head_dim);
+        launch!(
+            self,
+            op,
+            elems_cfg(n * vlen)?,
+            [
+                dst,
+                src,
+                int(op, n)?,
+                int(op, w)?,
+                int(op, v0)?,
+                int(op, vlen)?,
+                i32::from(accumulate)
+            ]
+        )
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut CudaBuffer,
+        table: &CudaBuffer,
+        s: AttnShape,
+        transpose: bool,
+    ) -> Result<(), DeviceError> {
+        check_attn_shape(s);
+        let op = "rope";
+        let positions = check_rope(qkv.len(), table.len(), s);
+        let half = s.head_dim / 2;
+        let (rows, heads) = (s.b * s.t, s.nh + s.n_kv_head);
+        launch!(
+            self,
+            op,
+            elems_cfg(rows * heads * half)?,
+            [
+                qkv.at(0),
+                table.at(0),
+                int(op, rows)?,
+                int(op, s.t)?,
+                int(op, s.qkv_width())?,
+                int(op, heads)?,
+                int(op, s.head_dim)?,
+                int(op, positions)?,
+                i32::from(transpose)
+            ]
+        )
+    }
+}
+
+/// Which of the two q/k norm weights a part uses.
+#[derive(Clone, Copy)]
+enum QkWeight {
+    Q,
+    K,
+}
+
+fn pick(norm: QkNorm, w: QkWeight) -> usize {
+    match w {
+        QkWeight::Q => norm.q_w_off,
+        QkWeight::K => norm.k_w_off,
+    }
+}
+
+/// The query heads and the key heads of packed qkv rows as RMSNorm row sets: (weight, row
+/// addressing, heads per token). rstd is (N, NH + KV): the query heads' first.
+fn qk_parts(s: AttnShape) -> Result<[(QkWeight, RowAddr, usize); 2], DeviceError> {
+    let (hd, heads) = (s.head_dim, s.nh + s.n_kv_head);
+    let op = "qk_norm";
+    let stride = int(op, s.qkv_width())?;
+    let rstd_stride = int(op, heads)?;
+    Ok([
+        (
+            QkWeight::Q,
+            RowAddr {
+                hpt: int(op, s.nh)?,
+                stride,
+                col0: 0,
+                rstd_stride,
+                rstd_off: 0,
+            },
+            s.nh,
+        ),
+        (
+            QkWeight::K,
+            RowAddr {
+                hpt: int(op, s.n_kv_head)?,
+                stride,
+                col0: int(op, s.nh * hd)?,
+                rstd_stride,
+                rstd_off: int(op, s.nh)?,
+            },
+            s.n_kv_head,
+        ),
+    ])
+}
+
+/// Element offsets of one attention product batch: batch item `b`, position `r` inside a
+/// key/value group; the batch runs over key/value heads `j` (query head `h = j g + r`).
+struct AttnHeads {
+    /// First query head's column in qkv (B,T,W).
+    q: usize,
+    /// First key head's column.
+    k: usize,
+    /// First value head's column.
+    v: usize,
+    /// First query head's (T,T) block of att (B,NH,T,T).
+    att: usize,
+    /// First query head's column in out (B,T,NH*HD).
+    out: usize,
+}
+
+impl AttnHeads {
+    fn new(s: AttnShape, b: usize, r: usize) -> Self {
+        let (t, hd, w) = (s.t, s.head_dim, s.qkv_width());
+        let row0 = b * t * w;
+        AttnHeads {
+            q: row0 + r * hd,
+            k: row0 + s.nh * hd,
+            v: row0 + (s.nh + s.n_kv_head) * hd,
+            att: (b * s.nh + r) * t * t,
+            out: b * t * s.q_width() + r * hd,
+        }
     }
 }

@@ -1,69 +1,72 @@
-// Llama-family element-wise and row kernels, header-free CUDA C (compiled by NVRTC when the
-// device opens, for its own sm_XY). Each mirrors the CPU kernel of the same name in
-// src/device/cpu/kernels.rs: same formulas, one thread block per row where a row reduces, the
-// reduction in a fixed order (a block-wide tree over a fixed thread count), so a result never
-// depends on scheduling. Shapes as in src/device/mod.rs.
+// Llama-family kernels, header-free CUDA C: RMSNorm (also Qwen3's per-head q/k norm), RoPE and
+// SwiGLU. Each mirrors the CPU kernel of the same name in src/device/cpu/kernels.rs (same
+// formulas, fp32); reductions use the fixed-order helpers of common.cu.
+//
+// RMSNorm rows are addressed generally so that one kernel serves both uses: row r of `rows` is
+// head r % hpt of token r / hpt, its `c` elements start at token * stride + col0 + head * c,
+// and its rstd lives at token * rstd_stride + rstd_off + head. A plain RMSNorm over (N,C) is
+// hpt = 1, stride = c, col0 = 0, rstd_stride = 1, rstd_off = 0.
 
-#define BLOCK 256
-
-// Sum of `v` over the block (BLOCK threads), the same tree every launch.
-__device__ float block_sum(float v, float* shared) {
-    int t = threadIdx.x;
-    shared[t] = v;
-    __syncthreads();
-    for (int s = BLOCK / 2; s > 0; s >>= 1) {
-        if (t < s) shared[t] += shared[t + s];
-        __syncthreads();
-    }
-    float r = shared[0];
-    __syncthreads();
-    return r;
+__device__ long long rms_at(int r, int hpt, int c, int stride, int col0) {
+    return (long long)(r / hpt) * stride + col0 + (long long)(r % hpt) * c;
 }
 
-// inp (N,C) -> out (N,C) = inp * rstd * w, rstd (N) = 1/sqrt(mean(inp^2) + eps). One block a row.
+__device__ long long rstd_at(int r, int hpt, int rstd_stride, int rstd_off) {
+    return (long long)(r / hpt) * rstd_stride + rstd_off + r % hpt;
+}
+
+// out = inp * rstd * w, rstd = 1/sqrt(mean(inp^2) + eps) (transformers' LlamaRMSNorm in
+// fp32). One block a row.
 extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float* inp,
-                                           const float* w, int n, int c, float eps) {
-    __shared__ float shared[BLOCK];
-    int row = blockIdx.x;
-    if (row >= n) return;
-    const float* x = inp + (long long)row * c;
+                                           const float* w, int rows, int c, float eps, int hpt,
+                                           int stride, int col0, int rstd_stride,
+                                           int rstd_off) {
+    int r = blockIdx.x;
+    if (r >= rows) return;
+    long long base = rms_at(r, hpt, c, stride, col0);
+    const float* x = inp + base;
     float acc = 0.0f;
-    for (int i = threadIdx.x; i < c; i += BLOCK) acc += x[i] * x[i];
-    float ms = block_sum(acc, shared) / (float)c;
-    float s = rsqrtf(ms + eps);
-    float* o = out + (long long)row * c;
-    for (int i = threadIdx.x; i < c; i += BLOCK) o[i] = x[i] * s * w[i];
-    if (threadIdx.x == 0) rstd[row] = s;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) acc += x[i] * x[i];
+    float ms = block_sum(acc) / (float)c;
+    float s = 1.0f / sqrtf(ms + eps);
+    float* o = out + base;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) o[i] = x[i] * s * w[i];
+    if (threadIdx.x == 0) rstd[rstd_at(r, hpt, rstd_stride, rstd_off)] = s;
 }
 
-// dout (N,C) -> dinp (N,C) += s w g - s^3 x mean(w g x). One block a row. (The weight
-// gradient is rmsnorm_weight_grad, a column reduction in row order.)
-extern "C" __global__ void rmsnorm_backward_input(float* dinp, const float* dout, const float* inp,
-                                                  const float* w, const float* rstd, int n, int c) {
-    __shared__ float shared[BLOCK];
-    int row = blockIdx.x;
-    if (row >= n) return;
-    long long base = (long long)row * c;
+// dinp += s w g - s^3 x mean(w g x). One block a row.
+extern "C" __global__ void rmsnorm_backward_input(float* dinp, const float* dout,
+                                                  const float* inp, const float* w,
+                                                  const float* rstd, int rows, int c, int hpt,
+                                                  int stride, int col0, int rstd_stride,
+                                                  int rstd_off) {
+    int r = blockIdx.x;
+    if (r >= rows) return;
+    long long base = rms_at(r, hpt, c, stride, col0);
     float acc = 0.0f;
-    for (int i = threadIdx.x; i < c; i += BLOCK) acc += w[i] * dout[base + i] * inp[base + i];
-    float dot = block_sum(acc, shared);
-    float s = rstd[row];
+    for (int i = threadIdx.x; i < c; i += blockDim.x) acc += w[i] * dout[base + i] * inp[base + i];
+    float dot = block_sum(acc);
+    float s = rstd[rstd_at(r, hpt, rstd_stride, rstd_off)];
     float k = s * s * s * dot / (float)c;
-    for (int i = threadIdx.x; i < c; i += BLOCK)
+    for (int i = threadIdx.x; i < c; i += blockDim.x)
         dinp[base + i] += s * w[i] * dout[base + i] - k * inp[base + i];
 }
 
-// dw (C) += sum over rows of dout * inp * rstd; one thread a column, rows in order.
-extern "C" __global__ void rmsnorm_weight_grad(float* dw, const float* dout, const float* inp,
-                                               const float* rstd, int n, int c) {
+// The first half of the RMSNorm weight gradient: pdw[chunk, col] = sum of inp rstd dout over
+// the CHUNK_ROWS rows of chunk blockIdx.y, rows in order (colsum_finish adds the chunks).
+extern "C" __global__ void rmsnorm_weight_partial(float* pdw, const float* dout,
+                                                  const float* inp, const float* rstd, int rows,
+                                                  int c, int hpt, int stride, int col0,
+                                                  int rstd_stride, int rstd_off) {
     int col = blockIdx.x * blockDim.x + threadIdx.x;
     if (col >= c) return;
-    float acc = dw[col];
-    for (int r = 0; r < n; r++) {
-        long long at = (long long)r * c + col;
-        acc += inp[at] * rstd[r] * dout[at];
+    int r0 = blockIdx.y * CHUNK_ROWS, r1 = min(rows, r0 + CHUNK_ROWS);
+    float acc = 0.0f;
+    for (int r = r0; r < r1; r++) {
+        long long at = rms_at(r, hpt, c, stride, col0) + col;
+        acc += inp[at] * rstd[rstd_at(r, hpt, rstd_stride, rstd_off)] * dout[at];
     }
-    dw[col] = acc;
+    pdw[(long long)blockIdx.y * c + col] = acc;
 }
 
 // RoPE in place on the q and k heads of qkv (B*T rows of width w; rotated = (nh + nkv) heads
@@ -72,16 +75,16 @@ extern "C" __global__ void rmsnorm_weight_grad(float* dw, const float* dout, con
 extern "C" __global__ void rope(float* qkv, const float* table, int rows, int t, int w,
                                 int heads, int hd, int positions, int transpose) {
     int half = hd / 2;
-    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long id = global_id();
     long long total = (long long)rows * heads * half;
     if (id >= total) return;
     int j = (int)(id % half);
     int h = (int)((id / half) % heads);
-    int row = (int)(id / ((long long)half * heads));
-    int pos = row % t;
-    float c = table[pos * half + j];
-    float s = table[positions * half + pos * half + j];
-    float* x = qkv + (long long)row * w + h * hd;
+    long long row = id / ((long long)half * heads);
+    int pos = (int)(row % t);
+    float c = table[(long long)pos * half + j];
+    float s = table[(long long)positions * half + (long long)pos * half + j];
+    float* x = qkv + row * w + (long long)h * hd;
     float a = x[j], b = x[j + half];
     if (transpose) {
         x[j] = a * c + b * s;
@@ -96,7 +99,7 @@ __device__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // inp (N, 2I) rows [gate | up] -> out (N, I) = silu(gate) * up.
 extern "C" __global__ void swiglu_forward(float* out, const float* inp, int n, int i) {
-    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long id = global_id();
     if (id >= (long long)n * i) return;
     long long row = id / i, j = id % i;
     float g = inp[row * 2 * i + j], u = inp[row * 2 * i + i + j];
@@ -106,7 +109,7 @@ extern "C" __global__ void swiglu_forward(float* out, const float* inp, int n, i
 // dout (N, I) -> dinp (N, 2I) += [dout u sig(g)(1 + g(1 - sig(g))) | dout silu(g)].
 extern "C" __global__ void swiglu_backward(float* dinp, const float* inp, const float* dout,
                                            int n, int i) {
-    long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long id = global_id();
     if (id >= (long long)n * i) return;
     long long row = id / i, j = id % i;
     float g = inp[row * 2 * i + j], u = inp[row * 2 * i + i + j];
