@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use zinf::data::Dataset;
-use zinf::device::CpuDevice;
+use zinf::device::{CpuDevice, Device};
 use zinf::engine::timeline::Timeline;
 use zinf::engine::{Engine, EngineSettings, IoFactory, Placement, Start, Tier};
 use zinf::model::train::Trainer;
@@ -111,6 +111,17 @@ pub fn fake_engine(
 ) -> Engine<CpuDevice, FakeIo> {
     let budget = s.train.device_memory_budget;
     let dev = CpuDevice::new(s.train.threads, budget);
+    fake_engine_on(dev, s, disk, pool_bytes, start)
+}
+
+/// An engine over the fake disk on any device (the CUDA tests give it the GPU).
+pub fn fake_engine_on<D: Device>(
+    dev: D,
+    s: EngineSettings,
+    disk: &FakeDisk,
+    pool_bytes: u64,
+    start: Start,
+) -> Engine<D, FakeIo> {
     Engine::new(
         s,
         dev,
@@ -134,8 +145,8 @@ pub fn resident_run_and_validate(s: TrainSettings, steps: usize) -> (Vec<StepMet
     (m, t.validate().expect("validate").expect("validation data"))
 }
 
-pub fn engine_run<B: zinf_swap::BlockIo>(
-    e: &mut Engine<CpuDevice, B>,
+pub fn engine_run<D: Device, B: zinf_swap::BlockIo>(
+    e: &mut Engine<D, B>,
     steps: usize,
 ) -> Vec<StepMetrics> {
     (0..steps).map(|_| e.step().expect("step")).collect()

@@ -148,14 +148,17 @@ fn elems_cfg(n: usize) -> Result<LaunchConfig, DeviceError> {
     })
 }
 
-/// One thread per column, one grid row per CHUNK_ROWS rows (the partial-sum kernels).
+/// The partial-sum kernels: one block per CHUNK_ROWS rows in x (up to 2^31 - 1), one thread
+/// per column in y blocks (gridDim.y stops at 65535: 16.7 M columns).
 fn columns_cfg(rows: usize, cols: usize) -> Result<(LaunchConfig, usize), DeviceError> {
     let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
     let cfg = LaunchConfig {
         grid_dim: (
-            u32::try_from(cols.div_ceil(ELEM_THREADS as usize).max(1))
-                .map_err(|_| backend("columns", cols))?,
             u32::try_from(chunks).map_err(|_| backend("rows", rows))?,
+            u32::try_from(cols.div_ceil(ELEM_THREADS as usize).max(1))
+                .ok()
+                .filter(|&y| y <= 65535)
+                .ok_or_else(|| backend("columns", cols))?,
             1,
         ),
         block_dim: (ELEM_THREADS, 1, 1),
@@ -1307,11 +1310,14 @@ impl Device for CudaDevice {
             return Ok(());
         }
         let d_targets = self.upload_vec("targets", targets)?;
+        // Rows in x, vocabulary blocks in y (gridDim.y stops at 65535: V < 16.7 M).
         let cfg = LaunchConfig {
             grid_dim: (
-                u32::try_from(vocab_size.div_ceil(ELEM_THREADS as usize))
-                    .map_err(|_| backend(op, vocab_size))?,
                 u32::try_from(n).map_err(|_| backend(op, n))?,
+                u32::try_from(vocab_size.div_ceil(ELEM_THREADS as usize))
+                    .ok()
+                    .filter(|&y| y <= 65535)
+                    .ok_or_else(|| backend(op, vocab_size))?,
                 1,
             ),
             block_dim: (ELEM_THREADS, 1, 1),

@@ -88,31 +88,31 @@ extern "C" __global__ void layernorm_backward_input(float* dinp, const float* do
 }
 
 // The first half of the LayerNorm parameter gradients: for the CHUNK_ROWS rows of chunk
-// blockIdx.y, pdw[chunk, col] = sum (x - mu) s g, pdb[chunk, col] = sum g, rows in order.
+// blockIdx.x (columns in blockIdx.y), pdw[chunk, col] = sum (x - mu) s g, pdb[chunk, col] = sum g, rows in order.
 extern "C" __global__ void layernorm_param_partial(float* pdw, float* pdb, const float* dout,
                                                    const float* inp, const float* mean,
                                                    const float* rstd, int n, int c) {
-    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    int col = blockIdx.y * blockDim.x + threadIdx.x;
     if (col >= c) return;
-    int r0 = blockIdx.y * CHUNK_ROWS, r1 = min(n, r0 + CHUNK_ROWS);
+    int r0 = blockIdx.x * CHUNK_ROWS, r1 = min(n, r0 + CHUNK_ROWS);
     float dw = 0.0f, db = 0.0f;
     for (int r = r0; r < r1; r++) {
         long long at = (long long)r * c + col;
         dw += (inp[at] - mean[r]) * rstd[r] * dout[at];
         db += dout[at];
     }
-    pdw[(long long)blockIdx.y * c + col] = dw;
-    pdb[(long long)blockIdx.y * c + col] = db;
+    pdw[(long long)blockIdx.x * c + col] = dw;
+    pdb[(long long)blockIdx.x * c + col] = db;
 }
 
 // The first half of a bias gradient: pdb[chunk, col] = sum of dout (N,OC) over the chunk's rows.
 extern "C" __global__ void bias_partial(float* pdb, const float* dout, int n, int oc) {
-    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    int col = blockIdx.y * blockDim.x + threadIdx.x;
     if (col >= oc) return;
-    int r0 = blockIdx.y * CHUNK_ROWS, r1 = min(n, r0 + CHUNK_ROWS);
+    int r0 = blockIdx.x * CHUNK_ROWS, r1 = min(n, r0 + CHUNK_ROWS);
     float acc = 0.0f;
     for (int r = r0; r < r1; r++) acc += dout[(long long)r * oc + col];
-    pdb[(long long)blockIdx.y * oc + col] = acc;
+    pdb[(long long)blockIdx.x * oc + col] = acc;
 }
 
 // out (N,OC) += b broadcast over rows.
@@ -207,12 +207,12 @@ extern "C" __global__ void crossentropy_forward(float* probs, float* losses,
 }
 
 // dlogits (N,V) += (probs - onehot(target)) dloss; rows whose target is IGNORE_INDEX get
-// nothing. Grid: (ceil(V / blockDim), N).
+// nothing. Grid: (N, ceil(V / blockDim)) (rows in x: gridDim.y stops at 65535).
 extern "C" __global__ void crossentropy_backward(float* dlogits, const float* probs,
                                                  const unsigned int* targets, int n, int v,
                                                  float dloss) {
-    int row = blockIdx.y;
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    int row = blockIdx.x;
+    int j = blockIdx.y * blockDim.x + threadIdx.x;
     if (row >= n || j >= v) return;
     unsigned int tgt = targets[row];
     if (tgt == IGNORE_INDEX) return;

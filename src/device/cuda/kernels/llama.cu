@@ -53,20 +53,20 @@ extern "C" __global__ void rmsnorm_backward_input(float* dinp, const float* dout
 }
 
 // The first half of the RMSNorm weight gradient: pdw[chunk, col] = sum of inp rstd dout over
-// the CHUNK_ROWS rows of chunk blockIdx.y, rows in order (colsum_finish adds the chunks).
+// the CHUNK_ROWS rows of chunk blockIdx.x, rows in order (colsum_finish adds the chunks).
 extern "C" __global__ void rmsnorm_weight_partial(float* pdw, const float* dout,
                                                   const float* inp, const float* rstd, int rows,
                                                   int c, int hpt, int stride, int col0,
                                                   int rstd_stride, int rstd_off) {
-    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    int col = blockIdx.y * blockDim.x + threadIdx.x;
     if (col >= c) return;
-    int r0 = blockIdx.y * CHUNK_ROWS, r1 = min(rows, r0 + CHUNK_ROWS);
+    int r0 = blockIdx.x * CHUNK_ROWS, r1 = min(rows, r0 + CHUNK_ROWS);
     float acc = 0.0f;
     for (int r = r0; r < r1; r++) {
         long long at = rms_at(r, hpt, c, stride, col0) + col;
         acc += inp[at] * rstd[rstd_at(r, hpt, rstd_stride, rstd_off)] * dout[at];
     }
-    pdw[(long long)blockIdx.y * c + col] = acc;
+    pdw[(long long)blockIdx.x * c + col] = acc;
 }
 
 // RoPE in place on the q and k heads of qkv (B*T rows of width w; rotated = (nh + nkv) heads
