@@ -103,6 +103,7 @@ impl Mat {
 /// A cuBLAS handle on the device's stream, with its precision.
 pub struct Blas {
     handle: CudaBlas,
+    stream: Arc<CudaStream>,
     precision: MatmulPrecision,
 }
 
@@ -126,13 +127,17 @@ impl Blas {
                     .into(),
             ));
         }
-        let handle =
-            CudaBlas::new(stream).map_err(|e| DeviceError::Backend(format!("cuBLAS: {e:?}")))?;
+        let handle = CudaBlas::new(stream.clone())
+            .map_err(|e| DeviceError::Backend(format!("cuBLAS: {e:?}")))?;
         // SAFETY: the handle was just created; setting its math mode has no other effect.
         unsafe { sys::cublasSetMathMode(*handle.handle(), sys::cublasMath_t::CUBLAS_DEFAULT_MATH) }
             .result()
             .map_err(|e| DeviceError::Backend(format!("cublasSetMathMode: {e:?}")))?;
-        Ok(Blas { handle, precision })
+        Ok(Blas {
+            handle,
+            stream,
+            precision,
+        })
     }
 
     /// `c = op(a) op(b) + beta c` for `batch` matrices in row-major terms: `op(a)` is (m,k),
@@ -163,6 +168,11 @@ impl Blas {
             i64::try_from(v)
                 .map_err(|_| DeviceError::Backend(format!("gemm: {v} does not fit cuBLAS' int64")))
         };
+        // cuBLAS runs in the calling thread's current context.
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| DeviceError::Backend(format!("cuCtxSetCurrent: {e:?}")))?;
         let alpha = 1.0f32;
         let f32_type = sys::cudaDataType::CUDA_R_32F;
         // SAFETY: the caller passes addresses of live device buffers whose extents cover

@@ -71,8 +71,10 @@ impl<T> DeviceMem<T> {
 
 impl<T> Drop for DeviceMem<T> {
     fn drop(&mut self) {
-        // The memory itself is freed by `CudaSlice`'s drop, stream-ordered after every op
-        // already enqueued that reads it.
+        // The memory itself is freed by `CudaSlice`'s drop (right after this), stream-ordered
+        // after every op already enqueued that reads it; that free needs the context current
+        // on this thread, which may never have touched the device.
+        let _ = self._mem.context().bind_to_thread();
         self.budget.release(self.bytes);
     }
 }
@@ -295,10 +297,19 @@ impl CudaDevice {
         Ok(out)
     }
 
+    /// Makes the device's context current on the calling thread (the raw driver calls below
+    /// need it; cudarc's own calls bind for themselves).
+    fn bind(&self) -> Result<(), DeviceError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| backend("cuCtxSetCurrent", e))
+    }
+
     fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<(), DeviceError> {
         if bytes == 0 {
             return Ok(());
         }
+        self.bind()?;
         // SAFETY: `ptr..ptr + bytes` is inside a live allocation (the caller's buffer).
         unsafe { drv::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
             .map_err(|e| backend("cuMemsetD8Async", e))
@@ -320,6 +331,7 @@ impl CudaDevice {
         if src.is_empty() {
             return Ok(());
         }
+        self.bind()?;
         // SAFETY: the caller checked `dst` has room for `src`; the source is pageable host
         // memory, which CUDA stages before the call returns.
         unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
@@ -399,6 +411,9 @@ impl CudaDevice {
         a: RowAddr,
     ) -> Result<(), DeviceError> {
         let op = "rmsnorm_backward";
+        // Scratch first: an op that cannot get its scratch changes nothing.
+        let (cfg, chunks) = columns_cfg(rows, c)?;
+        let partial = self.mem::<f32>("rmsnorm weight gradient scratch", chunks * c, false)?;
         launch!(
             self,
             "rmsnorm_backward_input",
@@ -418,8 +433,6 @@ impl CudaDevice {
                 a.rstd_off
             ]
         )?;
-        let (cfg, chunks) = columns_cfg(rows, c)?;
-        let partial = self.mem::<f32>("rmsnorm weight gradient scratch", chunks * c, false)?;
         launch!(
             self,
             "rmsnorm_weight_partial",
@@ -470,6 +483,14 @@ fn out_of_memory(what: &str, bytes: u64, e: DriverError) -> DeviceError {
         "{what}: the GPU could not allocate {bytes} bytes ({e:?}); lower \
          zinf.device_memory_budget so the engine offloads more, or shrink the micro-batch"
     ))
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // The cuBLAS handle's destruction and the module's unload below need the context
+        // current on the dropping thread.
+        let _ = self.ctx.bind_to_thread();
+    }
 }
 
 /// A context on GPU `ordinal`, after checking the driver loads and the GPU exists.
@@ -574,6 +595,7 @@ impl Device for CudaDevice {
     ) -> Result<CudaEvent, DeviceError> {
         check_range("download", offset, dst.len(), src.len())?;
         if !dst.is_empty() {
+            self.bind()?;
             // SAFETY: the range was checked above; the stream is synchronized before `dst`'s
             // borrow ends, so the copy never outlives it.
             unsafe { drv::memcpy_dtoh_async(dst, src.at(offset), self.stream.cu_stream()) }
@@ -786,6 +808,10 @@ impl Device for CudaDevice {
         check_range(op, norm.w_off, c, dparams.len())?;
         check_range(op, norm.b_off, c, dparams.len())?;
         let n = mean.len();
+        // Scratch first: an op that cannot get its scratch changes nothing.
+        let (cfg, chunks) = columns_cfg(n, c)?;
+        let pdw = self.mem::<f32>("layernorm gradient scratch", chunks * c, false)?;
+        let pdb = self.mem::<f32>("layernorm gradient scratch", chunks * c, false)?;
         launch!(
             self,
             "layernorm_backward_input",
@@ -801,9 +827,6 @@ impl Device for CudaDevice {
                 int(op, c)?
             ]
         )?;
-        let (cfg, chunks) = columns_cfg(n, c)?;
-        let pdw = self.mem::<f32>("layernorm gradient scratch", chunks * c, false)?;
-        let pdb = self.mem::<f32>("layernorm gradient scratch", chunks * c, false)?;
         launch!(
             self,
             "layernorm_param_partial",
@@ -873,6 +896,16 @@ impl Device for CudaDevice {
         assert_eq!(dout.len(), n * oc, "matmul_backward: dout is not (N,OC)");
         check_range(op, lin.w_off, c * oc, params.len())?;
         check_range(op, lin.w_off, c * oc, dparams.len())?;
+        // Scratch first: an op that cannot get its scratch changes nothing.
+        let bias = match lin.b_off {
+            Some(b_off) => {
+                check_range(op, b_off, oc, dparams.len())?;
+                let (cfg, chunks) = columns_cfg(n, oc)?;
+                let pdb = self.mem::<f32>("bias gradient scratch", chunks * oc, false)?;
+                Some((b_off, cfg, chunks, pdb))
+            }
+            None => None,
+        };
         let g = Mat::rows(dout.at(0), oc);
         let x = Mat::rows(inp.at(0), c);
         if lin.w_out_in {
@@ -906,10 +939,7 @@ impl Device for CudaDevice {
                 1,
             )?;
         }
-        if let Some(b_off) = lin.b_off {
-            check_range(op, b_off, oc, dparams.len())?;
-            let (cfg, chunks) = columns_cfg(n, oc)?;
-            let pdb = self.mem::<f32>("bias gradient scratch", chunks * oc, false)?;
+        if let Some((b_off, cfg, chunks, pdb)) = bias {
             launch!(
                 self,
                 "bias_partial",
