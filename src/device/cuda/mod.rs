@@ -54,7 +54,8 @@ const LN_EPS: f32 = crate::device::cpu::kernels::LN_EPS;
 /// Device memory of `len` elements of `T`, charged to a budget until dropped.
 #[derive(Debug)]
 struct DeviceMem<T> {
-    /// Owns the allocation (freed stream-ordered when dropped).
+    /// Owns the allocation (freed stream-ordered when dropped). A buffer shorter than one
+    /// element still holds one (the driver refuses empty allocations): views use `len`.
     _mem: CudaSlice<T>,
     ptr: u64,
     len: usize,
@@ -86,6 +87,16 @@ pub struct CudaBuffer(DeviceMem<f32>);
 impl CudaBuffer {
     fn at(&self, i: usize) -> u64 {
         self.0.at(i)
+    }
+
+    /// The device memory, for libraries that take cudarc slices (NCCL).
+    pub(crate) fn mem(&self) -> &CudaSlice<f32> {
+        &self.0._mem
+    }
+
+    /// The device memory, mutable.
+    pub(crate) fn mem_mut(&mut self) -> &mut CudaSlice<f32> {
+        &mut self.0._mem
     }
 }
 
@@ -242,6 +253,11 @@ impl CudaDevice {
     /// What ptxas reported for each kernel (registers, spills) when the device opened.
     pub fn kernel_stats(&self) -> &[kernels::KernelStats] {
         &self.stats
+    }
+
+    /// The stream every op of this device runs on (collectives join it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     /// The driver context.
