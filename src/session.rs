@@ -87,6 +87,53 @@ pub enum AnyDevice {
     Cuda(crate::device::cuda::CudaDevice),
 }
 
+/// Runs `$body` with `$dev` bound to the device an [`AnyDevice`] holds, whichever backend it
+/// is: the one `match` over backends, so code after it is generic over [`Device`].
+#[macro_export]
+macro_rules! with_device {
+    ($any:expr, |$dev:ident| $body:expr) => {
+        match $any {
+            $crate::session::AnyDevice::Cpu($dev) => $body,
+            #[cfg(feature = "cuda")]
+            $crate::session::AnyDevice::Cuda($dev) => $body,
+        }
+    };
+}
+
+/// Opens a device of `kind` under `budget_bytes` of device memory: the CPU backend with
+/// `threads` threads, or the GPU with its kernels compiled and products at the precision of
+/// `dtype` (the one place a backend is constructed; `zinf generate` and `zinf eval` use it
+/// directly, `zinf train` through [`Session::open_device`]).
+///
+/// # Errors
+/// The GPU cannot be opened (no driver, libraries, a kernel that does not compile), saying
+/// what to do.
+pub fn open_device_of(
+    kind: DeviceKind,
+    threads: usize,
+    budget_bytes: u64,
+    dtype: ParamDtype,
+) -> Result<AnyDevice, SessionError> {
+    match kind {
+        DeviceKind::Cpu => Ok(AnyDevice::Cpu(CpuDevice::new(threads, budget_bytes))),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda(n) => {
+            use crate::device::cuda::{CudaDevice, MatmulPrecision};
+            let dev = CudaDevice::new(n, budget_bytes, MatmulPrecision::for_dtype(dtype))
+                .map_err(|e| SessionError::Config(format!("zinf.device: cuda:{n}: {e}")))?;
+            tracing::info!("device: {}", dev.name());
+            Ok(AnyDevice::Cuda(dev))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda(n) => {
+            let _ = dtype;
+            Err(SessionError::Config(format!(
+                "zinf.device: cuda:{n}: this zinf was built without CUDA support"
+            )))
+        }
+    }
+}
+
 /// Resolves a device choice: `cpu` is the CPU; `cuda[:N]` needs a build with CUDA support, a
 /// driver and GPU `N`; `auto` takes `cuda:0` when all three are there, else the CPU, and logs
 /// which it took and why.
@@ -309,22 +356,7 @@ impl Session {
     /// device memory budget.
     pub fn open_device(&self) -> Result<AnyDevice, SessionError> {
         let s = &self.settings.train;
-        match self.device {
-            DeviceKind::Cpu => Ok(AnyDevice::Cpu(open_cpu_device(s))),
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda(n) => {
-                use crate::device::cuda::{CudaDevice, MatmulPrecision};
-                let precision = MatmulPrecision::for_dtype(s.dtype);
-                let dev = CudaDevice::new(n, s.device_memory_budget, precision)
-                    .map_err(|e| SessionError::Config(format!("zinf.device: cuda:{n}: {e}")))?;
-                tracing::info!("device: {}", dev.name());
-                Ok(AnyDevice::Cuda(dev))
-            }
-            #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda(n) => Err(SessionError::Config(format!(
-                "zinf.device: cuda:{n}: this zinf was built without CUDA support"
-            ))),
-        }
+        open_device_of(self.device, s.threads, s.device_memory_budget, s.dtype)
     }
 
     /// Allocates the run on `dev` (from [`Session::open_device`]): prepares the swap folder,
@@ -411,6 +443,7 @@ fn stale_store_bytes(nvme_path: &Path) -> u64 {
 /// The CPU backend with the run's threads and device memory budget, which it enforces as a
 /// GPU's memory would be.
 pub fn open_cpu_device(s: &TrainSettings) -> CpuDevice {
+    // The tests and `zinf export` (which runs no product) take the CPU without a choice.
     CpuDevice::new(s.threads, s.device_memory_budget)
 }
 

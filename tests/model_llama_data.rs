@@ -390,6 +390,7 @@ fn greedy_generation_follows_transformers() {
         top_k: 1,
         temperature: 0.0,
         seed: 1,
+        device: zinf::config::DeviceChoice::Cpu,
         threads: 2,
         device_memory_gib: 1.0,
     };
@@ -412,6 +413,7 @@ fn eval_streams_the_folder_and_gives_the_resident_models_loss() {
         seq_len: Some(32),
         batch: 2,
         max_batches: Some(3),
+        device: zinf::config::DeviceChoice::Cpu,
         threads: 2,
         device_memory_gib: 1.0,
         json: false,

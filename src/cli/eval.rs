@@ -10,10 +10,10 @@
 use crate::data::chat::ChatTemplate;
 use crate::data::formats::{self, DataFormat, TokenizeWith, PROMPT_FLAG};
 use crate::data::{val_batches, Tokenizer};
-use crate::device::{CpuDevice, Device, HostSlice};
+use crate::device::{Device, HostSlice};
 use crate::model::hf::open_weights;
 use crate::model::stages::valid_targets;
-use crate::model::{Model, ModelSpec};
+use crate::model::{Model, ModelSpec, ParamDtype};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,10 @@ pub struct EvalArgs {
     /// At most this many batches (default: the whole file).
     #[arg(long, value_parser = super::count_usize(1, u32::MAX as u64))]
     pub max_batches: Option<usize>,
+    /// Compute device: auto (the GPU when this build has CUDA support and one is present),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = crate::config::DeviceChoice::parse)]
+    pub device: crate::config::DeviceChoice,
     /// CPU threads.
     #[arg(long, default_value_t = 2, value_parser = super::parse_threads)]
     pub threads: usize,
@@ -123,46 +127,83 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<EvalResult> {
         args.batch
     );
     let budget_bytes = (args.device_memory_gib * (1u64 << 30) as f64) as u64;
-    let dev = CpuDevice::new(args.threads, budget_bytes);
-    let mut model = spec.build(&dev, args.batch, t, false)?;
-    let stages = model.stages().clone();
-    let (mut sum, mut count) = (0.0f64, 0u64);
-    for (x, y) in &batches {
-        let mut loss = None;
-        for (i, st) in stages.forward.iter().enumerate() {
-            for &g in &st.fetch {
-                let values = weights.read_range(&tensors, groups[g].clone())?;
-                let mut buf = dev.alloc("parameters", values.len())?;
-                dev.wait(dev.upload(&mut buf, 0, HostSlice::F32(&values))?)?;
-                model.install_params(g, buf);
+    let kind = crate::session::pick_device(args.device)?;
+    let any = crate::session::open_device_of(kind, args.threads, budget_bytes, ParamDtype::F32)?;
+    let run = Windows {
+        spec: &spec,
+        groups: &groups,
+        weights: &weights,
+        tensors: &tensors,
+        batches: &batches,
+        batch: args.batch,
+        t,
+    };
+    crate::with_device!(any, |dev| run.eval_on(&dev))
+}
+
+/// What [`eval`] resolved before opening the device.
+struct Windows<'a> {
+    spec: &'a ModelSpec,
+    groups: &'a [std::ops::Range<usize>],
+    weights: &'a crate::model::hf::HfWeights,
+    tensors: &'a [crate::model::TensorSpec],
+    batches: &'a [(Vec<u32>, Vec<u32>)],
+    batch: usize,
+    t: usize,
+}
+
+impl Windows<'_> {
+    /// The mean loss over the windows on `dev`, the weights streamed stage by stage.
+    fn eval_on<D: Device>(&self, dev: &D) -> anyhow::Result<EvalResult> {
+        let Windows {
+            spec,
+            groups,
+            weights,
+            tensors,
+            batches,
+            batch,
+            t,
+        } = *self;
+        let mut model = spec.build(dev, batch, t, false)?;
+        let stages = model.stages().clone();
+        let (mut sum, mut count) = (0.0f64, 0u64);
+        for (x, y) in batches {
+            let mut loss = None;
+            for (i, st) in stages.forward.iter().enumerate() {
+                for &g in &st.fetch {
+                    let values = weights.read_range(tensors, groups[g].clone())?;
+                    let mut buf = dev.alloc("parameters", values.len())?;
+                    dev.wait(dev.upload(&mut buf, 0, HostSlice::F32(&values))?)?;
+                    model.install_params(g, buf);
+                }
+                loss = model.forward(dev, i, x, y)?.or(loss);
+                for &g in &st.release {
+                    model.take_params(g);
+                }
             }
-            loss = model.forward(&dev, i, x, y)?.or(loss);
-            for &g in &st.release {
+            // The head's groups are kept for a backward that eval does not run.
+            for g in 0..groups.len() {
                 model.take_params(g);
             }
+            let n = y
+                .iter()
+                .filter(|&&k| k != crate::device::IGNORE_INDEX)
+                .count() as u64;
+            if n > 0 {
+                sum += loss.context("the model computed no loss")? as f64 * valid_targets(y) as f64;
+                count += n;
+            }
         }
-        // The head's groups are kept for a backward that eval does not run.
-        for g in 0..groups.len() {
-            model.take_params(g);
-        }
-        let n = y
-            .iter()
-            .filter(|&&k| k != crate::device::IGNORE_INDEX)
-            .count() as u64;
-        if n > 0 {
-            sum += loss.context("the model computed no loss")? as f64 * valid_targets(y) as f64;
-            count += n;
-        }
+        anyhow::ensure!(
+            count > 0,
+            "every target in the data is masked: nothing to evaluate"
+        );
+        let loss = sum / count as f64;
+        Ok(EvalResult {
+            loss,
+            perplexity: loss.exp(),
+            tokens: count,
+            batches: batches.len(),
+        })
     }
-    anyhow::ensure!(
-        count > 0,
-        "every target in the data is masked: nothing to evaluate"
-    );
-    let loss = sum / count as f64;
-    Ok(EvalResult {
-        loss,
-        perplexity: loss.exp(),
-        tokens: count,
-        batches: batches.len(),
-    })
 }

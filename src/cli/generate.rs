@@ -1,13 +1,13 @@
 //! `zinf generate`: load a Hugging Face folder (GPT-2 or the Llama family, as written by
 //! `zinf train` or `save_pretrained`) and continue a prompt with greedy or top-k sampling on
-//! the CPU device; `--chat` wraps the prompt in the folder's chat template as a user turn.
+//! the chosen device (`--device`); `--chat` wraps the prompt in the folder's chat template as a user turn.
 //! A sanity check that a trained model learned something, not a serving path (no KV cache:
 //! every new token reruns the window).
 
 use crate::data::Tokenizer;
-use crate::device::{CpuDevice, Device, HostSlice};
+use crate::device::{Device, HostSlice};
 use crate::model::hf::open_weights;
-use crate::model::{AnyModel, Model, ModelSpec};
+use crate::model::{AnyModel, Model, ModelSpec, ParamDtype};
 use anyhow::Context;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,6 +40,10 @@ pub struct GenerateArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
+    /// Compute device: auto (the GPU when this build has CUDA support and one is present),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = crate::config::DeviceChoice::parse)]
+    pub device: crate::config::DeviceChoice,
     /// CPU threads.
     #[arg(long, default_value_t = 2, value_parser = super::parse_threads)]
     pub threads: usize,
@@ -66,13 +70,13 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
 
 /// The model of folder `dir` (shape `spec`) resident on `dev` for `b` sequences of `t` tokens:
 /// every group's parameters uploaded (fp32) and installed.
-pub fn load_resident(
-    dev: &CpuDevice,
+pub fn load_resident<D: Device>(
+    dev: &D,
     dir: &std::path::Path,
     spec: &ModelSpec,
     b: usize,
     t: usize,
-) -> anyhow::Result<AnyModel<CpuDevice>> {
+) -> anyhow::Result<AnyModel<D>> {
     let (weights, tensors, _) = open_weights(dir, spec)?;
     let (_, groups) = spec.layout();
     let mut model = spec.build(dev, b, t, false)?;
@@ -86,9 +90,9 @@ pub fn load_resident(
 }
 
 /// Runs every forward stage but the loss: logits for `input` (B,T) are left in the model.
-pub fn forward_logits(
-    model: &mut AnyModel<CpuDevice>,
-    dev: &CpuDevice,
+pub fn forward_logits<D: Device>(
+    model: &mut AnyModel<D>,
+    dev: &D,
     input: &[u32],
 ) -> anyhow::Result<()> {
     let n = model.stages().forward.len();
@@ -102,7 +106,17 @@ pub fn forward_logits(
 /// whole continuation (without the prompt).
 pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Result<String> {
     let budget_bytes = (args.device_memory_gib * (1u64 << 30) as f64) as u64;
-    let dev = CpuDevice::new(args.threads, budget_bytes);
+    let kind = crate::session::pick_device(args.device)?;
+    let any = crate::session::open_device_of(kind, args.threads, budget_bytes, ParamDtype::F32)?;
+    crate::with_device!(any, |dev| generate_on(&dev, args, &mut emit))
+}
+
+/// [`generate`] on an opened device.
+fn generate_on<D: Device>(
+    dev: &D,
+    args: &GenerateArgs,
+    emit: &mut impl FnMut(&str),
+) -> anyhow::Result<String> {
     // The window: the prompt and what is generated, at most the model's positions.
     let spec = ModelSpec::from_folder(&args.from)
         .with_context(|| format!("loading checkpoint {}", args.from.display()))?;
@@ -135,7 +149,7 @@ pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Resu
         .max_positions()
         .min(ids.len() + args.max_new_tokens)
         .max(1);
-    let mut model = load_resident(&dev, &args.from, &spec, 1, t)?;
+    let mut model = load_resident(dev, &args.from, &spec, 1, t)?;
     // transformers stops at generation_config.json's eos ids (Llama 3 Instruct lists its
     // end-of-turn token only there) and config.json's.
     let mut stop: Vec<u32> = match &spec {
@@ -163,8 +177,8 @@ pub fn generate(args: &GenerateArgs, mut emit: impl FnMut(&str)) -> anyhow::Resu
         let window = &ids[start..];
         let mut input = window.to_vec();
         input.resize(t, 0); // later positions cannot affect earlier ones
-        forward_logits(&mut model, &dev, &input)?;
-        let logits = model.logits_at(&dev, 0, window.len() - 1)?;
+        forward_logits(&mut model, dev, &input)?;
+        let logits = model.logits_at(dev, 0, window.len() - 1)?;
         let next = pick_token(&logits, args.top_k, args.temperature, &mut rng);
         if stop.contains(&next) {
             break;

@@ -15,7 +15,7 @@ use crate::device::Device;
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
 use crate::engine::{Engine, EngineCounters, Tier};
 use crate::model::export::DEFAULT_MAX_SHARD_BYTES;
-use crate::session::{load_data, AnyDevice, Overrides, Session};
+use crate::session::{load_data, Overrides, Session};
 use crate::settings::StepMetrics;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -205,11 +205,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         stop,
     };
     // The one place the backend is chosen for the run: the engine is generic over it.
-    match plan.open_device()? {
-        AnyDevice::Cpu(dev) => run.train(plan.build(dev, data)?),
-        #[cfg(feature = "cuda")]
-        AnyDevice::Cuda(dev) => run.train(plan.build(dev, data)?),
-    }
+    crate::with_device!(plan.open_device()?, |dev| run.train(plan.build(dev, data)?))
 }
 
 /// What `zinf train` resolved before opening the device: the rest of a run on either backend.
