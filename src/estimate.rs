@@ -219,6 +219,10 @@ pub fn estimate(
     let pl = &st.placement;
     let p = model.params;
     let d = t.dtype.bytes() as u64;
+    // On a GPU one group's gradients stay in flight while the next stage computes (a second
+    // device buffer and a second page-locked host buffer); the CPU finishes each at once.
+    let copies_overlap = matches!(s.device, crate::session::DeviceKind::Cuda(_));
+    let grads_in_flight = if copies_overlap { 2 } else { 1 };
     let gas = t.gradient_accumulation_steps as u64;
     let (mut device, mut pinned, mut pageable, mut nvme) = (
         Tier::default(),
@@ -232,7 +236,8 @@ pub fn estimate(
     // Device (its buffers are fp32: half precision is widened on upload): the parameters —
     // all of them when resident, else the groups one stage uses at once (two of the
     // largest: GPT-2's tied head reads the embeddings beside ln_f) and the persistent ones;
-    // the gradients of the groups one backward stage writes; the activations. Groups kept
+    // the gradients of the groups one backward stage writes and of the group still copying out;
+    // the activations. Groups kept
     // for reuse (stage3_max_reuse_distance) are not counted: the engine evicts them when the
     // budget is short, so this is what the run needs, not what it may use.
     let live = mul(&[2, model.largest_group]).min(p);
@@ -246,9 +251,16 @@ pub fn estimate(
             mul(&[4, live.saturating_add(model.persistent).min(p)]),
         ),
     }
+    // On a GPU, one group's gradients more: the last group out, still copying to the host
+    // while the next stage computes.
+    let out = if copies_overlap {
+        model.largest_group
+    } else {
+        0
+    };
     device.add(
-        "fp32 gradients of the groups in backward at once",
-        mul(&[4, live]),
+        "fp32 gradients of the groups in backward at once (and, on a GPU, one on its way out)",
+        mul(&[4, live.saturating_add(out)]),
     );
     device.add(
         "activations, logits and backward scratch (fp32, one micro-batch)",
@@ -308,18 +320,25 @@ pub fn estimate(
         Placed::Nvme { .. } => {}
     }
     // The engine keeps whole-model gradients only when the update must wait for the global
-    // norm (clipping, fp16) or sums micro-batches; otherwise each group's gradients stream
-    // into its update (one group of scratch).
+    // norm (clipping, fp16) or sums micro-batches; either way one group's gradients land in a
+    // host buffer first (two on a GPU: one copying while the other is summed or updated).
     let streams = crate::optim::update_streams(t.gradient_clipping, t.fp16);
     if !streams || gas > 1 {
         pageable.add(
             "fp32 gradients, whole (accumulated, or waiting for the global norm)",
             mul(&[4, p]),
         );
+    }
+    let transfer = mul(&[4, grads_in_flight, model.largest_group]);
+    if copies_overlap {
+        pinned.add(
+            "fp32 gradients of two groups on their way from the GPU (page-locked)",
+            transfer,
+        );
     } else {
         pageable.add(
-            "fp32 gradients of one group on their way to the update",
-            mul(&[4, model.largest_group]),
+            "fp32 gradients of one group on their way from the device",
+            transfer,
         );
     }
     let place = pl.on_nvme();

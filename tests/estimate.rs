@@ -32,11 +32,15 @@ fn gpt2_124m_cpu_offload_by_hand() {
     // Pinned host (pin_memory on both): bf16 params (2 B) + master/m/v (12 B) = 14 B/param.
     assert_eq!(e.pinned_host.bytes, 14 * P_124M);
     // Pageable: whole fp32 gradients (4 B: clipping waits for the global norm, and two
-    // micro-batches accumulate) and the HF export, which streams one group (the largest, the
-    // embeddings, bf16) through an 8 MiB file buffer.
+    // micro-batches accumulate), one group of fp32 gradients on its way from the device
+    // (the largest, the embeddings), and the HF export, which streams one group (bf16)
+    // through an 8 MiB file buffer.
     let embed = (50257 + 1024) * 768;
     assert_eq!(e.export_bytes, 2 * embed + (8 << 20));
-    assert_eq!(e.pageable_host.bytes, 4 * P_124M + 2 * embed + (8 << 20));
+    assert_eq!(
+        e.pageable_host.bytes,
+        4 * P_124M + 4 * embed + 2 * embed + (8 << 20)
+    );
     assert_eq!(e.nvme.bytes, 0);
     let t = &e.traffic_per_step;
     // 2 micro-batches: forward + backward fetch of every non-persistent bf16 param each.
@@ -94,14 +98,15 @@ fn gpt2_1p5b_nvme_offload_by_hand() {
     // (pin_memory pins the pool; the parameters' staging and the gradients are pageable).
     assert_eq!(e.pinned_host.bytes, 10 << 30);
     // Pageable: the staging buffer of the largest group (the embeddings, fp16), no
-    // max_in_cpu cache, whole fp32 gradients (clipping waits for the global norm), and the
-    // HF export, streamed one group at a time (the embeddings, fp16) through an 8 MiB buffer.
+    // max_in_cpu cache, whole fp32 gradients (clipping waits for the global norm), one group
+    // of fp32 gradients on its way from the device, and the HF export, streamed one group at
+    // a time (the embeddings, fp16) through an 8 MiB buffer.
     let embed = 50257 * 1600 + 1024 * 1600;
     assert_eq!(e.model.largest_group, embed);
     assert_eq!(e.export_bytes, 2 * embed + (8 << 20));
     assert_eq!(
         e.pageable_host.bytes,
-        2 * embed + 4 * P_1P5B + 2 * embed + (8 << 20)
+        2 * embed + 4 * P_1P5B + 4 * embed + 2 * embed + (8 << 20)
     );
 }
 

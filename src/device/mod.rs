@@ -278,6 +278,30 @@ pub(crate) fn check_rope(qkv_len: usize, table_len: usize, s: AttnShape) -> usiz
     table_len / (2 * half)
 }
 
+/// A device-to-host copy in flight ([`Device::start_download`]): the device buffer it reads
+/// and the host buffer it fills belong to the transfer until [`Device::finish_download`]
+/// hands them back, so neither can be reused, written or read before the copy is done — the
+/// type system holds the rule the aio engine holds for the kernel's buffers.
+pub struct Download<D: Device> {
+    // Declared first, dropped first: a GPU host buffer's drop waits for its copy stream, so
+    // an abandoned transfer never frees the device memory it is still reading.
+    dst: D::HostBuffer,
+    src: D::Buffer,
+    event: D::Event,
+}
+
+impl<D: Device> Download<D> {
+    /// Elements being copied (the device buffer's length).
+    pub fn len(&self) -> usize {
+        self.src.len()
+    }
+
+    /// True when nothing is being copied.
+    pub fn is_empty(&self) -> bool {
+        self.src.is_empty()
+    }
+}
+
 /// A buffer of fp32 elements in device memory.
 pub trait DeviceBuffer: Send {
     /// Number of fp32 elements.
@@ -292,9 +316,12 @@ pub trait DeviceBuffer: Send {
 ///
 /// Shapes follow llm.c: `B` batch, `T` time, `C` channels, `V` vocabulary, `NH` heads, and
 /// `N = B*T` rows. Every `*_backward` adds into its gradient outputs.
-pub trait Device: Send + Sync {
+pub trait Device: Send + Sync + Sized {
     type Buffer: DeviceBuffer;
     type Event;
+    /// Host memory the device copies into asynchronously: page-locked on a GPU (so the copy is
+    /// DMA on its own stream), a plain vector on the CPU.
+    type HostBuffer: Send + std::ops::Deref<Target = [f32]> + std::ops::DerefMut;
 
     /// Human-readable name (`cpu (2 threads)`, `cuda:0 (H100)`).
     fn name(&self) -> String;
@@ -324,6 +351,32 @@ pub trait Device: Send + Sync {
     ) -> Result<Self::Event, DeviceError>;
     /// Blocks until the work behind `event` is done.
     fn wait(&self, event: Self::Event) -> Result<(), DeviceError>;
+    /// A host buffer of `len` fp32 elements for [`Device::start_download`] (host memory, not
+    /// charged to the device budget).
+    fn alloc_host(&self, what: &str, len: usize) -> Result<Self::HostBuffer, DeviceError>;
+    /// Starts copying all of `src` into `dst[..src.len()]` after every op enqueued so far
+    /// (the one that wrote `src` included), and returns at once: later ops run while the copy
+    /// does. Both buffers are the transfer's until [`Device::finish_download`]. The CPU
+    /// backend copies before returning.
+    ///
+    /// # Errors
+    /// `dst` shorter than `src` ([`DeviceError::OutOfRange`]), or the backend's.
+    fn start_download(
+        &self,
+        src: Self::Buffer,
+        dst: Self::HostBuffer,
+    ) -> Result<Download<Self>, DeviceError>;
+    /// Waits for a transfer and hands back its device buffer and the filled host buffer.
+    fn finish_download(
+        &self,
+        d: Download<Self>,
+    ) -> Result<(Self::Buffer, Self::HostBuffer), DeviceError>;
+    /// Whether a download runs while later ops compute (a GPU's copy stream): then the engine
+    /// keeps one group's gradients in flight while the next stage computes, at the price of
+    /// a second host buffer; otherwise it finishes each at once.
+    fn copies_overlap(&self) -> bool {
+        false
+    }
     /// Sets every element of `buf` to zero.
     fn zero(&self, buf: &mut Self::Buffer) -> Result<(), DeviceError>;
     /// `dst += src`, element-wise (residual backward, gradient accumulation).

@@ -126,8 +126,14 @@ pub struct Engine<D: Device, B: BlockIo, M: Model<D> = AnyModel<D>> {
     /// fp32 gradients accumulated on the host across micro-batches (and kept whole until the
     /// global norm is known when clipping or fp16 needs it); `None` when they stream.
     grads_acc: Option<Vec<f32>>,
-    /// One group's gradients on their way from the device to the optimizer.
-    grad_scratch: Vec<f32>,
+    /// The last group whose gradients left the device: its copy runs while the next stage
+    /// computes, and it is summed or updated at the next `grads_out` (or the end of backward).
+    grads_pending: Option<update::PendingGrads<D>>,
+    /// Host buffers for gradient downloads (page-locked on a GPU), one group long; at most
+    /// two exist, one copying and one being summed or updated.
+    grad_host: Vec<D::HostBuffer>,
+    /// How many `grad_host` buffers were made (for the host-memory account).
+    grad_host_made: usize,
     /// Adam, the loss scaler, the LR schedule and the per-step decisions (shared with the
     /// resident trainer).
     opt: OptimizerStep,
@@ -232,11 +238,6 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         let stream = opt.streams();
         let grads_acc =
             (!stream || s.gradient_accumulation_steps > 1).then(|| vec![0.0f32; layout.total]);
-        let grad_scratch = if stream && s.gradient_accumulation_steps == 1 {
-            vec![0.0; layout.max_group_len()]
-        } else {
-            Vec::new()
-        };
         let pointer = match &start {
             Start::Resume(dir) => Some(checkpoint::read_pointer(dir)?),
             Start::Fresh(_) => None,
@@ -271,7 +272,9 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             tiers,
             io_factory,
             grads_acc,
-            grad_scratch,
+            grads_pending: None,
+            grad_host: Vec::new(),
+            grad_host_made: 0,
             opt,
             data,
             steps: 0,
@@ -518,7 +521,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                 self.grads_out(g, last.then_some(streamed).flatten())?;
             }
         }
-        Ok(())
+        self.finish_pending_grads()
     }
 
     /// Runs one model op, timed as compute.
@@ -563,7 +566,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     /// accumulators and scratch.
     pub fn host_state_bytes(&self) -> u64 {
         let grads = self.grads_acc.as_ref().map_or(0, |g| g.len() as u64 * 4)
-            + self.grad_scratch.len() as u64 * 4;
+            + (self.grad_host_made * self.tiers.layout().max_group_len()) as u64 * 4;
         self.tiers.host_bytes() + grads
     }
 

@@ -1,9 +1,13 @@
 //! Gradients out of the device and the optimizer update of each group.
 //!
-//! A group's gradient buffer is installed just before its backward op and downloaded right
-//! after (`grads_in` / `grads_out`). Across micro-batches the host copy is uploaded again
-//! before the next backward adds to it, so the sums are formed in exactly the order of the
-//! resident trainer's device buffers (bit-identical results) and are fp32 throughout.
+//! A group's gradient buffer is installed just before its backward op and starts on its way to
+//! the host right after (`grads_in` / `grads_out`): the copy runs while the next stage
+//! computes, and the group is summed or updated at the next `grads_out` — on a GPU, compute,
+//! the copy and the CPU Adam overlap. The device buffer and the host buffer belong to the
+//! transfer until it is finished ([`crate::device::Download`]), so neither is reused early.
+//! Across micro-batches the host copy is uploaded again before the next backward adds to it,
+//! so the sums are formed in exactly the order of the resident trainer's device buffers
+//! (bit-identical results) and are fp32 throughout.
 //!
 //! The update is Adam on each optimizer unit of the group, in host memory or through pool
 //! buffers of the swap store (read ahead one unit, written behind). Two schedules, one rule:
@@ -16,7 +20,7 @@
 //!   would need the old state back on a clip or an overflow, i.e. a second copy of all of it.
 
 use super::{Engine, EngineError};
-use crate::device::{Device, HostSlice};
+use crate::device::{Device, DeviceBuffer, Download, HostSlice};
 use crate::model::{HostParams, Model};
 use crate::optim::{Grad, ParamOut, StepScalars};
 use crate::timeline::Track;
@@ -61,32 +65,75 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         self.prefetch_unit(u, true)
     }
 
-    /// Downloads group `gi`'s gradients; when they are final and the update streams
-    /// (`streamed`: this step's scalars), updates the group now.
+    /// Starts group `gi`'s gradients on their way to the host (the copy runs while the next
+    /// stage computes), then finishes the group before it: its gradients are summed into the
+    /// host accumulators or, when they are final and the update streams (`streamed`: this
+    /// step's scalars), it is updated. Groups are finished in the order they left, so the
+    /// results are those of finishing each at once.
     pub(super) fn grads_out(
         &mut self,
         gi: usize,
         streamed: Option<StepScalars>,
     ) -> Result<(), EngineError> {
-        let r = self.group_range(gi);
         let buf = self.model.take_grads(gi).expect("grads_in installed it");
-        let mut host = match self.grads_acc.take() {
-            Some(acc) => GradHost::Acc(acc),
-            None => GradHost::Scratch(std::mem::take(&mut self.grad_scratch)),
+        let host = match self.grad_host.pop() {
+            Some(h) => h,
+            None => {
+                self.grad_host_made += 1;
+                let len = self.tiers.layout().max_group_len();
+                self.dev
+                    .alloc_host("gradients on their way to the host", len)?
+            }
         };
-        let dst = host.slice_mut(r.clone());
-        let ev = self.dev.download(&buf, 0, dst)?;
-        self.dev.wait(ev)?;
-        self.counters.device_bytes_out += r.len() as u64 * 4;
-        self.free.push(buf);
-        let res = match streamed {
-            Some(scalars) => self.stream_update(gi, host.slice(r), scalars),
-            None => Ok(()),
-        };
-        match host {
-            GradHost::Acc(a) => self.grads_acc = Some(a),
-            GradHost::Scratch(s) => self.grad_scratch = s,
+        self.counters.device_bytes_out += buf.len() as u64 * 4;
+        let transfer = self.dev.start_download(buf, host)?;
+        let previous = self.grads_pending.replace(PendingGrads {
+            gi,
+            transfer,
+            streamed,
+        });
+        if let Some(p) = previous {
+            self.finish_grads(p)?;
         }
+        if !self.dev.copies_overlap() {
+            // Nothing would run while the copy does (the CPU copies at once): finish now and
+            // keep one host buffer.
+            self.finish_pending_grads()?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the group whose gradients are still on their way (the end of backward).
+    pub(super) fn finish_pending_grads(&mut self) -> Result<(), EngineError> {
+        match self.grads_pending.take() {
+            Some(p) => self.finish_grads(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for a group's gradients, gives its device buffer back, and sums or updates.
+    fn finish_grads(&mut self, p: PendingGrads<D>) -> Result<(), EngineError> {
+        let (buf, host) = self.dev.finish_download(p.transfer)?;
+        self.free.push(buf);
+        let r = self.group_range(p.gi);
+        let grads = &host[..r.len()];
+        let res = match self.grads_acc.take() {
+            Some(mut acc) => {
+                // The device buffer held the sums so far (grads_in uploaded them).
+                acc[r.clone()].copy_from_slice(grads);
+                let res = match p.streamed {
+                    Some(scalars) => self.stream_update(p.gi, &acc[r], scalars),
+                    None => Ok(()),
+                };
+                self.grads_acc = Some(acc);
+                res
+            }
+            None => match p.streamed {
+                Some(scalars) => self.stream_update(p.gi, grads, scalars),
+                None => Ok(()),
+            },
+        };
+        self.grad_host.push(host);
         res
     }
 
@@ -186,28 +233,12 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     }
 }
 
-/// The host gradient buffer a download lands in.
-enum GradHost {
-    /// Whole-model accumulators (indexed by flat range).
-    Acc(Vec<f32>),
-    /// One group's scratch (indexed from 0).
-    Scratch(Vec<f32>),
-}
-
-impl GradHost {
-    fn slice_mut(&mut self, r: Range<usize>) -> &mut [f32] {
-        match self {
-            GradHost::Acc(a) => &mut a[r],
-            GradHost::Scratch(s) => &mut s[..r.len()],
-        }
-    }
-
-    fn slice(&self, r: Range<usize>) -> &[f32] {
-        match self {
-            GradHost::Acc(a) => &a[r],
-            GradHost::Scratch(s) => &s[..r.len()],
-        }
-    }
+/// A group's gradients on their way from the device ([`Engine::grads_out`]).
+pub(super) struct PendingGrads<D: Device> {
+    gi: usize,
+    transfer: Download<D>,
+    /// This step's scalars when the group is updated as soon as its gradients arrive.
+    streamed: Option<StepScalars>,
 }
 
 /// Where Adam writes the 16-bit copy of range `r` (nothing for fp32 parameters).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::{
     check_attn_shape, check_range, check_rope, check_tokens, AttnShape, Device, DeviceBuffer,
-    DeviceError, HostSlice, Linear, MemoryBudget, Norm, QkNorm, RmsNorm,
+    DeviceError, Download, HostSlice, Linear, MemoryBudget, Norm, QkNorm, RmsNorm,
 };
 use crate::threads::ThreadPool;
 
@@ -58,6 +58,9 @@ pub struct CpuEvent;
 pub struct CpuDevice {
     pool: Arc<ThreadPool>,
     budget: MemoryBudget,
+    /// Downloads copy when they are finished rather than when they start (see
+    /// [`CpuDevice::with_late_copies`]).
+    late_copies: bool,
 }
 
 impl CpuDevice {
@@ -80,7 +83,18 @@ impl CpuDevice {
         CpuDevice {
             pool,
             budget: MemoryBudget::new(budget_bytes),
+            late_copies: false,
         }
+    }
+
+    /// The same device with downloads that behave as a GPU's: each copies only when it is
+    /// finished, and the device says its copies overlap compute, so the engine keeps one in
+    /// flight while the next stage computes. Results must not change (the engine tests run
+    /// it): an engine that read a transfer's host buffer early, or wrote its device buffer
+    /// before finishing it, would see other numbers.
+    pub fn with_late_copies(mut self) -> Self {
+        self.late_copies = true;
+        self
     }
 
     /// Threads the kernels run on (those of the pool).
@@ -106,6 +120,7 @@ fn width(s: AttnShape) -> usize {
 impl Device for CpuDevice {
     type Buffer = CpuBuffer;
     type Event = CpuEvent;
+    type HostBuffer = Vec<f32>;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads())
@@ -156,6 +171,39 @@ impl Device for CpuDevice {
 
     fn wait(&self, _event: CpuEvent) -> Result<(), DeviceError> {
         Ok(())
+    }
+
+    fn alloc_host(&self, _what: &str, len: usize) -> Result<Vec<f32>, DeviceError> {
+        Ok(vec![0.0; len])
+    }
+
+    fn start_download(
+        &self,
+        src: CpuBuffer,
+        mut dst: Vec<f32>,
+    ) -> Result<Download<Self>, DeviceError> {
+        check_range("start_download", 0, src.len(), dst.len())?;
+        if !self.late_copies {
+            dst[..src.len()].copy_from_slice(&src.data);
+        }
+        Ok(Download {
+            dst,
+            src,
+            event: CpuEvent,
+        })
+    }
+
+    fn finish_download(&self, d: Download<Self>) -> Result<(CpuBuffer, Vec<f32>), DeviceError> {
+        self.wait(d.event)?;
+        let Download { mut dst, src, .. } = d;
+        if self.late_copies {
+            dst[..src.len()].copy_from_slice(&src.data);
+        }
+        Ok((src, dst))
+    }
+
+    fn copies_overlap(&self) -> bool {
+        self.late_copies
     }
 
     fn zero(&self, buf: &mut CpuBuffer) -> Result<(), DeviceError> {

@@ -35,7 +35,7 @@ use cudarc::driver::{
 
 use crate::device::{
     check_attn_shape, check_range, check_rope, check_tokens, AttnShape, Device, DeviceBuffer,
-    DeviceError, HostSlice, Linear, MemoryBudget, Norm, QkNorm, RmsNorm,
+    DeviceError, Download, HostSlice, Linear, MemoryBudget, Norm, QkNorm, RmsNorm,
 };
 pub use blas::MatmulPrecision;
 use blas::{Blas, Mat};
@@ -106,10 +106,52 @@ impl DeviceBuffer for CudaBuffer {
     }
 }
 
-/// A CUDA device: one GPU, one stream, its kernels, a cuBLAS handle and the memory budget.
+/// Page-locked host memory (`cuMemHostAlloc`) a device-to-host copy fills by DMA, on the
+/// device's copy stream. Dropping it first waits for that stream, so memory a copy still
+/// writes is never freed.
+pub struct PinnedHost {
+    ptr: *mut f32,
+    len: usize,
+    d2h: Arc<CudaStream>,
+}
+
+// SAFETY: the allocation is owned by this value alone (no alias leaves it but the borrows its
+// Deref hands out), and page-locked memory may be used and freed from any thread.
+unsafe impl Send for PinnedHost {}
+
+impl std::ops::Deref for PinnedHost {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `ptr` points to `len` initialised f32 (zeroed at allocation) owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for PinnedHost {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as for Deref, and `&mut self` makes this the only borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PinnedHost {
+    fn drop(&mut self) {
+        let _ = self.d2h.context().bind_to_thread();
+        let _ = self.d2h.synchronize();
+        // SAFETY: allocated by cuMemHostAlloc in `alloc_host`, freed once, after every copy
+        // into it (all on `d2h`) has finished.
+        let _ = unsafe { drv::free_host(self.ptr as *mut std::ffi::c_void) };
+    }
+}
+
+/// A CUDA device: one GPU, its compute stream and its device-to-host copy stream, its kernels,
+/// a cuBLAS handle and the memory budget.
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Device-to-host copies ([`Device::start_download`]), ordered after the compute stream
+    /// by events, so compute goes on while gradients leave.
+    d2h: Arc<CudaStream>,
     blas: Blas,
     kernels: HashMap<&'static str, CudaFunction>,
     budget: MemoryBudget,
@@ -216,6 +258,7 @@ impl CudaDevice {
         // buffer needs cudarc's per-slice events to order its reads and writes.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| backend("cuStreamCreate", e))?;
+        let d2h = ctx.new_stream().map_err(|e| backend("cuStreamCreate", e))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| backend("compute capability", e))?;
@@ -236,6 +279,7 @@ impl CudaDevice {
         Ok(CudaDevice {
             ctx,
             stream,
+            d2h,
             blas,
             kernels: table,
             budget: MemoryBudget::new(budget_bytes),
@@ -558,6 +602,7 @@ pub fn device_count() -> usize {
 impl Device for CudaDevice {
     type Buffer = CudaBuffer;
     type Event = CudaEvent;
+    type HostBuffer = PinnedHost;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -625,6 +670,58 @@ impl Device for CudaDevice {
         event
             .synchronize()
             .map_err(|e| backend("cuEventSynchronize", e))
+    }
+
+    fn alloc_host(&self, what: &str, len: usize) -> Result<PinnedHost, DeviceError> {
+        self.bind()?;
+        let bytes = len.max(1) * 4;
+        // SAFETY: a fresh allocation of `bytes`; zeroed below before any read.
+        let ptr = unsafe { drv::malloc_host(bytes, 0) }
+            .map_err(|e| backend(&format!("{what}: cuMemHostAlloc of {bytes} bytes"), e))?
+            as *mut f32;
+        // SAFETY: `ptr` points to `bytes` writable bytes just allocated.
+        unsafe { std::ptr::write_bytes(ptr, 0, len.max(1)) };
+        Ok(PinnedHost {
+            ptr,
+            len,
+            d2h: self.d2h.clone(),
+        })
+    }
+
+    fn start_download(
+        &self,
+        src: CudaBuffer,
+        mut dst: PinnedHost,
+    ) -> Result<Download<Self>, DeviceError> {
+        check_range("start_download", 0, src.len(), dst.len())?;
+        let n = src.len();
+        // The copy starts after every op enqueued so far on the compute stream.
+        let computed = self.record()?;
+        self.d2h
+            .wait(&computed)
+            .map_err(|e| backend("cuStreamWaitEvent", e))?;
+        if n > 0 {
+            self.bind()?;
+            // SAFETY: `dst` is page-locked and owned by the returned transfer until
+            // `finish_download` waits for the copy; `src` too, so neither is reused meanwhile.
+            unsafe { drv::memcpy_dtoh_async(&mut dst[..n], src.at(0), self.d2h.cu_stream()) }
+                .map_err(|e| backend("cuMemcpyDtoHAsync", e))?;
+        }
+        let event = self
+            .d2h
+            .record_event(None)
+            .map_err(|e| backend("cuEventRecord", e))?;
+        Ok(Download { dst, src, event })
+    }
+
+    fn copies_overlap(&self) -> bool {
+        true
+    }
+
+    fn finish_download(&self, d: Download<Self>) -> Result<(CudaBuffer, PinnedHost), DeviceError> {
+        let Download { dst, src, event } = d;
+        self.wait(event)?;
+        Ok((src, dst))
     }
 
     fn zero(&self, buf: &mut CudaBuffer) -> Result<(), DeviceError> {
