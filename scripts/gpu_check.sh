@@ -8,9 +8,10 @@
 # It prints nvidia-smi, links the CUDA libraries cudarc opens (driver, cuBLAS, NVRTC) into one
 # folder on LD_LIBRARY_PATH, runs the kernel compile test, every CUDA-vs-CPU parity test and
 # the engine-on-GPU tests, trains GPT-2 124M (configs/gpt2_124m_gpu.json, bf16, 8 x 1024)
-# resident and with parameters and optimizer state on NVMe (on this machine's disk), with a
-# trace and a summary JSON each, times the same model's step in this machine's PyTorch, and
-# prints a table last. Everything is written under WORK_DIR, on the disk; when $OUT is set (the
+# resident, with parameters and optimizer state in CPU memory, and on NVMe (on this machine's
+# disk), with a trace and a summary JSON each, times the same model's step in this machine's
+# PyTorch, runs the same JSON under DeepSpeed in the same three placements when .whl/ holds
+# its wheels (scripts/gpu_wheels.sh), and prints a table last. Everything is written under WORK_DIR, on the disk; when $OUT is set (the
 # device tool's folder of files that come back), the logs, summaries and traces are packed
 # into $OUT/gpu_check.tgz and the table copied to $OUT/table.txt.
 set -uo pipefail
@@ -70,7 +71,7 @@ run_test cuda_engine
 train() {
   local name=$1 cfg=$2
   log "train $name"
-  timeout 300 "$bin/zinf" train --config "$cfg" --device cuda --steps 12 --out "$out/$name" \
+  timeout 240 "$bin/zinf" train --config "$cfg" --device cuda --steps 10 --out "$out/$name" \
     --summary-json "$out/$name.json" --trace "$out/$name.trace.json" > "$out/train_$name.log" 2>&1
   local rc=$?
   tail -n 15 "$out/train_$name.log"
@@ -88,20 +89,26 @@ PY
   fi
 }
 train resident configs/gpt2_124m_gpu.json
-# The same model with parameters and optimizer state on this machine's disk (not tmpfs).
+# The same model with parameters and optimizer state in CPU memory, then on this machine's
+# disk (not tmpfs).
 nvme_dir="$out/nvme_swap"
 mkdir -p "$nvme_dir"
-"$py" - configs/gpt2_124m_gpu.json "$nvme_dir" > "$out/gpt2_124m_gpu_nvme.json" <<'PY'
+for place in cpu nvme; do
+  "$py" - configs/gpt2_124m_gpu.json "$place" "$nvme_dir" > "$out/gpt2_124m_gpu_$place.json" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 z = c["zero_optimization"]
-z["offload_param"] = {"device": "nvme", "nvme_path": sys.argv[2], "pin_memory": True}
-z["offload_optimizer"] = {"device": "nvme", "nvme_path": sys.argv[2], "pin_memory": True}
+for key in ("offload_param", "offload_optimizer"):
+    z[key] = {"device": sys.argv[2], "pin_memory": True}
+    if sys.argv[2] == "nvme":
+        z[key]["nvme_path"] = sys.argv[3]
 print(json.dumps(c, indent=1))
 PY
+done
 df -h "$nvme_dir" | tee -a "$out/check.log"
+train cpu "$out/gpt2_124m_gpu_cpu.json"
 train nvme "$out/gpt2_124m_gpu_nvme.json"
-rm -rf "$nvme_dir" "$out/resident" "$out/nvme"  # swap store and exported weights
+rm -rf "$nvme_dir" "$out/resident" "$out/cpu" "$out/nvme"  # swap store and exported weights
 
 log "PyTorch reference"
 if timeout 240 "$py" scripts/gpu_torch_ref.py > "$out/torch.json" 2> "$out/torch.log"; then
@@ -116,6 +123,55 @@ PY
 else
   status "pytorch reference" "FAIL (see torch.log)"; tail -n 20 "$out/torch.log"
 fi
+
+if ls .whl/deepspeed-*.whl > /dev/null 2>&1; then
+  log "DeepSpeed on the same JSON"
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/zinf-site .whl/*.whl >> "$out/check.log" 2>&1
+  ds_nvme="$out/ds_nvme"
+  mkdir -p "$ds_nvme"
+  for place in none cpu nvme; do
+    if PYTHONPATH=/tmp/zinf-site timeout 200 "$py" scripts/deepspeed_same_json.py \
+        configs/gpt2_124m_gpu.json --offload "$place" --nvme-path "$ds_nvme" --steps 5 --warmup 2 \
+        > "$out/deepspeed_$place.json" 2> "$out/deepspeed_$place.log"; then
+      "$py" - "$out/deepspeed_$place.json" "$place" >> "$out/table.txt" <<'PY'
+import json, sys
+d = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+print(f"{'deepspeed ' + sys.argv[2]:<34} step {d['step_s_median']:.3f} s median, {d['tokens_per_s']:.0f} tok/s, deepspeed {d['deepspeed']}")
+PY
+    else
+      status "deepspeed $place" "FAIL (see deepspeed_$place.log)"; tail -n 15 "$out/deepspeed_$place.log"
+    fi
+  done
+  rm -rf "$ds_nvme"
+else
+  status "deepspeed" "not run: no .whl/ (scripts/gpu_wheels.sh, then carry .whl)"
+fi
+
+# Practicality (issue #16): offloaded tokens/s over resident tokens/s, zinf and DeepSpeed.
+"$py" - "$out" >> "$out/table.txt" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def step(name):
+    p = os.path.join(out, name)
+    if not os.path.exists(p):
+        return None
+    try:
+        return json.loads(open(p).read().strip().splitlines()[-1])["step_s_median"]
+    except Exception:
+        return None
+for who, res, places in (("zinf", "resident.json", ("cpu.json", "nvme.json")),
+                         ("deepspeed", "deepspeed_none.json", ("deepspeed_cpu.json", "deepspeed_nvme.json"))):
+    r = step(res)
+    for p in places:
+        o = step(p)
+        if r and o:
+            print(f"{who + ' practicality ' + p.split('.')[0].split('_')[-1]:<34} {r / o:.2f} (resident step / offloaded step)")
+for p in ("cpu", "nvme"):
+    z, d = step(p + ".json"), step("deepspeed_" + p + ".json")
+    if z and d:
+        print(f"{'zinf / deepspeed speed, ' + p:<34} {d / z:.2f}")
+PY
 
 echo
 echo "=== zinf GPU check ($(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)) ==="
