@@ -322,6 +322,8 @@ pub trait Device: Send + Sync + Sized {
     /// Host memory the device copies into asynchronously: page-locked on a GPU (so the copy is
     /// DMA on its own stream), a plain vector on the CPU.
     type HostBuffer: Send + std::ops::Deref<Target = [f32]> + std::ops::DerefMut;
+    /// Host memory registered for DMA by [`Device::register_host`], until dropped.
+    type HostRegistration: Send;
 
     /// Human-readable name (`cpu (2 threads)`, `cuda:0 (H100)`).
     fn name(&self) -> String;
@@ -371,6 +373,14 @@ pub trait Device: Send + Sync + Sized {
         &self,
         d: Download<Self>,
     ) -> Result<(Self::Buffer, Self::HostBuffer), DeviceError>;
+    /// Registers existing host memory (the swap store's pool, a pinned host tier) so copies
+    /// from and into it are DMA with no staging copy: `cuMemHostRegister` on a GPU (when the
+    /// driver refuses, e.g. under a memlock limit, it is logged and copies stay staged); the
+    /// CPU does nothing.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` stays mapped until the returned registration is dropped.
+    unsafe fn register_host(&self, ptr: *const u8, len: usize) -> Self::HostRegistration;
     /// Whether a download runs while later ops compute (a GPU's copy stream): then the engine
     /// keeps one group's gradients in flight while the next stage computes, at the price of
     /// a second host buffer; otherwise it finishes each at once.

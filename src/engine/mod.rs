@@ -119,6 +119,9 @@ pub struct Engine<D: Device, B: BlockIo, M: Model<D> = AnyModel<D>> {
     /// Device buffers given back, reused by the next fetch of the same length.
     free: Vec<D::Buffer>,
     trace: Trace,
+    /// Host memory registered with the device for DMA (the swap store's pool, a pinned host
+    /// parameter array). Declared before `tiers`, so it is unregistered before the memory goes.
+    host_registrations: Vec<D::HostRegistration>,
     /// Every home of parameters and optimizer state, and where each byte's newest copy is.
     tiers: Tiers<B>,
     /// Makes the block I/O backend of the swap store (at build) and of each save's store.
@@ -269,6 +272,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             persistent,
             free: Vec::new(),
             trace: Trace::default(),
+            host_registrations: Vec::new(),
             tiers,
             io_factory,
             grads_acc,
@@ -290,6 +294,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         }
         e.load_persistent()?;
         e.pin_host_tiers();
+        e.register_host_memory();
         Ok(e)
     }
 
@@ -339,6 +344,29 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                 "pin_memory: host arrays not locked in RAM (memlock limit; raise `ulimit -l`); \
                  continuing unpinned"
             );
+        }
+    }
+
+    /// Registers with the device the host memory uploads read from: the swap store's pool
+    /// (when anything is on NVMe) and a host parameter array with `pin_memory` — so on a GPU
+    /// those copies are DMA with no staging copy (the CPU does nothing).
+    fn register_host_memory(&mut self) {
+        let mut regions = Vec::new();
+        if let Some(arena) = self.tiers.pool_arena() {
+            regions.push(arena);
+        }
+        if matches!(self.settings.placement.params, Tier::Cpu { pin_memory: true }) {
+            if let Some(hp) = self.tiers.parts().params {
+                let bytes = hp.range_bytes(0..hp.len());
+                regions.push((bytes.as_ptr(), bytes.len()));
+            }
+        }
+        for (ptr, len) in regions {
+            // SAFETY: both regions live in `self.tiers`, which outlives the registrations
+            // (`host_registrations` is declared, hence dropped, first), and the host array is
+            // never reallocated (the tiers size it once).
+            let r = unsafe { self.dev.register_host(ptr, len) };
+            self.host_registrations.push(r);
         }
     }
 

@@ -230,6 +230,12 @@ impl<B: BlockIo> Tiers<B> {
         }
     }
 
+    /// The swap store pool's memory (start, bytes), when parameters or optimizer state are
+    /// on NVMe and the backend has one region (a GPU device page-locks it).
+    pub fn pool_arena(&self) -> Option<(*const u8, usize)> {
+        self.nvme().and_then(|n| n.store.io().pool_arena())
+    }
+
     /// The parts a save or resume reads and writes.
     pub fn parts(&mut self) -> Parts<'_, B> {
         let layout = &self.layout;

@@ -95,6 +95,10 @@ impl AioBackend {
 }
 
 impl BlockIo for AioBackend {
+    fn pool_arena(&self) -> Option<(*const u8, usize)> {
+        Some(self.pool.arena())
+    }
+
     type Buf = AlignedBuf;
     type Pending = Request;
 

@@ -105,6 +105,12 @@ pub trait BlockIo: Send + Sync {
     fn pool_reserve_bytes(&self, len: u64) -> u64 {
         len
     }
+    /// The one memory region every pool buffer lives in (start, bytes), when there is one: a
+    /// GPU device page-locks it once so copies from pool buffers are DMA. Valid while the
+    /// backend lives.
+    fn pool_arena(&self) -> Option<(*const u8, usize)> {
+        None
+    }
     /// Opens (and with `create`, creates and preallocates to `len_bytes`) an extent file.
     fn open(&self, path: &Path, len_bytes: u64, create: bool) -> Result<FileNo, IoFault>;
     /// Starts reading `buf.len()` bytes at `offset` into `buf`.

@@ -121,6 +121,7 @@ impl Device for CpuDevice {
     type Buffer = CpuBuffer;
     type Event = CpuEvent;
     type HostBuffer = Vec<f32>;
+    type HostRegistration = ();
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads())
@@ -205,6 +206,8 @@ impl Device for CpuDevice {
     fn copies_overlap(&self) -> bool {
         self.late_copies
     }
+
+    unsafe fn register_host(&self, _ptr: *const u8, _len: usize) {}
 
     fn zero(&self, buf: &mut CpuBuffer) -> Result<(), DeviceError> {
         buf.data.fill(0.0);

@@ -144,6 +144,26 @@ impl Drop for PinnedHost {
     }
 }
 
+/// Host memory page-locked for the GPU by [`Device::register_host`]; unregistered when
+/// dropped (nothing when registration was refused).
+pub struct Registered {
+    ptr: *mut std::ffi::c_void,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: only the address is kept, to unregister it; the driver accepts that from any thread.
+unsafe impl Send for Registered {}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` was registered by `register_host` and is unregistered once, before
+            // the caller unmaps it.
+            let _ = unsafe { cudarc::driver::sys::cuMemHostUnregister(self.ptr) };
+        }
+    }
+}
+
 /// A CUDA device: one GPU, its compute stream and its device-to-host copy stream, its kernels,
 /// a cuBLAS handle and the memory budget.
 pub struct CudaDevice {
@@ -603,6 +623,7 @@ impl Device for CudaDevice {
     type Buffer = CudaBuffer;
     type Event = CudaEvent;
     type HostBuffer = PinnedHost;
+    type HostRegistration = Registered;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -716,6 +737,32 @@ impl Device for CudaDevice {
 
     fn copies_overlap(&self) -> bool {
         true
+    }
+
+    unsafe fn register_host(&self, ptr: *const u8, len: usize) -> Registered {
+        let none = Registered {
+            ptr: std::ptr::null_mut(),
+            ctx: self.ctx.clone(),
+        };
+        if len == 0 || self.bind().is_err() {
+            return none;
+        }
+        let flags = cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE;
+        // SAFETY: the caller keeps `ptr..ptr + len` mapped until the registration is dropped;
+        // registering only page-locks it for the driver, no byte changes.
+        let r = unsafe { cudarc::driver::sys::cuMemHostRegister_v2(ptr as *mut _, len, flags) };
+        match r.result() {
+            Ok(()) => Registered {
+                ptr: ptr as *mut _,
+                ctx: self.ctx.clone(),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    "{len} bytes of host memory not registered with the GPU ({e:?}; raise                      `ulimit -l`?): copies from it go through the driver's staging buffers"
+                );
+                none
+            }
+        }
     }
 
     fn finish_download(&self, d: Download<Self>) -> Result<(CudaBuffer, PinnedHost), DeviceError> {
