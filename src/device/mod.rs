@@ -337,7 +337,10 @@ pub trait Device: Send + Sync + Sized {
     }
     /// A zero-filled buffer of `len` fp32 elements charged to the budget as `what`.
     fn alloc(&self, what: &str, len: usize) -> Result<Self::Buffer, DeviceError>;
-    /// Copies `src` into `dst[offset..]`, widening half precision to fp32.
+    /// Copies `src` into `dst[offset..]`, widening half precision to fp32, ordered after every
+    /// op enqueued before it and before every op enqueued after. `src` must stay unchanged
+    /// until the returned event has been waited ([`Device::wait`]): a GPU reads page-locked
+    /// memory by DMA after this returns.
     fn upload(
         &self,
         dst: &mut Self::Buffer,

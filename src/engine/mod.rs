@@ -355,7 +355,10 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         if let Some(arena) = self.tiers.pool_arena() {
             regions.push(arena);
         }
-        if matches!(self.settings.placement.params, Tier::Cpu { pin_memory: true }) {
+        if matches!(
+            self.settings.placement.params,
+            Tier::Cpu { pin_memory: true }
+        ) {
             if let Some(hp) = self.tiers.parts().params {
                 let bytes = hp.range_bytes(0..hp.len());
                 regions.push((bytes.as_ptr(), bytes.len()));

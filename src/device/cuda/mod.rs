@@ -5,12 +5,19 @@
 //! - **Kernels**: header-free CUDA C under `kernels/`, compiled by NVRTC for this GPU's own
 //!   architecture when the device opens ([`kernels`]); the matmuls, attention's included, go
 //!   through cuBLAS ([`blas`]).
-//! - **One stream**: every copy, kernel and product is enqueued on one stream, in the order
-//!   the model calls them, so no op needs an event to see its inputs. An upload returns once
-//!   the host bytes are staged (CUDA copies from pageable memory before returning) with an
-//!   event that fires when they are on the device; a download returns when the host slice is
-//!   filled. The pinned pool and the copy streams that overlap transfers with compute are the
-//!   GPU data path's (issue #16).
+//! - **Three streams, ordered by events**: kernels and products run on the compute stream in
+//!   the order the model calls them. An upload copies the host bytes into fresh staging memory
+//!   on the host-to-device stream, which runs while the compute stream works on what came
+//!   before; the compute stream waits for it only at the upload's place in its order, then
+//!   moves or widens the bytes into the buffer — so a buffer is only ever written in compute
+//!   order, and nothing needs per-buffer bookkeeping. The returned event fires when the host
+//!   bytes may be reused (the engine waits for it; page-locked sources — the registered swap
+//!   pool — are read by DMA, pageable ones staged by the driver). Gradients leave on the
+//!   device-to-host stream ([`Device::start_download`]) into page-locked host buffers while
+//!   the next stage computes. `download` (losses, logits) waits for everything before it.
+//!   Host-to-device DMA thus overlaps compute when the engine fetches a group while the
+//!   previous stage's kernels are still running; fetching further ahead along the trace is
+//!   the next step of the GPU data path (issue #16).
 //! - **Deterministic**: no float atomics; every reduction (rows, columns, the embedding
 //!   gradient of repeated tokens) runs in a fixed order, and cuBLAS is bit-reproducible on one
 //!   GPU with one stream, so one GPU gives the same losses bit for bit in every placement —
@@ -169,6 +176,8 @@ impl Drop for Registered {
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Host-to-device copies (every `upload`), into staging memory while compute runs.
+    h2d: Arc<CudaStream>,
     /// Device-to-host copies ([`Device::start_download`]), ordered after the compute stream
     /// by events, so compute goes on while gradients leave.
     d2h: Arc<CudaStream>,
@@ -278,6 +287,7 @@ impl CudaDevice {
         // buffer needs cudarc's per-slice events to order its reads and writes.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| backend("cuStreamCreate", e))?;
+        let h2d = ctx.new_stream().map_err(|e| backend("cuStreamCreate", e))?;
         let d2h = ctx.new_stream().map_err(|e| backend("cuStreamCreate", e))?;
         let (major, minor) = ctx
             .compute_capability()
@@ -299,6 +309,7 @@ impl CudaDevice {
         Ok(CudaDevice {
             ctx,
             stream,
+            h2d,
             d2h,
             blas,
             kernels: table,
@@ -350,12 +361,23 @@ impl CudaDevice {
         len: usize,
         zeroed: bool,
     ) -> Result<DeviceMem<T>, DeviceError> {
+        self.mem_on(&self.stream, what, len, zeroed)
+    }
+
+    /// [`CudaDevice::mem`] allocated (and freed, when dropped) in the order of `stream`.
+    fn mem_on<T: DeviceRepr>(
+        &self,
+        stream: &Arc<CudaStream>,
+        what: &str,
+        len: usize,
+        zeroed: bool,
+    ) -> Result<DeviceMem<T>, DeviceError> {
         let bytes = (len * std::mem::size_of::<T>()) as u64;
         self.budget.charge(what, bytes)?;
         // A zero-length allocation is refused by the driver; one element stands in.
         // SAFETY: the memory is zeroed below before any read when `zeroed`; otherwise the caller
         // writes every element before reading it.
-        let alloc = unsafe { self.stream.alloc::<T>(len.max(1)) };
+        let alloc = unsafe { stream.alloc::<T>(len.max(1)) };
         let mem = match alloc {
             Ok(m) => m,
             Err(e) => {
@@ -363,7 +385,7 @@ impl CudaDevice {
                 return Err(out_of_memory(what, bytes, e));
             }
         };
-        let ptr = mem.device_ptr(&self.stream).0;
+        let ptr = mem.device_ptr(stream).0;
         let out = DeviceMem {
             ptr,
             _mem: mem,
@@ -372,6 +394,10 @@ impl CudaDevice {
             budget: self.budget.clone(),
         };
         if zeroed {
+            assert!(
+                Arc::ptr_eq(stream, &self.stream),
+                "zeroed memory is the compute stream's"
+            );
             self.memset_zero(out.ptr, bytes as usize)?;
         }
         Ok(out)
@@ -408,13 +434,20 @@ impl CudaDevice {
     }
 
     fn htod<T>(&self, dst: u64, src: &[T]) -> Result<(), DeviceError> {
+        self.htod_on(&self.stream, dst, src)
+    }
+
+    /// Copies `src` to `dst` in `stream`'s order. The host bytes must stay until the copy is
+    /// done: pageable memory is staged by the driver before this returns; page-locked memory
+    /// (registered, or `alloc_host`) is read later, so the caller waits for an event first.
+    fn htod_on<T>(&self, stream: &CudaStream, dst: u64, src: &[T]) -> Result<(), DeviceError> {
         if src.is_empty() {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: the caller checked `dst` has room for `src`; the source is pageable host
-        // memory, which CUDA stages before the call returns.
-        unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+        // SAFETY: the caller checked `dst` has room for `src` and keeps `src` until the copy's
+        // event fires (pageable memory is staged by CUDA before the call returns).
+        unsafe { drv::memcpy_htod_async(dst, src, stream.cu_stream()) }
             .map_err(|e| backend("cuMemcpyHtoDAsync", e))
     }
 
@@ -645,28 +678,61 @@ impl Device for CudaDevice {
     ) -> Result<CudaEvent, DeviceError> {
         check_range("upload", offset, src.len(), dst.len())?;
         let n = src.len();
-        match src {
-            HostSlice::F32(s) => self.htod(dst.at(offset), s)?,
-            HostSlice::F16(s) => {
-                let staged = self.upload_vec("upload staging (fp16)", s)?;
-                launch!(
-                    self,
-                    "widen_f16",
-                    elems_cfg(n)?,
-                    [dst.at(offset), staged.ptr, n as i64]
-                )?;
-            }
-            HostSlice::Bf16(s) => {
-                let staged = self.upload_vec("upload staging (bf16)", s)?;
-                launch!(
-                    self,
-                    "widen_bf16",
-                    elems_cfg(n)?,
-                    [dst.at(offset), staged.ptr, n as i64]
-                )?;
-            }
+        if n == 0 {
+            return self.record();
         }
-        self.record()
+        // The bytes go to fresh staging memory on the copy stream, which runs while the
+        // compute stream works on what came before; the compute stream waits for them only
+        // where this upload sits in its order, then moves (fp32) or widens (fp16, bf16) them
+        // into `dst`. `dst` is thus written in compute order, after every op enqueued before
+        // that reads it, with no per-buffer bookkeeping.
+        let bytes = src.as_bytes();
+        let staged = self.mem_on::<u8>(&self.h2d, "upload staging", bytes.len(), false)?;
+        self.htod_on(&self.h2d, staged.ptr, bytes)?;
+        let copied = self
+            .h2d
+            .record_event(None)
+            .map_err(|e| backend("cuEventRecord", e))?;
+        self.stream
+            .wait(&copied)
+            .map_err(|e| backend("cuStreamWaitEvent", e))?;
+        match src {
+            HostSlice::F32(_) => {
+                self.bind()?;
+                // SAFETY: both ranges were allocated or checked above; the compute stream
+                // orders this copy after the staging copy (the wait above).
+                unsafe {
+                    drv::memcpy_dtod_async(
+                        dst.at(offset),
+                        staged.ptr,
+                        n * 4,
+                        self.stream.cu_stream(),
+                    )
+                }
+                .map_err(|e| backend("cuMemcpyDtoDAsync", e))?;
+            }
+            HostSlice::F16(_) => launch!(
+                self,
+                "widen_f16",
+                elems_cfg(n)?,
+                [dst.at(offset), staged.ptr, n as i64]
+            )?,
+            HostSlice::Bf16(_) => launch!(
+                self,
+                "widen_bf16",
+                elems_cfg(n)?,
+                [dst.at(offset), staged.ptr, n as i64]
+            )?,
+        }
+        // The staging memory is freed in the copy stream's order: after the compute stream
+        // has read it.
+        let read = self.record()?;
+        self.h2d
+            .wait(&read)
+            .map_err(|e| backend("cuStreamWaitEvent", e))?;
+        drop(staged);
+        // The host's source may be reused once the staging copy is done.
+        Ok(copied)
     }
 
     fn download(
