@@ -20,3 +20,8 @@ pub mod settings;
 pub mod threads;
 pub mod tiers;
 pub mod timeline;
+
+/// Whether this build has the CUDA backend (the `cuda` feature).
+pub fn device_cuda_compiled() -> bool {
+    cfg!(feature = "cuda")
+}

@@ -50,6 +50,16 @@ fn flags_are_validated_like_config_keys() {
             vec!["zinf", "generate", "--from", "x", "--threads", "0"],
             "between 1 and 4096",
         ),
+        (
+            vec!["zinf", "train", "--device", "gpu"],
+            "use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"",
+        ),
+        (
+            vec![
+                "zinf", "eval", "--from", "x", "--data", "y", "--device", "cuda:",
+            ],
+            "is not a device",
+        ),
         (io("--seconds", "0"), "above 0"),
         (io("--seconds", "inf"), "above 0"),
         (
@@ -170,4 +180,35 @@ fn config_check_speaks_deepspeed_and_logs_without_colour_off_a_terminal() {
         "{err}"
     );
     assert!(!err.contains('\u{1b}'), "ANSI colour in a pipe: {err:?}");
+}
+
+/// `--device cuda` where CUDA cannot run (a build without the feature, or no driver) is bad
+/// input (exit 2) that says why and how to run on the CPU, before any work starts.
+#[test]
+fn cuda_where_there_is_none_is_refused_with_the_way_out() {
+    if zinf::device_cuda_compiled() && zinf_has_gpu() {
+        eprintln!("SKIPPED: this machine has a GPU");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("out");
+    let out = zinf(&[
+        "train",
+        "--device",
+        "cuda",
+        "--steps",
+        "1",
+        "--out",
+        out_dir.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("zinf.device") && e.contains("--device cpu"),
+        "{e}"
+    );
+}
+
+fn zinf_has_gpu() -> bool {
+    std::path::Path::new("/dev/nvidia0").exists()
 }

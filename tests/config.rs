@@ -332,6 +332,21 @@ fn every_error_names_its_json_path() {
             "not a size",
         ),
         (
+            r#"{"train_batch_size": 8, "zinf": {"device": "gpu"}}"#,
+            "zinf.device",
+            "\"cuda:N\"",
+        ),
+        (
+            r#"{"train_batch_size": 8, "zinf": {"device": "cuda:x"}}"#,
+            "zinf.device",
+            "is not a device",
+        ),
+        (
+            r#"{"train_batch_size": 8, "zinf": {"device": 0}}"#,
+            "zinf.device",
+            "expected",
+        ),
+        (
             r#"{"train_batch_size": 8, "zinf": {"modle": {}}}"#,
             "zinf.modle",
             "did you mean model?",
