@@ -444,6 +444,8 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         // Nothing can skip a streamed step, so its scalars are known before backward.
         let streamed = self.streams().then(|| self.opt.begin_streamed());
         self.step_sum_sq = 0.0;
+        // A transfer left by a step that failed belongs to no step: drop it.
+        self.grads_pending = None;
         let mut loss_sum = 0.0f64;
         // The last step's held writes go out during this forward, which reads little.
         self.defer_writes(false);

@@ -832,7 +832,9 @@ impl Device for CudaDevice {
     }
 
     fn finish_download(&self, d: Download<Self>) -> Result<(CudaBuffer, PinnedHost), DeviceError> {
-        let Download { dst, src, event } = d;
+        // `src` bound first, dropped last: on an error `dst`'s drop syncs the copy stream
+        // before `src` is freed.
+        let Download { src, dst, event } = d;
         self.wait(event)?;
         Ok((src, dst))
     }
