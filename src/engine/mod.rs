@@ -348,7 +348,8 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     }
 
     /// Registers with the device the host memory uploads read from: the swap store's pool
-    /// (when anything is on NVMe) and a host parameter array with `pin_memory` — so on a GPU
+    /// (when anything is on NVMe and `pin_memory` pins it) and a host parameter array with
+    /// `pin_memory` — so on a GPU
     /// those copies are DMA with no staging copy (the CPU does nothing).
     fn register_host_memory(&mut self) {
         let mut regions = Vec::new();

@@ -231,9 +231,11 @@ impl<B: BlockIo> Tiers<B> {
     }
 
     /// The swap store pool's memory (start, bytes), when parameters or optimizer state are
-    /// on NVMe and the backend has one region (a GPU device page-locks it).
+    /// on NVMe, the backend has one region, and the config pins it (`pin_memory`): a GPU
+    /// device page-locks it too.
     pub fn pool_arena(&self) -> Option<(*const u8, usize)> {
-        self.nvme().and_then(|n| n.store.io().pool_arena())
+        let io = self.nvme()?.store.io();
+        io.pool_pinned().then(|| io.pool_arena()).flatten()
     }
 
     /// The parts a save or resume reads and writes.

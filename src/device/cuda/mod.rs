@@ -20,7 +20,7 @@
 //!   the next step of the GPU data path (issue #16).
 //! - **Deterministic**: no float atomics; every reduction (rows, columns, the embedding
 //!   gradient of repeated tokens) runs in a fixed order, and cuBLAS is bit-reproducible on one
-//!   GPU with one stream, so one GPU gives the same losses bit for bit in every placement —
+//!   GPU when its products run on one stream (they do: the compute stream), so one GPU gives the same losses bit for bit in every placement —
 //!   the promise the CPU backend keeps. The two backends agree to rounding, not bit for bit.
 //! - **Precision** ([`MatmulPrecision`]): fp32 products (TF32 off) for parity with the CPU,
 //!   or, when the config enables bf16/fp16, 16-bit operands with fp32 accumulation (cuBLAS'
@@ -74,6 +74,21 @@ impl<T> DeviceMem<T> {
     /// Address of element `i`.
     fn at(&self, i: usize) -> u64 {
         self.ptr + (i * std::mem::size_of::<T>()) as u64
+    }
+
+    /// Frees the memory in `stream`'s order (not its allocating stream's), after the ops
+    /// already enqueued there; its bytes go back to the budget now.
+    fn free_on(self, stream: &CudaStream) -> Result<(), DeviceError> {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.budget.release(this.bytes);
+        // SAFETY: `this` is never dropped, so each field is moved out exactly once.
+        let (mem, budget) = unsafe { (std::ptr::read(&this._mem), std::ptr::read(&this.budget)) };
+        drop(budget);
+        let ptr = mem.leak();
+        // SAFETY: `ptr` came from cuMemAllocAsync (the caller checked the context allocates
+        // that way) and is freed once, stream-ordered after every op enqueued on `stream`.
+        unsafe { drv::free_async(ptr, stream.cu_stream()) }
+            .map_err(|e| backend("cuMemFreeAsync", e))
     }
 }
 
@@ -283,8 +298,9 @@ impl CudaDevice {
         precision: MatmulPrecision,
     ) -> Result<Self, DeviceError> {
         let ctx = open_context(ordinal)?;
-        // SAFETY: every op of this device runs on the one stream below, in call order, so no
-        // buffer needs cudarc's per-slice events to order its reads and writes.
+        // SAFETY: the device orders its three streams itself with explicit events (compute in
+        // call order; uploads and downloads waited where they meet compute), so no buffer needs
+        // cudarc's per-slice events.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| backend("cuStreamCreate", e))?;
         let h2d = ctx.new_stream().map_err(|e| backend("cuStreamCreate", e))?;
@@ -724,13 +740,18 @@ impl Device for CudaDevice {
                 [dst.at(offset), staged.ptr, n as i64]
             )?,
         }
-        // The staging memory is freed in the copy stream's order: after the compute stream
-        // has read it.
-        let read = self.record()?;
-        self.h2d
-            .wait(&read)
-            .map_err(|e| backend("cuStreamWaitEvent", e))?;
-        drop(staged);
+        // The staging memory is freed in the compute stream's order, after the op above read
+        // it, so the copy stream never waits for compute and the next upload's copy runs
+        // while compute catches up. (Without stream-ordered allocation the drop syncs.)
+        if self.ctx.has_async_alloc() {
+            staged.free_on(&self.stream)?;
+        } else {
+            let read = self.record()?;
+            self.h2d
+                .wait(&read)
+                .map_err(|e| backend("cuStreamWaitEvent", e))?;
+            drop(staged);
+        }
         // The host's source may be reused once the staging copy is done.
         Ok(copied)
     }
@@ -824,7 +845,8 @@ impl Device for CudaDevice {
             },
             Err(e) => {
                 tracing::warn!(
-                    "{len} bytes of host memory not registered with the GPU ({e:?}; raise                      `ulimit -l`?): copies from it go through the driver's staging buffers"
+                    "{len} bytes of host memory not registered with the GPU ({e:?}): copies \
+                     from it go through the driver's staging buffers"
                 );
                 none
             }
