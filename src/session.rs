@@ -69,6 +69,9 @@ pub struct Overrides {
     pub shape_only: bool,
     /// The compute device (`--device`), over `zinf.device`.
     pub device: Option<DeviceChoice>,
+    /// This process's (or thread's) place among data-parallel ranks (`--nproc-per-node`, a
+    /// launcher's `RANK`/`WORLD_SIZE`); one rank when `None`.
+    pub partition: Option<Partition>,
 }
 
 /// The backend a run computes on, resolved from `zinf.device` by [`pick_device`].
@@ -255,7 +258,11 @@ impl Session {
         if let (Some(dir), false) = (&init_from, o.shape_only) {
             check_weights(dir, &train.model)?;
         }
-        let settings = engine_settings(cfg, train)?;
+        let mut settings = engine_settings(cfg, train)?;
+        if let Some(p) = o.partition.filter(|p| p.world_size > 1) {
+            settings.partition = p;
+            settings.placement = settings.placement.for_rank(p.rank);
+        }
         let layout = tier_layout(&settings);
         warn_unit_cost(&settings, &layout);
         let pool_bytes = pool_bytes(cfg, &settings, &layout);
@@ -363,10 +370,14 @@ impl Session {
     /// builds the tiers and the engine (a fresh start from the seed or `--init-from`, or a
     /// resume). When a fresh start fails (a disk that filled up meanwhile), the swap store it
     /// began is removed: nothing is left allocated on the drive.
+    ///
+    /// With several ranks every rank builds at the same time, each with its end of the
+    /// collectives in `comm` (`None` on one rank).
     pub fn build<D: Device>(
         self,
         dev: D,
         data: Dataset,
+        comm: Option<Box<dyn crate::dist::Collective<D>>>,
     ) -> Result<Engine<D, AioBackend>, SessionError> {
         // The folder is this run's from here on; an earlier run's scratch store is removed.
         let lock = SwapLock::acquire(&self.settings.placement)
@@ -388,7 +399,7 @@ impl Session {
         let io = aio_factory(self.aio, self.pool_bytes, self.pin_pool);
         // A start that fails drops the lock, which removes the store it began: a disk that
         // filled up meanwhile is left as it was.
-        let mut engine = Engine::new(self.settings, dev, data, io, start, timeline)?;
+        let mut engine = Engine::new(self.settings, dev, data, io, start, timeline, comm)?;
         engine.hold_swap_lock(lock);
         Ok(engine)
     }

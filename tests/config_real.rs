@@ -181,10 +181,21 @@ fn batch_sizes_written_for_eight_gpus_say_how_to_fix_them() {
     let text = err.to_string();
     assert!(
         text.contains(
-            "train_batch_size: 64 = 2 × 4 × 8 implies 8 ranks; zinf runs 1: set \
-             gradient_accumulation_steps to 32 to keep the global batch, or train_batch_size to 8"
+            "train_batch_size: 64 = 2 × 4 × 8 implies 8 ranks; this run has 1: start 8 ranks \
+             (--nproc-per-node 8), set gradient_accumulation_steps to 32 to keep the global \
+             batch, or train_batch_size to 8"
         ),
         "{text}"
+    );
+    // The same file on the eight ranks it was written for resolves.
+    let loaded = Config::parse_bytes_for_world(&bytes, "eight", 8).expect("8 ranks");
+    assert_eq!(
+        (
+            loaded.config.train_batch_size,
+            loaded.config.train_micro_batch_size_per_gpu,
+            loaded.config.gradient_accumulation_steps
+        ),
+        (64, 2, 4)
     );
     // Two GPUs, accumulation written out.
     let all = issues(

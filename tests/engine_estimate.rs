@@ -65,6 +65,7 @@ fn estimate_and_engine_counters_agree_per_placement() {
             fake_factory(&disk, plan.pool_bytes.max(4 << 20)),
             Start::Fresh(None),
             Timeline::disabled(),
+            None,
         )
         .expect("engine builds");
         e.step().expect("step 1 records the trace");

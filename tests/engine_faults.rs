@@ -91,6 +91,7 @@ fn a_corrupted_shard_on_resume_is_reported_by_name_not_trained_on() {
         fake_factory(&disk, POOL),
         Start::Resume(dir.clone()),
         Timeline::disabled(),
+        None,
     ) {
         Ok(_) => panic!("a corrupted save must not resume"),
         Err(e) => e.to_string(),
@@ -192,6 +193,7 @@ fn a_pool_too_small_for_one_unit_is_a_config_error_not_a_hang() {
         fake_factory(&disk, 32 << 10),
         Start::Fresh(None),
         zinf::engine::timeline::Timeline::disabled(),
+        None,
     );
     let err = match r {
         Ok(mut e) => e.step().expect_err("cannot fit a unit").to_string(),

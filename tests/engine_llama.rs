@@ -65,6 +65,7 @@ fn engine(params: Tier, optimizer: Tier, checkpointing: bool, from_folder: bool)
         fake_factory(&disk, 8 << 20),
         start,
         Timeline::disabled(),
+        None,
     )
     .expect("engine builds")
 }

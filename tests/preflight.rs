@@ -285,7 +285,7 @@ fn a_failed_store_creation_leaves_nothing_on_the_drive() {
             .expect("dataset");
     let dev = zinf::session::open_cpu_device(&plan.settings.train);
     let err = plan
-        .build(dev, data)
+        .build(dev, data, None)
         .err()
         .expect("a 16 MiB drive cannot hold the store");
     // The removed files' blocks return when io_uring's workers close them: allow 5 s.

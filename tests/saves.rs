@@ -360,6 +360,7 @@ fn a_second_save_at_the_same_step_keeps_the_first() {
         engine_common::aio_factory(8 << 20),
         Start::Fresh(None),
         zinf::timeline::Timeline::disabled(),
+        None,
     )
     .unwrap();
     e.step().unwrap();

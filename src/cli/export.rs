@@ -51,7 +51,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         val: vec![0; t + 1].into(),
     };
     let dev = crate::session::open_cpu_device(&plan.settings.train);
-    let mut engine = plan.build(dev, data)?;
+    let mut engine = plan.build(dev, data, None)?;
     let source = cfg.zinf.model_from.as_ref().map(PathBuf::from);
     let start = std::time::Instant::now();
     let report = engine.export_hf(&args.to, source.as_deref(), args.max_shard_bytes)?;

@@ -12,10 +12,12 @@
 use crate::cli::BadInput;
 use crate::config::{Config, Loaded};
 use crate::device::Device;
+use crate::dist::threads::{ThreadComm, ThreadGroup};
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
+use crate::engine::Partition;
 use crate::engine::{Engine, EngineCounters, Tier};
 use crate::model::export::DEFAULT_MAX_SHARD_BYTES;
-use crate::session::{load_data, Overrides, Session};
+use crate::session::{load_data, AnyDevice, Overrides, Session};
 use crate::settings::StepMetrics;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,6 +73,11 @@ pub struct TrainArgs {
     /// Write a Chrome/Perfetto trace of compute, optimizer and I/O here (overrides zinf.trace).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Data-parallel ranks to start on this node (ZeRO-3: each keeps 1/N of the parameters,
+    /// gradients and optimizer state and reads 1/N of every global batch); with --device
+    /// cpu they are threads of this process. train_batch_size = micro × accumulation × N.
+    #[arg(long, default_value_t = 1, value_parser = crate::cli::count_in(1, 256))]
+    pub nproc_per_node: u64,
 }
 
 /// What a run did, printed at the end and written by `--summary-json`.
@@ -148,22 +155,107 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn load_config(args: &TrainArgs) -> anyhow::Result<Loaded> {
-    if args.config.is_none() {
+fn load_config(args: &TrainArgs, rank: Rank) -> anyhow::Result<Loaded> {
+    if args.config.is_none() && rank.is_first() {
         tracing::info!("no --config: running the embedded configs/first_run.json");
     }
     // `--init-from DIR` is `zinf.model.from`: the folder's shape resolves the config.
-    let loaded = Config::load_from(args.config.as_deref(), args.init_from.as_deref())?;
+    let loaded = Config::load_for_world(
+        args.config.as_deref(),
+        args.init_from.as_deref(),
+        rank.partition.world_size as u64,
+    )?;
     // `--steps` overrides zinf.train_steps, and "auto" schedule lengths follow it.
     let loaded = loaded.with_train_steps(args.steps);
-    loaded.log();
+    if rank.is_first() {
+        loaded.log();
+    }
     Ok(loaded)
 }
 
-/// Runs training to the end (or to Ctrl-C via `stop`) and returns the summary.
+/// This process's or thread's place among the data-parallel ranks of a run.
+#[derive(Clone, Copy, Debug)]
+struct Rank {
+    partition: Partition,
+}
+
+impl Rank {
+    /// Rank 0 prints progress, writes the CSV, the summary, the trace and the export.
+    fn is_first(&self) -> bool {
+        self.partition.rank == 0
+    }
+}
+
+/// Runs training to the end (or to Ctrl-C via `stop`) and returns the summary (rank 0's,
+/// with several ranks).
 pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
     check_flags(args)?;
-    let mut loaded = load_config(args)?;
+    let world = args.nproc_per_node as usize;
+    if world == 1 {
+        return train_rank(
+            args,
+            stop,
+            Rank {
+                partition: Partition::single(),
+            },
+            None,
+        );
+    }
+    // Thread ranks over the CPU device: one collective group, one thread per rank. A rank
+    // that fails drops its end of the group, so the others fail at their next collective
+    // instead of waiting.
+    let comms = ThreadGroup::new(world);
+    let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, comm)| {
+                let partition = Partition {
+                    rank,
+                    world_size: world,
+                };
+                std::thread::Builder::new()
+                    .name(format!("rank{rank}"))
+                    .spawn_scoped(scope, move || {
+                        train_rank(args, stop, Rank { partition }, Some(comm))
+                    })
+                    .expect("the OS starts a rank thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a rank panicked")))
+            })
+            .collect()
+    });
+    // The first failure that is not merely another rank's absence says what went wrong.
+    let mut summary = None;
+    let mut errors = Vec::new();
+    for (rank, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(s) if rank == 0 => summary = Some(s),
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    let secondary = |e: &anyhow::Error| e.to_string().contains("left the group");
+    match errors.iter().position(|e| !secondary(e)) {
+        Some(i) => Err(errors.swap_remove(i)),
+        None if !errors.is_empty() => Err(errors.swap_remove(0)),
+        None => Ok(summary.expect("rank 0 returned a summary")),
+    }
+}
+
+/// One rank's run: plan, build, train, export (rank 0 reports and writes).
+fn train_rank(
+    args: &TrainArgs,
+    stop: &AtomicBool,
+    rank: Rank,
+    comm: Option<ThreadComm>,
+) -> anyhow::Result<Summary> {
+    let mut loaded = load_config(args, rank)?;
     if args.config.is_none() {
         // The embedded default offloads to a folder under the run's output.
         let out = args
@@ -177,14 +269,24 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         z.offload_optimizer.nvme_path = Some(swap);
     }
     let cfg = &loaded.config;
+    let world = rank.partition.world_size;
+    // The node's compute threads are shared among its ranks.
+    let threads = (world > 1).then(|| {
+        let all = args
+            .threads
+            .or(cfg.zinf.threads.map(|t| t as usize))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        (all / world).max(1)
+    });
     let overrides = Overrides {
-        threads: args.threads,
+        threads: args.threads.filter(|_| world == 1).or(threads),
         data: args.data.clone(),
         init_from: args.init_from.clone(),
         resume: args.resume.clone(),
         trace: args.trace.is_some() || cfg.zinf.trace.is_some(),
         shape_only: false,
         device: args.device,
+        partition: Some(rank.partition),
     };
     let (plan, est) = Session::plan(cfg, &overrides)?;
     let data = load_data(cfg, args.data.clone(), plan.settings.train.seq_len)?;
@@ -194,7 +296,9 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         .clone()
         .or(cfg.zinf.trace.as_ref().map(PathBuf::from));
     let steps = args.steps.unwrap_or(cfg.zinf.train_steps);
-    check_outputs(args, &out_dir, trace_path.as_deref(), &plan)?;
+    if rank.is_first() {
+        check_outputs(args, &out_dir, trace_path.as_deref(), &plan)?;
+    }
     let run = Run {
         args,
         cfg,
@@ -203,9 +307,23 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         trace_path,
         steps,
         stop,
+        rank,
     };
     // The one place the backend is chosen for the run: the engine is generic over it.
-    crate::with_device!(plan.open_device()?, |dev| run.train(plan.build(dev, data)?))
+    match (plan.open_device()?, comm) {
+        (dev, None) => {
+            crate::with_device!(dev, |dev| run.train(plan.build(dev, data, None)?))
+        }
+        (AnyDevice::Cpu(dev), Some(comm)) => {
+            run.train(plan.build(dev, data, Some(Box::new(comm)))?)
+        }
+        #[allow(unreachable_patterns)]
+        (_, Some(_)) => Err(BadInput(format!(
+            "--nproc-per-node {world} on a GPU: GPU ranks run as one process per GPU over NCCL, \
+             which `zinf train` does not start yet; run the ranks on the CPU with --device cpu"
+        ))
+        .into()),
+    }
 }
 
 /// What `zinf train` resolved before opening the device: the rest of a run on either backend.
@@ -217,6 +335,7 @@ struct Run<'a> {
     trace_path: Option<PathBuf>,
     steps: u64,
     stop: &'a AtomicBool,
+    rank: Rank,
 }
 
 impl Run<'_> {
@@ -230,7 +349,9 @@ impl Run<'_> {
             trace_path,
             steps,
             stop,
+            rank,
         } = self;
+        let first = rank.is_first();
         let start_step = engine.steps();
         if args.resume.is_some() && start_step >= steps {
             return Err(BadInput(format!(
@@ -241,16 +362,20 @@ impl Run<'_> {
             ))
             .into());
         }
-        let est = log_start(&engine, cfg, steps, &est);
-        let csv_path =
-            (cfg.csv_monitor.enabled || args.out.is_some()).then(|| out_dir.join("metrics.csv"));
+        let est = if first {
+            log_start(&engine, cfg, steps, &est)
+        } else {
+            (0, 0, 0)
+        };
+        let csv_path = (first && (cfg.csv_monitor.enabled || args.out.is_some()))
+            .then(|| out_dir.join("metrics.csv"));
         let mut csv = match &csv_path {
             Some(p) => Some(open_csv(p, start_step > 0)?),
             None => None,
         };
         let before = engine.counters();
         engine.reset_overlap();
-        let r = run_loop(&mut engine, cfg, args, steps, csv.as_mut(), stop)?;
+        let r = run_loop(&mut engine, cfg, args, steps, csv.as_mut(), stop, first)?;
         engine.flush()?;
         // The steps' own traffic: not the initial layout, the save or the export below.
         let counters = engine.counters().since(&before);
@@ -268,6 +393,9 @@ impl Run<'_> {
             .or_else(|| cfg.zinf.model_from.as_ref().map(PathBuf::from));
         let export_start = std::time::Instant::now();
         let report = engine.export_hf(&out_dir, source.as_deref(), DEFAULT_MAX_SHARD_BYTES)?;
+        if !first {
+            return Ok(r);
+        }
         tracing::info!(
             "exported {} in {} file(s) to {} in {:.1} s (transformers loads it with \
          AutoModelForCausalLM.from_pretrained)",
@@ -306,6 +434,13 @@ fn check_flags(args: &TrainArgs) -> Result<(), BadInput> {
              its save (weights, optimizer state, step); drop one"
                 .into(),
         ));
+    }
+    if args.nproc_per_node > 1 && (args.save.is_some() || args.resume.is_some()) {
+        return Err(BadInput(format!(
+            "--nproc-per-node {}: saves and resumes of several ranks are not supported yet \
+             (each rank holds only its partition); drop --save/--resume, or train on one rank",
+            args.nproc_per_node
+        )));
     }
     if args.save_every > 0 && args.save.is_none() {
         return Err(BadInput(format!(
@@ -534,9 +669,10 @@ fn run_loop<D: Device>(
     steps: u64,
     mut csv: Option<&mut std::fs::File>,
     stop: &AtomicBool,
+    report: bool,
 ) -> anyhow::Result<Summary> {
     let first = t.steps() + 1;
-    let pb = progress(steps.saturating_sub(first - 1), args.no_progress);
+    let pb = progress(steps.saturating_sub(first - 1), args.no_progress || !report);
     let start = Instant::now();
     let (tokens_per_step, eval_interval) =
         (t.tokens_per_step() as u64, cfg.zinf.data.eval_interval);
@@ -558,8 +694,9 @@ fn run_loop<D: Device>(
         }
         pb.set_message(format!("loss {:.4} | {:.0} tok/s", m.loss, tps));
         pb.inc(1);
-        if cfg.steps_per_print > 0 && (i.is_multiple_of(cfg.steps_per_print) || i == first)
-            || v.is_some()
+        if report
+            && (cfg.steps_per_print > 0 && (i.is_multiple_of(cfg.steps_per_print) || i == first)
+                || v.is_some())
         {
             pb.suspend(|| log_step(&m, steps, step_s, tps, v));
         }
@@ -568,8 +705,11 @@ fn run_loop<D: Device>(
                 pb.suspend(|| t.save(dir))?;
             }
         }
-        if stop.load(Ordering::SeqCst) {
-            pb.suspend(|| tracing::warn!("interrupted: stopping after step {i}"));
+        // With several ranks, a stop any of them saw ends every rank after this step.
+        if t.any_rank(stop.load(Ordering::SeqCst))? {
+            if report {
+                pb.suspend(|| tracing::warn!("interrupted: stopping after step {i}"));
+            }
             break;
         }
     }

@@ -278,7 +278,17 @@ impl Config {
     /// JSON syntax error or a key written twice in one object (DeepSpeed refuses those too) is
     /// an error naming where.
     pub fn parse_bytes(bytes: &[u8], source_name: &str) -> Result<Loaded, ConfigError> {
-        Self::parse_bytes_from(bytes, source_name, None)
+        Self::parse_bytes_from(bytes, source_name, None, 1)
+    }
+
+    /// [`Config::parse_bytes`] for a run of `world_size` ranks (see
+    /// [`Config::load_for_world`]).
+    pub fn parse_bytes_for_world(
+        bytes: &[u8],
+        source_name: &str,
+        world_size: u64,
+    ) -> Result<Loaded, ConfigError> {
+        Self::parse_bytes_from(bytes, source_name, None, world_size)
     }
 
     /// Reads and resolves a config file, or the embedded default when `path` is `None`, with
@@ -288,18 +298,30 @@ impl Config {
         path: Option<&Path>,
         model_from: Option<&Path>,
     ) -> Result<Loaded, ConfigError> {
+        Self::load_for_world(path, model_from, 1)
+    }
+
+    /// [`Config::load_from`] for a run of `world_size` data-parallel ranks:
+    /// `train_batch_size = train_micro_batch_size_per_gpu × gradient_accumulation_steps ×
+    /// world_size`, as DeepSpeed resolves it with its world size.
+    pub fn load_for_world(
+        path: Option<&Path>,
+        model_from: Option<&Path>,
+        world_size: u64,
+    ) -> Result<Loaded, ConfigError> {
         match path {
             Some(path) => {
                 let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
                     path: path.display().to_string(),
                     source,
                 })?;
-                Self::parse_bytes_from(&bytes, &path.display().to_string(), model_from)
+                Self::parse_bytes_from(&bytes, &path.display().to_string(), model_from, world_size)
             }
             None => Self::parse_bytes_from(
                 EMBEDDED_DEFAULT.as_bytes(),
                 "configs/first_run.json (embedded)",
                 model_from,
+                world_size,
             ),
         }
     }
@@ -308,6 +330,7 @@ impl Config {
         bytes: &[u8],
         source_name: &str,
         model_from: Option<&Path>,
+        world_size: u64,
     ) -> Result<Loaded, ConfigError> {
         let source = || source_name.to_string();
         let mut value: Value = json::parse(bytes).map_err(|p| match p {
@@ -353,7 +376,7 @@ impl Config {
             strict: true,
             ..Diagnostics::default()
         };
-        let config = read_root(&value, &mut diag);
+        let config = read_root(&value, world_size.max(1), &mut diag);
         if let Some(c) = config.as_ref().filter(|_| diag.errors.is_empty()) {
             let free = |p: &str| crate::estimate::statvfs_free_bytes(std::path::Path::new(p));
             if let Err(issue) = c.check_fits(host_memory_bytes(), &free) {
@@ -425,7 +448,7 @@ const ACCEPTED_UNUSED: &[&str] = &[
     "zero_force_ds_cpu_optimizer",
 ];
 
-fn read_root(value: &Value, diag: &mut Diagnostics) -> Option<Config> {
+fn read_root(value: &Value, world_size: u64, diag: &mut Diagnostics) -> Option<Config> {
     if !value.is_object() {
         diag.error(
             "",
@@ -453,7 +476,7 @@ fn read_root(value: &Value, diag: &mut Diagnostics) -> Option<Config> {
     if fp16.enabled && bf16.enabled {
         diag.error("bf16.enabled", "fp16 and bf16 cannot both be enabled");
     }
-    let (train_batch_size, micro, gas) = sections::read_batch(&mut root, diag);
+    let (train_batch_size, micro, gas) = sections::read_batch(&mut root, world_size, diag);
     let gradient_clipping = match root.auto_f64("gradient_clipping", diag) {
         Some(Auto::Set(v)) => v,
         Some(Auto::Auto) => {

@@ -182,12 +182,12 @@ fn resolve_enabled(s: &mut Section<'_>, diag: &mut Diagnostics) -> bool {
     }
 }
 
-/// `train_batch_size = micro × accumulation × world` (world is 1 here); any two give the third,
+/// `train_batch_size = micro × accumulation × world` (`world` ranks); any two give the third,
 /// as DeepSpeed's `_configure_train_batch_size` (deepspeed/runtime/config.py). `"auto"` and
 /// absent keys take Hugging Face's `TrainingArguments` defaults where the others cannot
 /// determine them (HF fills them before DeepSpeed sees the file). Each key is at most
 /// [`MAX_BATCH`]. Returns `(train, micro, accumulation)`.
-pub fn read_batch(root: &mut Section<'_>, diag: &mut Diagnostics) -> (u64, u64, u64) {
+pub fn read_batch(root: &mut Section<'_>, world: u64, diag: &mut Diagnostics) -> (u64, u64, u64) {
     const KEYS: [&str; 3] = [
         "train_batch_size",
         "train_micro_batch_size_per_gpu",
@@ -234,12 +234,18 @@ pub fn read_batch(root: &mut Section<'_>, diag: &mut Diagnostics) -> (u64, u64, 
             None
         }
     };
+    // One rank's share of the global batch, when that is whole.
+    let per_rank = |t: u64, diag: &mut Diagnostics| divide(t, world, "the world size", diag);
     let resolved = match (ts, ms, gs) {
         (Some(t), Some(m), Some(g)) => Some((t, m, g)),
-        (Some(t), Some(m), None) => divide(t, m, KEYS[1], diag).map(|g| (t, m, g)),
-        (Some(t), None, Some(g)) => divide(t, g, KEYS[2], diag).map(|m| (t, m, g)),
-        (Some(t), None, None) => Some((t, t, 1)),
-        (None, Some(m), g) => Some((m * g.unwrap_or(1), m, g.unwrap_or(1))),
+        (Some(t), Some(m), None) => per_rank(t, diag)
+            .and_then(|r| divide(r, m, KEYS[1], diag))
+            .map(|g| (t, m, g)),
+        (Some(t), None, Some(g)) => per_rank(t, diag)
+            .and_then(|r| divide(r, g, KEYS[2], diag))
+            .map(|m| (t, m, g)),
+        (Some(t), None, None) => per_rank(t, diag).map(|r| (t, r, 1)),
+        (None, Some(m), g) => Some((m * g.unwrap_or(1) * world, m, g.unwrap_or(1))),
         (None, None, _) => unreachable!("micro is defaulted above when neither is set"),
     };
     let Some((train, micro, gas)) = resolved else {
@@ -248,31 +254,34 @@ pub fn read_batch(root: &mut Section<'_>, diag: &mut Diagnostics) -> (u64, u64, 
     if t == Some(Auto::Auto) {
         diag.resolved(
             KEYS[0],
-            format!("auto -> {} (micro × accumulation × 1 rank)", micro * gas),
+            format!(
+                "auto -> {} (micro × accumulation × {world} rank(s))",
+                micro * gas * world
+            ),
         );
     }
-    if train != micro * gas {
-        diag.error(KEYS[0], rank_mismatch(train, micro, gas));
-        return (micro * gas, micro, gas);
+    if train != micro * gas * world {
+        diag.error(KEYS[0], rank_mismatch(train, micro, gas, world));
+        return (micro * gas * world, micro, gas);
     }
     (train, micro, gas)
 }
 
-/// Why `train != micro × gas` on one rank, and what to set instead.
-fn rank_mismatch(train: u64, micro: u64, gas: u64) -> String {
-    let per_rank = micro * gas;
-    if train > per_rank && train.is_multiple_of(per_rank) {
-        let ranks = train / per_rank;
+/// Why `train != micro × gas × world`, and what to set instead.
+fn rank_mismatch(train: u64, micro: u64, gas: u64, world: u64) -> String {
+    let per_step = micro * gas * world;
+    if train > per_step && train.is_multiple_of(per_step) {
+        let ranks = train / (micro * gas);
         format!(
-            "{train} = {micro} × {gas} × {ranks} implies {ranks} ranks; zinf runs 1: set \
-             gradient_accumulation_steps to {} to keep the global batch, or train_batch_size \
-             to {per_rank}",
-            gas * ranks
+            "{train} = {micro} × {gas} × {ranks} implies {ranks} ranks; this run has {world}: \
+             start {ranks} ranks (--nproc-per-node {ranks}), set gradient_accumulation_steps \
+             to {} to keep the global batch, or train_batch_size to {per_step}",
+            gas * (train / per_step)
         )
     } else {
         format!(
             "train_batch_size is not equal to train_micro_batch_size_per_gpu × \
-             gradient_accumulation_steps × world size: {train} != {micro} × {gas} × 1"
+             gradient_accumulation_steps × world size: {train} != {micro} × {gas} × {world}"
         )
     }
 }

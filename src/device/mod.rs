@@ -394,6 +394,19 @@ pub trait Device: Send + Sync + Sized {
     fn zero(&self, buf: &mut Self::Buffer) -> Result<(), DeviceError>;
     /// `dst += src`, element-wise (residual backward, gradient accumulation).
     fn add_assign(&self, dst: &mut Self::Buffer, src: &Self::Buffer) -> Result<(), DeviceError>;
+    /// `dst[dst_off..][..n] = src[src_off..][..n]`, in the device's order (a gathered group
+    /// taken out of its padded collective buffer, gradients put into one).
+    ///
+    /// # Errors
+    /// A range outside its buffer ([`DeviceError::OutOfRange`]), or the backend's.
+    fn copy(
+        &self,
+        dst: &mut Self::Buffer,
+        dst_off: usize,
+        src: &Self::Buffer,
+        src_off: usize,
+        n: usize,
+    ) -> Result<(), DeviceError>;
     /// `out = a + b`, element-wise (residual forward).
     fn residual_forward(
         &self,

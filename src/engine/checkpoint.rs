@@ -150,13 +150,14 @@ fn ckpt_err(path: &Path, message: impl Into<String>) -> EngineError {
 }
 
 impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
-    /// Group `gi`'s parameters as stored (the run's dtype, little-endian), from whichever tier
-    /// holds their newest copy; the next group's read starts first, so the drive reads it
-    /// while this one is copied (callers walk the groups in order).
+    /// This rank's part of group `gi`'s parameters (the whole group on one rank) as stored
+    /// (the run's dtype, little-endian), from whichever tier holds their newest copy; the
+    /// next group's read starts first, so the drive reads it while this one is copied
+    /// (callers walk the groups in order).
     pub fn param_group_bytes(&mut self, gi: usize) -> Result<Vec<u8>, EngineError> {
         let layout = self.tiers.layout();
         let (n_groups, width) = (layout.groups.len(), layout.dtype.bytes());
-        let len = layout.groups[gi].len();
+        let len = layout.owned[gi].len();
         if gi + 1 < n_groups {
             self.tiers.prefetch_params(gi + 1, true)?;
         }
@@ -183,6 +184,23 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     ) -> Result<crate::model::export::ExportReport, EngineError> {
         let spec = self.settings.train.model.clone();
         let dtype = self.settings.train.dtype;
+        if self.world_size() > 1 {
+            // Every rank gathers each group in turn; rank 0 writes the folder.
+            if self.rank() != 0 {
+                for gi in 0..self.tiers.layout().groups.len() {
+                    self.gathered_group_bytes(gi)?;
+                }
+                return Ok(crate::model::export::ExportReport::default());
+            }
+            return crate::model::export::write_folder(
+                dir,
+                &spec,
+                dtype,
+                source,
+                max_shard_bytes,
+                |gi| self.gathered_group_bytes(gi),
+            );
+        }
         crate::model::export::write_folder(dir, &spec, dtype, source, max_shard_bytes, |gi| {
             self.param_group_bytes(gi)
         })
@@ -214,6 +232,16 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     /// `dir/step-NNNNNNNN`, then the pointer, then older saves in `dir` removed. Saving again
     /// at a step already saved there does nothing. Returns the folder of the save's store.
     pub fn save(&mut self, dir: &Path) -> Result<PathBuf, EngineError> {
+        if self.world_size() > 1 {
+            return Err(ckpt_err(
+                dir,
+                format!(
+                    "saves of {} ranks are not supported yet (each rank holds only its \
+                     partition); train on one rank to save",
+                    self.world_size()
+                ),
+            ));
+        }
         let name = format!("{STEP_PREFIX}{:08}", self.steps);
         if read_pointer(dir).is_ok_and(|p| p.step == self.steps && p.store == Path::new(&name)) {
             return Ok(dir.join(name));

@@ -15,6 +15,9 @@ pub struct EngineCounters {
     /// Bytes uploaded to and downloaded from the device.
     pub device_bytes_in: u64,
     pub device_bytes_out: u64,
+    /// Bytes this rank received through collectives (all-gathers of parameters,
+    /// reduce-scatters of gradients; 0 on one rank).
+    pub collective_bytes: u64,
     /// Fetches served by a group already on the device (kept or persistent).
     pub device_hits: u64,
     /// Fetches that had to bring the group in.
@@ -41,6 +44,7 @@ impl EngineCounters {
             nvme_bytes_written: self.nvme_bytes_written - earlier.nvme_bytes_written,
             device_bytes_in: self.device_bytes_in - earlier.device_bytes_in,
             device_bytes_out: self.device_bytes_out - earlier.device_bytes_out,
+            collective_bytes: self.collective_bytes - earlier.collective_bytes,
             device_hits: self.device_hits - earlier.device_hits,
             device_fetches: self.device_fetches - earlier.device_fetches,
             trace_deviations: self.trace_deviations - earlier.trace_deviations,

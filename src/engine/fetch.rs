@@ -127,13 +127,17 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             self.evict_kept();
         }
         let mut buf = self.take_buf(len, "parameters", gi)?;
-        let dev = &self.dev;
-        self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
-            let ev = dev.upload(&mut buf, at, chunk)?;
-            dev.wait(ev)?;
-            Ok(())
-        })?;
-        self.counters.device_bytes_in += (len * self.settings.train.dtype.bytes()) as u64;
+        if self.world_size() > 1 {
+            self.gather_group(gi, &mut buf)?;
+        } else {
+            let dev = &self.dev;
+            self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
+                let ev = dev.upload(&mut buf, at, chunk)?;
+                dev.wait(ev)?;
+                Ok(())
+            })?;
+            self.counters.device_bytes_in += (len * self.settings.train.dtype.bytes()) as u64;
+        }
         self.model.install_params(gi, buf);
         Ok(())
     }
@@ -198,6 +202,16 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         if !self.persistent[gi] {
             self.evict(gi);
             return Ok(());
+        }
+        if self.world_size() > 1 {
+            // Every rank updated its part: gather the new group.
+            let mut buf = self
+                .model
+                .take_params(gi)
+                .expect("a persistent group is installed");
+            let res = self.gather_group(gi, &mut buf);
+            self.model.install_params(gi, buf);
+            return res;
         }
         let values = self.tiers.updated_params(gi);
         let buf = self

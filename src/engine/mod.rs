@@ -18,6 +18,7 @@ pub mod counters;
 mod fetch;
 pub mod partition;
 pub mod placement;
+mod ranks;
 pub mod residency;
 pub mod summary;
 pub mod swap_lock;
@@ -30,8 +31,9 @@ pub use placement::{Placement, Tier};
 
 use crate::data::{val_batches, Batcher, Dataset};
 use crate::device::{Device, DeviceError};
+use crate::dist::Collective;
 use crate::model::{AnyModel, HostParams, Model, ModelError, ParamSource, Stages};
-use crate::optim::{Grad, OptimError, OptimizerStep, StepScalars};
+use crate::optim::{Grad, GradStats, OptimError, OptimizerStep, StepScalars};
 use crate::settings::{StepMetrics, TrainSettings};
 use crate::tiers::layout::is_persistent;
 use crate::tiers::{NvmeSetup, Recorder, TierError, TierLayout, Tiers};
@@ -61,6 +63,9 @@ pub enum EngineError {
     NonFinite { group: String, step: u64 },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    /// A collective among ranks failed (another rank stopped, or did not arrive in time).
+    #[error("{0}")]
+    Dist(String),
 }
 
 impl From<TierError> for EngineError {
@@ -83,7 +88,7 @@ impl From<DeviceError> for EngineError {
 pub struct EngineSettings {
     pub train: TrainSettings,
     pub placement: Placement,
-    /// This rank's share of every group (one rank today).
+    /// This rank's share of every group (its rank and the world size).
     pub partition: Partition,
     /// Elements per optimizer unit (DeepSpeed `sub_group_size`).
     pub sub_group_size: u64,
@@ -147,6 +152,8 @@ pub struct Engine<D: Device, B: BlockIo, M: Model<D> = AnyModel<D>> {
     counters: EngineCounters,
     /// Sum of squares of this step's gradients so far (streaming mode).
     step_sum_sq: f64,
+    /// The collectives among data-parallel ranks (`None` on one rank).
+    comm: Option<Box<dyn Collective<D>>>,
     /// The lock on the swap folders (held by a run `Session` built; last, so the store is
     /// closed before the lock's drop removes it).
     swap_lock: Option<swap_lock::SwapLock>,
@@ -175,20 +182,30 @@ impl<D: Device, B: BlockIo> Engine<D, B, AnyModel<D>> {
         io_factory: IoFactory<B>,
         start: Start,
         timeline: Timeline,
+        comm: Option<Box<dyn Collective<D>>>,
     ) -> Result<Self, EngineError> {
         let s = &settings.train;
         crate::model::check_vocab(&data, s.model.vocab_size())?;
         let model = s
             .model
             .build(&dev, s.micro_batch, s.seq_len, s.activation_checkpointing)?;
-        Self::with_model(settings, dev, model, data, io_factory, start, timeline)
+        Self::with_model(
+            settings, dev, model, data, io_factory, start, timeline, comm,
+        )
     }
 }
 
 impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     /// Builds the engine around `model` (built without parameter or gradient buffers):
     /// the tiers, the swap store over `io` (needed when any state is on NVMe), and every
-    /// buffer the step loop uses.
+    /// buffer the step loop uses. With several ranks (`settings.partition.world_size > 1`)
+    /// `comm` is this rank's end of their collectives, and every rank builds its engine at
+    /// the same time (the persistent groups are gathered here).
+    ///
+    /// # Errors
+    /// A model that does not match the settings, a world size without a matching `comm`,
+    /// the tiers' and the start's errors.
+    #[allow(clippy::too_many_arguments)]
     pub fn with_model(
         settings: EngineSettings,
         dev: D,
@@ -197,6 +214,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         io_factory: IoFactory<B>,
         start: Start,
         timeline: Timeline,
+        comm: Option<Box<dyn Collective<D>>>,
     ) -> Result<Self, EngineError> {
         let s = &settings.train;
         if model.num_params() != s.model.num_params() {
@@ -217,14 +235,26 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                     || is_persistent(g.range.len() as u64, settings.param_persistence_threshold)
             })
             .collect();
-        if settings.partition.world_size != 1 {
+        let part = settings.partition;
+        let comm_place = comm.as_ref().map(|c| (c.rank(), c.world_size()));
+        if part.world_size > 1 && comm_place != Some((part.rank, part.world_size)) {
             return Err(EngineError::Config(format!(
-                "world size {}: zinf trains on one rank today (the partitioned layout is ready, \
-                 the collective backend is not)",
-                settings.partition.world_size
+                "rank {} of {}: the collective given is {}",
+                part.rank,
+                part.world_size,
+                match comm_place {
+                    Some((r, w)) => format!("rank {r} of {w}"),
+                    None => "missing".into(),
+                }
             )));
         }
-        let part = settings.partition;
+        if matches!(start, Start::Resume(_)) && part.world_size > 1 {
+            return Err(EngineError::Config(format!(
+                "--resume with {} ranks: saves of several ranks are not supported yet; resume \
+                 on one rank",
+                part.world_size
+            )));
+        }
         let tensor_starts: Vec<usize> = model
             .groups()
             .iter()
@@ -285,6 +315,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             batches_drawn: 0,
             counters: EngineCounters::default(),
             step_sum_sq: 0.0,
+            comm,
             swap_lock: None,
         };
         match (start, pointer) {
@@ -309,10 +340,14 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         };
         for (gi, g) in groups.iter().enumerate() {
             let r = g.range.clone();
+            // This rank's part of the group (all of it on one rank).
+            let o = self.tiers.layout().owned[gi].clone();
             // Stored (rounded) values; the fp32 master starts from them, as DeepSpeed's does.
             // The fp32 values read are dropped before the master is made: two copies of the
             // largest group at once, not three.
-            let stored = HostParams::from_f32(s.dtype, &source(r.clone())?);
+            let values = source(r.clone())?;
+            let stored = HostParams::from_f32(s.dtype, &values[o.start - r.start..o.end - r.start]);
+            drop(values);
             let master = stored.to_f32();
             self.tiers.init_group(gi, &stored, &master)?;
         }
@@ -385,10 +420,10 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         swap_folder(&self.settings.placement)
     }
 
-    /// Tokens consumed by one optimizer step.
+    /// Tokens consumed by one optimizer step, every rank's together.
     pub fn tokens_per_step(&self) -> usize {
         let s = &self.settings.train;
-        s.micro_batch * s.seq_len * s.gradient_accumulation_steps
+        s.micro_batch * s.seq_len * s.gradient_accumulation_steps * self.world_size()
     }
 
     /// Optimizer steps taken so far (skipped ones included).
@@ -447,30 +482,55 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         self.step_sum_sq = 0.0;
         // A transfer left by a step that failed belongs to no step: drop it.
         self.grads_pending = None;
-        let mut loss_sum = 0.0f64;
+        let (world, rank) = (self.world_size(), self.rank());
+        let mut losses = Vec::with_capacity(gas);
         // The last step's held writes go out during this forward, which reads little.
         self.defer_writes(false);
+        // This rank's share of the global batch: micro-batches r·G .. (r+1)·G of it.
+        self.skip_batches(rank * gas);
         for mb in 0..gas {
             let (x, y) = self.batcher.next_batch(&self.data.train);
             self.batches_drawn += 1;
             self.trace.begin(Phase::Train);
-            loss_sum += self.forward(&x, &y)? as f64;
+            losses.push(self.forward(&x, &y)?);
             let last = mb + 1 == gas;
             // The updates read optimizer state; their writes wait (pool permitting).
             self.defer_writes(last);
-            let grad_scale = (loss_scale / gas as f64) as f32;
+            // The mean over every rank's micro-batches (DeepSpeed scales by 1/gas and
+            // averages over ranks in its gradient reduction: the same product).
+            let grad_scale = (loss_scale / (gas * world) as f64) as f32;
             self.backward(&x, &y, grad_scale, mb, last, streamed)?;
             self.trace.end();
         }
+        self.skip_batches((world - 1 - rank) * gas);
+        // Every rank's losses, rank-major: the order one rank accumulating them all would use.
+        let loss_sum: f64 = self.gather_values(&losses)?.iter().map(|&l| l as f64).sum();
         self.steps += 1;
         let (grad_norm, applied) = match streamed {
-            Some(_) => (self.opt.end_streamed(self.step_sum_sq)?, true),
+            Some(_) => {
+                let mine = GradStats {
+                    sum_sq: self.step_sum_sq,
+                    non_finite: false,
+                };
+                let sum_sq = self.global_stats(mine)?.sum_sq;
+                (self.opt.end_streamed(sum_sq)?, true)
+            }
             None => {
                 let acc = self
                     .grads_acc
                     .as_deref()
                     .expect("kept whole when not streaming");
-                let d = self.opt.decide(&[Grad::F32(acc)])?;
+                let d = if world == 1 {
+                    self.opt.decide(&[Grad::F32(acc)])?
+                } else {
+                    // This rank's parts only; the statistics of all ranks decide.
+                    let owned = &self.tiers.layout().owned;
+                    let parts: Vec<Grad<'_>> =
+                        owned.iter().map(|r| Grad::F32(&acc[r.clone()])).collect();
+                    let mine = self.opt.adam.grad_stats(&parts);
+                    let stats = self.global_stats(mine)?;
+                    self.opt.decide_with(stats)?
+                };
                 if let Some(scalars) = d.scalars {
                     self.update_all(scalars)?;
                 }
@@ -484,7 +544,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         timeline.span(Track::Step, &name, step_start, Instant::now());
         Ok(StepMetrics {
             step: self.steps,
-            loss: (loss_sum / gas as f64) as f32,
+            loss: (loss_sum / (gas * world) as f64) as f32,
             lr,
             loss_scale,
             grad_norm,
@@ -540,7 +600,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                 self.compute("recompute", |m, d| m.forward(d, f, x, y))?;
             }
             for &g in &st.grads_in {
-                self.grads_in(g, mb, last)?;
+                self.grads_in(g, last)?;
             }
             if update_after && Some(i) == stages.last_grads_in() {
                 // The update after backward starts with the last group: its first unit is
@@ -552,7 +612,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                 self.release(g);
             }
             for &g in &st.grads_out {
-                self.grads_out(g, last.then_some(streamed).flatten())?;
+                self.grads_out(g, mb == 0, last.then_some(streamed).flatten())?;
             }
         }
         self.finish_pending_grads()

@@ -90,6 +90,22 @@ impl Placement {
         }
     }
 
+    /// The placement of rank `rank` of several: each `nvme_path` gets a `rank{rank}` folder,
+    /// so ranks sharing a drive never share a store (DeepSpeed's swap folders are per rank
+    /// too, `zero_stage_3/.../rank{r}`).
+    pub fn for_rank(&self, rank: usize) -> Self {
+        let per_rank = |t: &Tier| match t {
+            Tier::Nvme { path } => Tier::Nvme {
+                path: path.join(format!("rank{rank}")),
+            },
+            other => other.clone(),
+        };
+        Placement {
+            params: per_rank(&self.params),
+            optimizer: per_rank(&self.optimizer),
+        }
+    }
+
     /// The folders of the swap store: every distinct `nvme_path` (chunks are striped over them,
     /// so two folders on two drives add their bandwidth).
     pub fn nvme_paths(&self) -> Vec<PathBuf> {

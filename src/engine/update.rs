@@ -1,13 +1,15 @@
 //! Gradients out of the device and the optimizer update of each group.
 //!
-//! A group's gradient buffer is installed just before its backward op and starts on its way to
-//! the host right after (`grads_in` / `grads_out`): the copy runs while the next stage
-//! computes, and the group is summed or updated at the next `grads_out` — on a GPU, compute,
-//! the copy and the CPU Adam overlap. The device buffer and the host buffer belong to the
-//! transfer until it is finished ([`crate::device::Download`]), so neither is reused early.
-//! Across micro-batches the host copy is uploaded again before the next backward adds to it,
-//! so the sums are formed in exactly the order of the resident trainer's device buffers
-//! (bit-identical results) and are fp32 throughout.
+//! A group's gradient buffer is installed (zeroed) just before its backward op and starts on
+//! its way to the host right after (`grads_in` / `grads_out`): the copy runs while the next
+//! stage computes, and the group is summed or updated at the next `grads_out` — on a GPU,
+//! compute, the copy and the CPU Adam overlap. The device buffer and the host buffer belong to
+//! the transfer until it is finished ([`crate::device::Download`]), so neither is reused
+//! early. With several ranks the gradients are reduce-scattered first and only this rank's
+//! part leaves the device. Across micro-batches the sums are formed on the host in fp32,
+//! `((g_0 + g_1) + g_2) + ...` — the order of the resident trainer (bit-identical results),
+//! and the order in which ranks' contributions are summed, so world 2 equals one rank with
+//! twice the accumulation bit for bit.
 //!
 //! The update is Adam on each optimizer unit of the group, in host memory or through pool
 //! buffers of the swap store (read ahead one unit, written behind). Two schedules, one rule:
@@ -20,7 +22,7 @@
 //!   would need the old state back on a clip or an overflow, i.e. a second copy of all of it.
 
 use super::{Engine, EngineError};
-use crate::device::{Device, DeviceBuffer, Download, HostSlice};
+use crate::device::{Device, DeviceBuffer, Download};
 use crate::model::{HostParams, Model};
 use crate::optim::{Grad, ParamOut, StepScalars};
 use crate::timeline::Track;
@@ -33,22 +35,13 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         self.model.groups()[gi].range.clone()
     }
 
-    /// Installs group `gi`'s gradient buffer: zeros on the first micro-batch, else the sums so
-    /// far. On the last micro-batch of a streaming step, starts reading the group's optimizer
-    /// state so it arrives while backward computes.
-    pub(super) fn grads_in(&mut self, gi: usize, mb: usize, last: bool) -> Result<(), EngineError> {
+    /// Installs group `gi`'s gradient buffer, zeroed (this micro-batch's gradients alone; the
+    /// host sums them). On the last micro-batch of a streaming step, starts reading the
+    /// group's optimizer state so it arrives while backward computes.
+    pub(super) fn grads_in(&mut self, gi: usize, last: bool) -> Result<(), EngineError> {
         let r = self.group_range(gi);
         let mut buf = self.take_buf(r.len(), "gradients", gi)?;
-        match &self.grads_acc {
-            Some(acc) if mb > 0 => {
-                let ev = self
-                    .dev
-                    .upload(&mut buf, 0, HostSlice::F32(&acc[r.clone()]))?;
-                self.dev.wait(ev)?;
-                self.counters.device_bytes_in += r.len() as u64 * 4;
-            }
-            _ => self.dev.zero(&mut buf)?,
-        }
+        self.dev.zero(&mut buf)?;
         self.model.install_grads(gi, buf);
         if last && self.streams() {
             if let Some(u) = self.tiers.layout().group_units[gi].clone().next() {
@@ -73,9 +66,13 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     pub(super) fn grads_out(
         &mut self,
         gi: usize,
+        first: bool,
         streamed: Option<StepScalars>,
     ) -> Result<(), EngineError> {
-        let buf = self.model.take_grads(gi).expect("grads_in installed it");
+        let mut buf = self.model.take_grads(gi).expect("grads_in installed it");
+        if self.world_size() > 1 {
+            buf = self.reduce_scatter_grads(gi, buf)?;
+        }
         let host = match self.grad_host.pop() {
             Some(h) => h,
             None => {
@@ -90,6 +87,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         let previous = self.grads_pending.replace(PendingGrads {
             gi,
             transfer,
+            first,
             streamed,
         });
         if let Some(p) = previous {
@@ -115,12 +113,17 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     fn finish_grads(&mut self, p: PendingGrads<D>) -> Result<(), EngineError> {
         let (buf, host) = self.dev.finish_download(p.transfer)?;
         self.free.push(buf);
-        let r = self.group_range(p.gi);
+        // This rank's part (the whole group on one rank).
+        let r = self.tiers.layout().owned[p.gi].clone();
         let grads = &host[..r.len()];
         let res = match self.grads_acc.take() {
             Some(mut acc) => {
-                // The device buffer held the sums so far (grads_in uploaded them).
-                acc[r.clone()].copy_from_slice(grads);
+                let sums = &mut acc[r.clone()];
+                if p.first {
+                    sums.copy_from_slice(grads);
+                } else {
+                    sums.iter_mut().zip(grads).for_each(|(s, g)| *s += g);
+                }
                 let res = match p.streamed {
                     Some(scalars) => self.stream_update(p.gi, &acc[r], scalars),
                     None => Ok(()),
@@ -163,7 +166,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             .expect("kept whole when not streaming");
         let mut res = Ok(());
         for gi in (0..self.n_groups()).rev() {
-            let r = self.group_range(gi);
+            let r = self.tiers.layout().owned[gi].clone();
             res = self.update_group(gi, &acc[r], scalars);
             if res.is_err() {
                 break;
@@ -180,8 +183,8 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         Ok(())
     }
 
-    /// Adam on every unit of group `gi` with its gradients `grads` (the whole group), then the
-    /// new parameters go home and to the device.
+    /// Adam on every unit of group `gi` with its gradients `grads` (this rank's part of the
+    /// group: all of it on one rank), then the new parameters go home and to the device.
     fn update_group(
         &mut self,
         gi: usize,
@@ -189,7 +192,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         scalars: StepScalars,
     ) -> Result<(), EngineError> {
         let t = Instant::now();
-        let g0 = self.group_range(gi).start;
+        let g0 = self.tiers.layout().owned[gi].start;
         self.tiers.begin_group_update();
         for u in self.tiers.layout().group_units[gi].clone() {
             // Read ahead two units: the next one even if writes must finish first, the one
@@ -237,6 +240,8 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
 pub(super) struct PendingGrads<D: Device> {
     gi: usize,
     transfer: Download<D>,
+    /// The first micro-batch of the step: its gradients start the host sums.
+    first: bool,
     /// This step's scalars when the group is updated as soon as its gradients arrive.
     streamed: Option<StepScalars>,
 }

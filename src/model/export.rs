@@ -32,7 +32,7 @@ pub const COPIED_FILES: &[&str] = &[
 ];
 
 /// What an export wrote.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExportReport {
     /// Weight files, in order.
     pub files: Vec<PathBuf>,

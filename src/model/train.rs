@@ -106,15 +106,25 @@ impl Trainer {
         let gas = self.settings.gradient_accumulation_steps;
         let loss_scale = self.opt.loss_scale();
         let lr = self.opt.lr();
-        self.model.zero_grads(&self.dev)?;
         let mut loss_sum = 0.0f64;
-        for _ in 0..gas {
+        let mut one = Vec::new();
+        for mb in 0..gas {
             let (x, y) = self.batcher.next_batch(&self.data.train);
             loss_sum += self.model.forward(&self.dev, &x, &y)? as f64;
+            // Each micro-batch's gradients alone, then summed on the host in fp32,
+            // `((g_0 + g_1) + g_2) + ...`: the order the engine sums micro-batches and
+            // ranks in, so every run of the same samples gives the same bits.
+            self.model.zero_grads(&self.dev)?;
             self.model
                 .backward(&self.dev, &x, &y, (loss_scale / gas as f64) as f32)?;
+            if mb == 0 {
+                self.model.download_grads(&self.dev, &mut self.grads)?;
+            } else {
+                one.resize(self.grads.len(), 0.0);
+                self.model.download_grads(&self.dev, &mut one)?;
+                self.grads.iter_mut().zip(&one).for_each(|(s, g)| *s += g);
+            }
         }
-        self.model.download_grads(&self.dev, &mut self.grads)?;
         let d = self.opt.decide(&[Grad::F32(&self.grads)])?;
         self.steps += 1;
         if let Some(scalars) = d.scalars {

@@ -10,8 +10,8 @@
 //! without touching the step count, else unscale-and-clip, Adam, then `lr_scheduler.step()`.
 
 use super::{
-    combined_grad_scale, Adam, Grad, LossScaler, LossScalerConfig, LrScheduler, LrSchedulerState,
-    OptimError, SchedulerConfig, StepOutcome, StepScalars,
+    combined_grad_scale, Adam, Grad, GradStats, LossScaler, LossScalerConfig, LrScheduler,
+    LrSchedulerState, OptimError, SchedulerConfig, StepOutcome, StepScalars,
 };
 
 /// Whether the update can stream group by group during backward: with no clipping
@@ -95,9 +95,15 @@ impl OptimizerStep {
     /// scale): overflow → skipped (the scaler backs off, Adam's step count stays); otherwise
     /// the scalars (this step's lr, step, unscale × clip) every Adam call of this step uses.
     pub fn decide(&mut self, grads: &[Grad<'_>]) -> Result<Decision, OptimError> {
+        let stats = self.adam.grad_stats(grads);
+        self.decide_with(stats)
+    }
+
+    /// [`OptimizerStep::decide`] from gradient statistics already formed (with several
+    /// ranks, the sum over every rank's partition).
+    pub fn decide_with(&mut self, stats: GradStats) -> Result<Decision, OptimError> {
         let lr = self.lr();
         let loss_scale = self.scaler.scale();
-        let stats = self.adam.grad_stats(grads);
         let scaled_norm = stats.sum_sq.sqrt();
         let outcome = self.scaler.update(stats.non_finite)?;
         let grad_norm = if stats.non_finite {

@@ -29,6 +29,9 @@ pub struct Unit {
 pub struct TierLayout {
     /// Flat element range of every group, layout order; they tile `0..total`.
     pub groups: Vec<Range<usize>>,
+    /// The part of every group this rank owns (its ZeRO-3 partition, flat elements; the whole
+    /// group on one rank): the parameter home holds these elements only.
+    pub owned: Vec<Range<usize>>,
     /// Optimizer units of the partition this rank owns, in layout order.
     pub units: Vec<Unit>,
     /// Units of each group (indices into `units`).
@@ -61,10 +64,10 @@ impl TierLayout {
         let size = usize::try_from(sub_group_size.max(1)).unwrap_or(usize::MAX);
         let mut units = Vec::new();
         let mut group_units = Vec::with_capacity(groups.len());
-        for (gi, g) in groups.iter().enumerate() {
+        let owned: Vec<Range<usize>> = groups.iter().map(|g| owned(g.clone())).collect();
+        for (gi, r) in owned.iter().enumerate() {
             let first = units.len();
-            let r = owned(g.clone());
-            for range in cut_units(r, tensor_starts, size) {
+            for range in cut_units(r.clone(), tensor_starts, size) {
                 units.push(Unit { group: gi, range });
             }
             group_units.push(first..units.len());
@@ -72,6 +75,7 @@ impl TierLayout {
         let total = groups.last().map_or(0, |g| g.end);
         TierLayout {
             groups,
+            owned,
             units,
             group_units,
             dtype,
@@ -85,9 +89,15 @@ impl TierLayout {
         self.groups[gi].len()
     }
 
-    /// Elements of the largest group (the staging buffer's size).
+    /// Elements of the largest group (a gathered group on the device).
     pub fn max_group_len(&self) -> usize {
         self.groups.iter().map(|g| g.len()).max().unwrap_or(0)
+    }
+
+    /// Elements of the largest owned part of a group (the staging buffer's size, and the
+    /// largest parameter shard of this rank).
+    pub fn max_owned_len(&self) -> usize {
+        self.owned.iter().map(|g| g.len()).max().unwrap_or(0)
     }
 
     /// Elements of the largest unit.
@@ -110,11 +120,11 @@ impl TierLayout {
         chunk_bytes(configured, self.max_unit_len() as u64)
     }
 
-    /// Store bytes of every group's parameter shard, padded as the store moves them: one
-    /// step's parameter writes when they live on NVMe.
+    /// Store bytes of this rank's parameter shard of every group, padded as the store moves
+    /// them: one step's parameter writes when they live on NVMe.
     pub fn param_store_bytes(&self, chunk: u64) -> u64 {
         let d = self.dtype.bytes() as u64;
-        self.groups
+        self.owned
             .iter()
             .map(|g| store_bytes(g.len() as u64 * d, chunk))
             .sum()
@@ -154,7 +164,7 @@ impl TierLayout {
             full.saturating_mul(one(chunk)).saturating_add(rest_bytes)
         };
         let params = if place.params {
-            reserve(self.max_group_len() as u64 * self.dtype.bytes() as u64)
+            reserve(self.max_owned_len() as u64 * self.dtype.bytes() as u64)
         } else {
             0
         };
@@ -179,12 +189,12 @@ impl TierLayout {
         specs
     }
 
-    /// The shards of the parameters of every group.
+    /// The shards of this rank's parameters of every group (its owned part).
     pub fn param_specs(&self) -> Vec<ShardSpec> {
         let b = self.dtype.bytes() as u64;
         let tag = dtype_tag(self.dtype);
         (0..self.groups.len())
-            .map(|gi| ShardSpec::new(param_shard(gi), self.numel(gi) as u64 * b, tag))
+            .map(|gi| ShardSpec::new(param_shard(gi), self.owned[gi].len() as u64 * b, tag))
             .collect()
     }
 

@@ -168,7 +168,7 @@ impl<B: BlockIo> Tiers<B> {
     ) -> Result<Self, TierError> {
         let total = layout.total;
         let dtype = layout.dtype;
-        let staging = || HostParams::zeros(dtype, layout.max_group_len());
+        let staging = || HostParams::zeros(dtype, layout.max_owned_len());
         let make_nvme = |n: Option<NvmeSetup<B>>| -> Result<Nvme<B>, TierError> {
             let n =
                 n.ok_or_else(|| TierError::Config("state on NVMe needs a swap store".into()))?;
@@ -292,15 +292,18 @@ impl<B: BlockIo> Tiers<B> {
         host_bytes(&self.layout, place, self.max_in_cpu)
     }
 
-    /// Sets the initial values of group `gi`: `stored` (exactly the group, in the storage
-    /// dtype) and the fp32 master `master` (exactly the group); m and v start at zero.
+    /// Sets the initial values of this rank's part of group `gi`: `stored` (the owned part,
+    /// in the storage dtype) and the fp32 master `master` (the owned part); m and v start at
+    /// zero. Nothing outside the owned part is written (with several ranks, its host pages
+    /// are never touched).
     pub fn init_group(
         &mut self,
         gi: usize,
         stored: &HostParams,
         master: &[f32],
     ) -> Result<(), TierError> {
-        let r = self.layout.groups[gi].clone();
+        let r = self.layout.owned[gi].clone();
+        assert_eq!(stored.len(), r.len(), "init_group: the owned part's values");
         let Tiers {
             homes, rec, layout, ..
         } = self;
@@ -325,10 +328,10 @@ impl<B: BlockIo> Tiers<B> {
         Ok(())
     }
 
-    /// Sets group `gi`'s parameters to `bytes` (the storage dtype, exactly the group): a
-    /// resume restoring a save into fresh tiers.
+    /// Sets this rank's part of group `gi`'s parameters to `bytes` (the storage dtype,
+    /// exactly the owned part): a resume restoring a save into fresh tiers.
     pub fn restore_params(&mut self, gi: usize, bytes: &[u8]) -> Result<(), TierError> {
-        let start = self.layout.groups[gi].start;
+        let start = self.layout.owned[gi].start;
         let Tiers { homes, rec, .. } = self;
         match homes {
             Homes::Host { params, .. } | Homes::OptNvme { params, .. } => {
@@ -392,7 +395,8 @@ impl<B: BlockIo> Tiers<B> {
         Ok(())
     }
 
-    /// Uploads group `gi`'s parameters through `up(offset_elems, chunk)`, from the freshest
+    /// Uploads this rank's part of group `gi`'s parameters (all of it on one rank) through
+    /// `up(offset_elems, chunk)`, offsets from the owned part's start, from the freshest
     /// copy: the host array, the staging buffer of the group updated last, the host cache,
     /// the pool buffer of a held or in-flight write, or the disk (a prefetch in flight or a
     /// read now). A group read from disk goes into the `max_in_cpu` cache while it has room.
@@ -401,7 +405,7 @@ impl<B: BlockIo> Tiers<B> {
         gi: usize,
         mut up: impl FnMut(usize, HostSlice<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let r = self.layout.groups[gi].clone();
+        let r = self.layout.owned[gi].clone();
         let len = r.len();
         let dtype = self.layout.dtype;
         let Tiers {
@@ -522,7 +526,7 @@ impl<B: BlockIo> Tiers<B> {
         ) -> Result<(), E>,
     ) -> Result<(), E> {
         let unit = self.layout.units[u].clone();
-        let g0 = self.layout.groups[unit.group].start;
+        let g0 = self.layout.owned[unit.group].start;
         let rel = unit.range.start - g0..unit.range.end - g0;
         let Tiers { homes, rec, .. } = self;
         let (out, out_range, opt) = match homes {
@@ -572,7 +576,7 @@ impl<B: BlockIo> Tiers<B> {
     /// staging buffer (written behind), which keeps them for the next fetch; the host cache
     /// copy, if any, is refreshed.
     pub fn finish_group_update(&mut self, gi: usize) -> Result<(), TierError> {
-        let len = self.layout.numel(gi);
+        let len = self.layout.owned[gi].len();
         let Tiers {
             homes, rec, cache, ..
         } = self;
@@ -587,10 +591,10 @@ impl<B: BlockIo> Tiers<B> {
         Ok(())
     }
 
-    /// The newest values of group `gi` in host memory right after its update (the host array,
-    /// or the staging buffer), to refresh a persistent device copy.
+    /// The newest values of this rank's part of group `gi` in host memory right after its
+    /// update (the host array, or the staging buffer), to refresh a persistent device copy.
     pub fn updated_params(&self, gi: usize) -> HostSlice<'_> {
-        let r = self.layout.groups[gi].clone();
+        let r = self.layout.owned[gi].clone();
         match &self.homes {
             Homes::Host { params, .. } | Homes::OptNvme { params, .. } => params.slice(r),
             Homes::ParamsNvme { staging, .. } | Homes::AllNvme { staging, .. } => {
@@ -645,8 +649,13 @@ impl<B: BlockIo> Tiers<B> {
     }
 
     /// Every parameter, newest values, as one host array (the HF export); `None` when they
-    /// live on NVMe and would take more than `max_bytes` of host memory.
+    /// live on NVMe and would take more than `max_bytes` of host memory. One rank only (with
+    /// several, each holds its partition: the engine gathers them).
     pub fn export_params(&mut self, max_bytes: u64) -> Result<Option<HostParams>, TierError> {
+        assert_eq!(
+            self.layout.owned, self.layout.groups,
+            "export_params on one rank"
+        );
         let total = self.layout.total;
         let dtype = self.layout.dtype;
         if let Homes::Host { params, .. } | Homes::OptNvme { params, .. } = &self.homes {
@@ -673,10 +682,12 @@ impl<B: BlockIo> Tiers<B> {
 /// with parameters on NVMe, the one-group staging buffer and the `max_in_cpu` cache instead.
 /// A pure function, so a run is checked against `zinf.host_memory_budget` before it allocates.
 pub fn host_bytes(layout: &TierLayout, place: NvmePlacement, max_in_cpu: u64) -> u64 {
-    let total = layout.total as u64;
+    // This rank's part of the state (all of it on one rank): the host arrays are flat, but
+    // only the owned elements are ever written, so only their pages are resident.
+    let total = layout.owned.iter().map(|r| r.len() as u64).sum::<u64>();
     let d = layout.dtype.bytes() as u64;
     let params = if place.params {
-        layout.max_group_len() as u64 * d + max_in_cpu.min(total) * d
+        layout.max_owned_len() as u64 * d + max_in_cpu.min(total) * d
     } else {
         total * d
     };
@@ -716,8 +727,8 @@ fn write_param<B: BlockIo>(
     n.queue.write_bytes(&mut n.store, rec, id, bytes)
 }
 
-/// Writes the initial fp32 master of group `gi` (`master`, the whole group); m and v start
-/// as the store's zeros.
+/// Writes the initial fp32 master of group `gi` (`master`, this rank's owned part); m and v
+/// start as the store's zeros.
 fn write_master<B: BlockIo>(
     n: &mut Nvme<B>,
     rec: &mut Recorder,
@@ -725,7 +736,7 @@ fn write_master<B: BlockIo>(
     gi: usize,
     master: &[f32],
 ) -> Result<(), TierError> {
-    let g0 = layout.groups[gi].start;
+    let g0 = layout.owned[gi].start;
     for u in layout.group_units[gi].clone() {
         let r = layout.units[u].range.clone();
         let bytes = bytemuck::cast_slice(&master[r.start - g0..r.end - g0]);

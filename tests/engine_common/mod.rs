@@ -129,6 +129,7 @@ pub fn fake_engine_on<D: Device>(
         fake_factory(disk, pool_bytes),
         start,
         Timeline::disabled(),
+        None,
     )
     .expect("engine builds")
 }

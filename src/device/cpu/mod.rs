@@ -223,6 +223,20 @@ impl Device for CpuDevice {
         Ok(())
     }
 
+    fn copy(
+        &self,
+        dst: &mut CpuBuffer,
+        dst_off: usize,
+        src: &CpuBuffer,
+        src_off: usize,
+        n: usize,
+    ) -> Result<(), DeviceError> {
+        check_range("copy", src_off, n, src.len())?;
+        check_range("copy", dst_off, n, dst.len())?;
+        dst.data[dst_off..dst_off + n].copy_from_slice(&src.data[src_off..src_off + n]);
+        Ok(())
+    }
+
     fn residual_forward(
         &self,
         out: &mut CpuBuffer,

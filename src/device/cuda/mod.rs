@@ -876,6 +876,33 @@ impl Device for CudaDevice {
         )
     }
 
+    fn copy(
+        &self,
+        dst: &mut CudaBuffer,
+        dst_off: usize,
+        src: &CudaBuffer,
+        src_off: usize,
+        n: usize,
+    ) -> Result<(), DeviceError> {
+        check_range("copy", src_off, n, src.len())?;
+        check_range("copy", dst_off, n, dst.len())?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: both ranges were checked above; the copy is ordered in the compute stream
+        // with every op that reads or writes either buffer.
+        unsafe {
+            drv::memcpy_dtod_async(
+                dst.at(dst_off),
+                src.at(src_off),
+                n * 4,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| backend("cuMemcpyDtoDAsync", e))
+    }
+
     fn residual_forward(
         &self,
         out: &mut CudaBuffer,
