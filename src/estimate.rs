@@ -37,6 +37,11 @@ pub struct ModelStats {
     pub opt_store_bytes: u64,
     /// Optimizer units (DeepSpeed sub-groups) of this rank.
     pub units: u64,
+    /// Parameters this rank owns (its ZeRO-3 partition of every group; all on one rank):
+    /// what its host and NVMe tiers hold.
+    pub owned: u64,
+    /// Data-parallel ranks of the run.
+    pub world_size: u64,
 }
 
 impl ModelStats {
@@ -61,6 +66,8 @@ impl ModelStats {
             param_store_bytes: layout.param_store_bytes(chunk),
             opt_store_bytes: layout.opt_store_bytes(chunk),
             units: layout.units.len() as u64,
+            owned: layout.owned.iter().map(|r| r.len() as u64).sum(),
+            world_size: s.settings.partition.world_size as u64,
         }
     }
 }
@@ -115,6 +122,10 @@ pub struct Traffic {
     pub nvme_write_bytes: u64,
     pub host_to_device_bytes: u64,
     pub device_to_host_bytes: u64,
+    /// Bytes this rank receives through collectives: all-gathers of every fetched group
+    /// (fp32, the other ranks' parts) and reduce-scatters of every micro-batch's gradients.
+    /// 0 on one rank.
+    pub collective_bytes: u64,
 }
 
 /// One row of DeepSpeed's `estimate_zero3_model_states_mem_needs_all_live` (1 GPU, 1 node).
@@ -218,6 +229,9 @@ pub fn estimate(
     let t = &st.train;
     let pl = &st.placement;
     let p = model.params;
+    // Host and NVMe tiers hold this rank's partition only; the device gathers whole groups.
+    let owned = model.owned;
+    let world = model.world_size.max(1);
     let d = t.dtype.bytes() as u64;
     // On a GPU one group's gradients stay in flight while the next stage computes (a second
     // device buffer and a second page-locked host buffer); the CPU finishes each at once.
@@ -266,6 +280,15 @@ pub fn estimate(
         "activations, logits and backward scratch (fp32, one micro-batch)",
         activation_bytes(t),
     );
+    if world > 1 {
+        // A gather (or reduce-scatter) holds this rank's padded part and, when the group does
+        // not split evenly, the padded whole beside the group's own buffer.
+        let part = model.largest_group.div_ceil(world);
+        device.add(
+            "one group's part and padded whole for all-gather / reduce-scatter (fp32)",
+            mul(&[4, part.saturating_add(part.saturating_mul(world))]),
+        );
+    }
 
     // Host: the parameters' home, the optimizer state, the gradients, the pool, the export.
     let pinned_if = |pin: bool| pin;
@@ -275,7 +298,7 @@ pub fn estimate(
                 "{}-bit parameters' host copy (the CPU Adam writes it; offload_param none)",
                 8 * d
             ),
-            mul(&[d, p]),
+            mul(&[d, owned]),
         ),
         Placed::Cpu { pin_memory } => {
             let tier = if pinned_if(*pin_memory) {
@@ -285,21 +308,21 @@ pub fn estimate(
             };
             tier.add(
                 format!("{}-bit parameters (offload_param cpu)", 8 * d),
-                mul(&[d, p]),
+                mul(&[d, owned]),
             );
         }
         Placed::Nvme { .. } => {
             pageable.add(
                 "staging buffer of one parameter group (the one updated last)",
-                mul(&[d, model.largest_group]),
+                mul(&[d, s.layout.max_owned_len() as u64]),
             );
             pageable.add(
                 "parameters cached in host memory (max_in_cpu)",
-                mul(&[d, st.max_in_cpu.min(p)]),
+                mul(&[d, st.max_in_cpu.min(owned)]),
             );
         }
     }
-    let opt_bytes = mul(&[12, p]);
+    let opt_bytes = mul(&[12, owned]);
     match &pl.optimizer {
         Placed::Device => pageable.add(
             "fp32 master weights, Adam m and v (offload_optimizer none: zinf's CPU Adam keeps \
@@ -326,7 +349,7 @@ pub fn estimate(
     if !streams || gas > 1 {
         pageable.add(
             "fp32 gradients, whole (accumulated, or waiting for the global norm)",
-            mul(&[4, p]),
+            mul(&[4, owned]),
         );
     }
     let transfer = mul(&[4, grads_in_flight, model.largest_group]);
@@ -360,19 +383,32 @@ pub fn estimate(
     );
 
     // Traffic per step.
-    let fetched = mul(&[2, gas, d, p - model.persistent.min(p)]);
+    // Each rank uploads its part of a group; the all-gather brings the rest.
+    let fetched_elems = mul(&[2, gas, p - model.persistent.min(p)]);
+    let fetched = mul(&[d, fetched_elems]) / world;
+    let mut gathered_elems = fetched_elems;
     match pl.params {
         // Updated 16-bit parameters go back to their resident device copy once a step.
-        Placed::Device => acc(&mut traffic.host_to_device_bytes, mul(&[d, p])),
+        Placed::Device => {
+            acc(&mut traffic.host_to_device_bytes, mul(&[d, p]) / world);
+            gathered_elems = p;
+        }
         _ => acc(&mut traffic.host_to_device_bytes, fetched),
     }
-    acc(&mut traffic.device_to_host_bytes, mul(&[gas, 4, p]));
+    acc(&mut traffic.device_to_host_bytes, mul(&[gas, 4, p]) / world);
+    if world > 1 {
+        let others = |elems: u64| mul(&[4, elems]) / world * (world - 1);
+        acc(
+            &mut traffic.collective_bytes,
+            others(gathered_elems).saturating_add(others(mul(&[gas, p]))),
+        );
+    }
     if place.params {
         // Every fetch of an uncached group reads it, forward and backward (an upper bound:
         // groups kept between the two, or served from host copies, are not read again).
-        let cached = st.max_in_cpu.min(p);
-        let uncached = (u128::from(model.param_store_bytes) * u128::from(p - cached))
-            .checked_div(u128::from(p))
+        let cached = st.max_in_cpu.min(owned);
+        let uncached = (u128::from(model.param_store_bytes) * u128::from(owned - cached))
+            .checked_div(u128::from(owned))
             .unwrap_or(0);
         let uncached = u64::try_from(uncached).unwrap_or(u64::MAX);
         acc(&mut traffic.nvme_read_bytes, mul(&[2, gas, uncached]));

@@ -321,7 +321,10 @@ impl Session {
             ));
         }
         if let Some(budget) = cfg.zinf.host_memory_budget {
-            let host = est.host_bytes();
+            // Every rank on this node holds its share (rank 0's, the largest, for each).
+            let host = est
+                .host_bytes()
+                .saturating_mul(self.settings.partition.world_size as u64);
             if host > budget {
                 out.push(format!(
                     "zinf.host_memory_budget: the run holds {} in host memory ({}), above the \

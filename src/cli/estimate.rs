@@ -22,10 +22,15 @@ pub struct EstimateArgs {
     /// `zinf train --init-from` does); its config.json is enough.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// Data-parallel ranks of the run (as `zinf train --nproc-per-node`): figures per rank.
+    #[arg(long, default_value_t = 1, value_parser = super::count_in(1, 256))]
+    pub nproc_per_node: u64,
 }
 
 pub fn run(args: &EstimateArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match Config::load_from(Some(&args.config), args.init_from.as_deref()) {
+    let world = args.nproc_per_node;
+    let loaded = match Config::load_for_world(Some(&args.config), args.init_from.as_deref(), world)
+    {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -39,6 +44,10 @@ pub fn run(args: &EstimateArgs) -> anyhow::Result<ExitCode> {
     // A shape is enough to estimate: the folder may hold only its config.json.
     let o = Overrides {
         shape_only: true,
+        partition: Some(crate::engine::Partition {
+            rank: 0,
+            world_size: world as usize,
+        }),
         ..Overrides::default()
     };
     let plan = match Session::draft(config, &o) {
@@ -84,6 +93,13 @@ fn print_human(e: &Estimate) {
         "model: {} parameters ({}), largest tensor {} elements, largest group {} elements",
         e.model.params, e.param_dtype, e.model.largest_tensor, e.model.largest_group
     );
+    if e.model.world_size > 1 {
+        println!(
+            "{} ranks: rank 0 owns {} parameters (figures below are per rank; the host holds \
+             every rank's)",
+            e.model.world_size, e.model.owned
+        );
+    }
     println!("peak bytes per tier:");
     print_tier("device", &e.device);
     print_tier("pinned host", &e.pinned_host);
@@ -115,6 +131,12 @@ fn print_human(e: &Estimate) {
         gib(t.host_to_device_bytes),
         gib(t.device_to_host_bytes)
     );
+    if e.model.world_size > 1 {
+        println!(
+            "  collectives (received: all-gathers and reduce-scatters) {}",
+            gib(t.collective_bytes)
+        );
+    }
     println!(
         "  minimum step time from NVMe traffic at {} GB/s: {:.3} s",
         e.nvme_gbps, e.min_step_s_nvme

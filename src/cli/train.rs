@@ -10,8 +10,10 @@
 //! (optionally JSON). Ctrl-C stops after the current step and still saves and reports.
 
 use crate::cli::BadInput;
+use crate::config::DeviceChoice;
 use crate::config::{Config, Loaded};
 use crate::device::Device;
+use crate::dist::env::DistEnv;
 use crate::dist::threads::{ThreadComm, ThreadGroup};
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
 use crate::engine::Partition;
@@ -129,6 +131,9 @@ pub struct Summary {
     pub trace: Option<String>,
     pub saved: Option<String>,
     pub counters: EngineCounters,
+    /// Rank processes this command started and waited for (their rank 0 printed the run's
+    /// summary); 0 when this process trained.
+    pub launched_ranks: usize,
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
@@ -147,7 +152,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         );
     });
     let summary = train(args, &stop)?;
-    print_summary(&summary);
+    if summary.launched_ranks == 0 {
+        print_summary(&summary);
+    }
     Ok(if summary.interrupted {
         ExitCode::from(crate::cli::EXIT_INTERRUPTED)
     } else {
@@ -186,20 +193,51 @@ impl Rank {
     }
 }
 
+/// How a rank reaches the others.
+enum RankComm {
+    /// One rank.
+    Alone,
+    /// A thread rank of `--nproc-per-node N --device cpu`.
+    Thread(ThreadComm),
+    /// A process started by a launcher (torchrun, DeepSpeed's, mpirun, Slurm, or `zinf train
+    /// --nproc-per-node N` on GPUs): NCCL over the GPU `LOCAL_RANK`.
+    Launched(DistEnv),
+}
+
 /// Runs training to the end (or to Ctrl-C via `stop`) and returns the summary (rank 0's,
 /// with several ranks).
+///
+/// Ranks: a process whose environment names several ranks (`WORLD_SIZE` and the rest, see
+/// [`DistEnv`]) is one of them and trains on GPU `LOCAL_RANK` over NCCL; `--nproc-per-node N`
+/// starts N ranks here — threads with `--device cpu`, processes (one GPU each) on GPUs.
 pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
     check_flags(args)?;
+    let env = DistEnv::from_env().map_err(|e| BadInput(e.to_string()))?;
     let world = args.nproc_per_node as usize;
+    if env.world_size > 1 {
+        if world > 1 && std::env::var_os(LAUNCHED_BY_ZINF).is_none() {
+            return Err(BadInput(format!(
+                "--nproc-per-node {world} in a process {} started as rank {} of {}: let one \
+                 of them start the ranks (drop --nproc-per-node, or start zinf directly)",
+                env.launcher, env.rank, env.world_size
+            ))
+            .into());
+        }
+        if !cfg!(feature = "nccl") || args.device == Some(DeviceChoice::Cpu) {
+            return Err(BadInput(launched_needs_nccl(&env)).into());
+        }
+        let partition = Partition {
+            rank: env.rank,
+            world_size: env.world_size,
+        };
+        return train_rank(args, stop, Rank { partition }, RankComm::Launched(env));
+    }
     if world == 1 {
-        return train_rank(
-            args,
-            stop,
-            Rank {
-                partition: Partition::single(),
-            },
-            None,
-        );
+        let partition = Partition::single();
+        return train_rank(args, stop, Rank { partition }, RankComm::Alone);
+    }
+    if resolves_to_gpu(args)? {
+        return launch_gpu_ranks(args, world);
     }
     // Thread ranks over the CPU device: one collective group, one thread per rank. A rank
     // that fails drops its end of the group, so the others fail at their next collective
@@ -217,7 +255,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
                 std::thread::Builder::new()
                     .name(format!("rank{rank}"))
                     .spawn_scoped(scope, move || {
-                        train_rank(args, stop, Rank { partition }, Some(comm))
+                        train_rank(args, stop, Rank { partition }, RankComm::Thread(comm))
                     })
                     .expect("the OS starts a rank thread")
             })
@@ -253,7 +291,7 @@ fn train_rank(
     args: &TrainArgs,
     stop: &AtomicBool,
     rank: Rank,
-    comm: Option<ThreadComm>,
+    comm: RankComm,
 ) -> anyhow::Result<Summary> {
     let mut loaded = load_config(args, rank)?;
     if args.config.is_none() {
@@ -285,7 +323,11 @@ fn train_rank(
         resume: args.resume.clone(),
         trace: args.trace.is_some() || cfg.zinf.trace.is_some(),
         shape_only: false,
-        device: args.device,
+        device: match &comm {
+            // A launched rank trains on its own GPU.
+            RankComm::Launched(env) => Some(DeviceChoice::Cuda(env.local_rank)),
+            _ => args.device,
+        },
         partition: Some(rank.partition),
     };
     let (plan, est) = Session::plan(cfg, &overrides)?;
@@ -311,18 +353,130 @@ fn train_rank(
     };
     // The one place the backend is chosen for the run: the engine is generic over it.
     match (plan.open_device()?, comm) {
-        (dev, None) => {
+        (dev, RankComm::Alone) => {
             crate::with_device!(dev, |dev| run.train(plan.build(dev, data, None)?))
         }
-        (AnyDevice::Cpu(dev), Some(comm)) => {
-            run.train(plan.build(dev, data, Some(Box::new(comm)))?)
+        (AnyDevice::Cpu(dev), RankComm::Thread(c)) => {
+            run.train(plan.build(dev, data, Some(Box::new(c)))?)
         }
+        #[cfg(feature = "nccl")]
+        (AnyDevice::Cuda(dev), RankComm::Launched(env)) => {
+            let c = crate::dist::nccl::NcclComm::new(&dev, &env, RANK_TIMEOUT)?;
+            run.train(plan.build(dev, data, Some(Box::new(c)))?)
+        }
+        (_, RankComm::Launched(env)) => Err(BadInput(launched_needs_nccl(&env)).into()),
         #[allow(unreachable_patterns)]
-        (_, Some(_)) => Err(BadInput(format!(
-            "--nproc-per-node {world} on a GPU: GPU ranks run as one process per GPU over NCCL, \
-             which `zinf train` does not start yet; run the ranks on the CPU with --device cpu"
-        ))
-        .into()),
+        (_, RankComm::Thread(_)) => unreachable!("thread ranks run on the CPU device"),
+    }
+}
+
+/// Why a process started as one of several ranks cannot train here.
+fn launched_needs_nccl(env: &DistEnv) -> String {
+    let why = if cfg!(feature = "nccl") {
+        "and this run is on the CPU"
+    } else {
+        "and this zinf was built without NCCL (cargo build --release --features nccl)"
+    };
+    format!(
+        "rank {} of {} (started by {}): ranks started as processes train on GPUs over NCCL, \
+         {why}; for ranks on the CPU run one process with --nproc-per-node N --device cpu",
+        env.rank, env.world_size, env.launcher
+    )
+}
+
+/// How long a rank waits for the others (rendezvous, a collective) before failing.
+#[cfg(feature = "nccl")]
+const RANK_TIMEOUT: std::time::Duration = crate::dist::threads::DEFAULT_TIMEOUT;
+
+/// Set in the environment of the rank processes `zinf train --nproc-per-node N` starts, so
+/// they know their `--nproc-per-node` is their launcher's.
+const LAUNCHED_BY_ZINF: &str = "ZINF_LAUNCHED_RANK";
+
+/// Whether this run's device is a GPU (`--device`, else the config's `zinf.device`).
+fn resolves_to_gpu(args: &TrainArgs) -> anyhow::Result<bool> {
+    let choice = match args.device {
+        Some(d) => d,
+        None => {
+            let one = Rank {
+                partition: Partition::single(),
+            };
+            load_config(args, one)?.config.zinf.device
+        }
+    };
+    Ok(matches!(
+        crate::session::pick_device(choice)?,
+        crate::session::DeviceKind::Cuda(_)
+    ))
+}
+
+/// `--nproc-per-node N` on GPUs: starts this command again as N processes, rank `r` on GPU
+/// `r` (torchrun's variables set, the rendezvous on a free local port), rank 0's output here
+/// and rank `r`'s in `OUT/rank{r}.log`; waits for them, and when one fails stops the others
+/// (a dead NCCL peer can leave the rest waiting) and reports the failure.
+fn launch_gpu_ranks(args: &TrainArgs, world: usize) -> anyhow::Result<Summary> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port for the ranks' rendezvous")?
+        .port();
+    let exe = std::env::current_exe().context("finding the zinf executable")?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut children = Vec::new();
+    for rank in 0..world {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(std::env::args_os().skip(1))
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_WORLD_SIZE", world.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env(LAUNCHED_BY_ZINF, "1");
+        if rank > 0 {
+            let log = out.join(format!("rank{rank}.log"));
+            let f = std::fs::File::create(&log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
+        children.push(cmd.spawn().context("starting a rank process")?);
+    }
+    tracing::info!(
+        "started {world} rank processes (rank r on cuda:r; ranks 1.. log to {}/rank*.log)",
+        out.display()
+    );
+    let mut failed = None;
+    let mut running: Vec<usize> = (0..world).collect();
+    while !running.is_empty() {
+        let mut still = Vec::new();
+        for r in running {
+            match children[r].try_wait()? {
+                Some(status) if !status.success() && failed.is_none() => failed = Some((r, status)),
+                Some(_) => {}
+                None => still.push(r),
+            }
+        }
+        running = still;
+        if failed.is_some() {
+            for &r in &running {
+                let _ = children[r].kill();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    match failed {
+        Some((r, status)) => Err(anyhow::anyhow!(
+            "rank {r} failed ({status}); the other ranks were stopped (see {})",
+            if r == 0 {
+                "the output above".to_string()
+            } else {
+                out.join(format!("rank{r}.log")).display().to_string()
+            }
+        )),
+        // Rank 0 printed the run's summary.
+        None => Ok(Summary {
+            launched_ranks: world,
+            ..Summary::default()
+        }),
     }
 }
 
@@ -435,13 +589,6 @@ fn check_flags(args: &TrainArgs) -> Result<(), BadInput> {
                 .into(),
         ));
     }
-    if args.nproc_per_node > 1 && (args.save.is_some() || args.resume.is_some()) {
-        return Err(BadInput(format!(
-            "--nproc-per-node {}: saves and resumes of several ranks are not supported yet \
-             (each rank holds only its partition); drop --save/--resume, or train on one rank",
-            args.nproc_per_node
-        )));
-    }
     if args.save_every > 0 && args.save.is_none() {
         return Err(BadInput(format!(
             "--save-every {} needs --save DIR (where to save)",
@@ -463,7 +610,9 @@ fn check_outputs(
 ) -> anyhow::Result<()> {
     let mut need: Vec<(&Path, u64, &str)> = Vec::new();
     if let Some(dir) = &args.save {
-        let one = crate::engine::checkpoint::save_bytes(&plan.settings, &plan.layout);
+        // Every rank's partition (rank 0's layout, the largest, for each).
+        let one = crate::engine::checkpoint::save_bytes(&plan.settings, &plan.layout)
+            .saturating_mul(plan.settings.partition.world_size as u64);
         let has_save = dir.join(crate::engine::checkpoint::POINTER).exists();
         need.push((dir, if has_save { 2 * one } else { one }, "--save"));
     }

@@ -68,6 +68,23 @@ pub struct Pointer {
     /// Folder of the save's store, relative to DIR (`step-00000040`).
     pub store: PathBuf,
     pub step: u64,
+    /// Data-parallel ranks that wrote it: with more than one, rank `r`'s partition is in
+    /// `store/rank{r}` (absent in saves of one rank).
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
+}
+
+/// Where rank `rank` of `world_size` keeps its part of the save whose folder is `folder`.
+fn rank_folder(folder: &Path, rank: usize, world_size: usize) -> PathBuf {
+    if world_size > 1 {
+        folder.join(format!("rank{rank}"))
+    } else {
+        folder.to_path_buf()
+    }
 }
 
 /// The shards of a save's store: every group's parameters, every unit's optimizer state
@@ -231,17 +248,12 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     /// Saves the run at this step boundary into `dir` (see the file header): a new store in
     /// `dir/step-NNNNNNNN`, then the pointer, then older saves in `dir` removed. Saving again
     /// at a step already saved there does nothing. Returns the folder of the save's store.
+    ///
+    /// With several ranks every rank calls it at the same step: each writes its partition
+    /// to `step-NNNNNNNN/rank{r}`, and rank 0 replaces the pointer once every rank's store
+    /// is committed (a kill of any rank before that leaves the previous save).
     pub fn save(&mut self, dir: &Path) -> Result<PathBuf, EngineError> {
-        if self.world_size() > 1 {
-            return Err(ckpt_err(
-                dir,
-                format!(
-                    "saves of {} ranks are not supported yet (each rank holds only its \
-                     partition); train on one rank to save",
-                    self.world_size()
-                ),
-            ));
-        }
+        let (rank, world) = (self.rank(), self.world_size());
         let name = format!("{STEP_PREFIX}{:08}", self.steps);
         if read_pointer(dir).is_ok_and(|p| p.step == self.steps && p.store == Path::new(&name)) {
             return Ok(dir.join(name));
@@ -252,7 +264,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         // The newest values of every shard are in the store (or host arrays) once the
         // writes in flight are done.
         self.tiers.flush()?;
-        let folder = dir.join(&name);
+        let folder = rank_folder(&dir.join(&name), rank, world);
         if folder.exists() {
             // A save at this step that a kill interrupted: never pointed to.
             std::fs::remove_dir_all(&folder)
@@ -298,15 +310,26 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         q.flush(&mut store, &mut rec)?;
         store.commit()?;
         drop(store);
-        let ptr = Pointer {
-            format: FORMAT.into(),
-            store: PathBuf::from(&name),
-            step: self.steps,
-        };
-        let body = serde_json::to_vec_pretty(&ptr).expect("a pointer serializes");
-        zinf_swap::aio_backend::replace_file(&dir.join(POINTER), &body)
-            .map_err(|e| ckpt_err(&dir.join(POINTER), format!("cannot write: {e}")))?;
-        remove_older_saves(dir, &name);
+        if world > 1 {
+            // Every rank's part is committed before the pointer names the save.
+            self.barrier()?;
+        }
+        if rank == 0 {
+            let ptr = Pointer {
+                format: FORMAT.into(),
+                store: PathBuf::from(&name),
+                step: self.steps,
+                world_size: world,
+            };
+            let body = serde_json::to_vec_pretty(&ptr).expect("a pointer serializes");
+            zinf_swap::aio_backend::replace_file(&dir.join(POINTER), &body)
+                .map_err(|e| ckpt_err(&dir.join(POINTER), format!("cannot write: {e}")))?;
+            remove_older_saves(dir, &name);
+        }
+        if world > 1 {
+            // No rank goes on (or saves again) before the pointer names this save.
+            self.barrier()?;
+        }
         let secs = t0.elapsed().as_secs_f64();
         tracing::info!(
             "saved step {} to {} ({} of state copied in {secs:.1} s)",
@@ -320,7 +343,20 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     /// Continues the run saved in `dir` (pointer `ptr`): opens the save's store, checks the
     /// config and the step against it, and copies the state into the fresh tiers.
     pub(super) fn resume_from(&mut self, dir: &Path, ptr: &Pointer) -> Result<(), EngineError> {
-        let folder = dir.join(&ptr.store);
+        if ptr.world_size != self.world_size() {
+            return Err(ckpt_err(
+                &dir.join(POINTER),
+                format!(
+                    "saved by {} rank(s), and this run has {}: each rank's partition depends \
+                     on the world size; resume with --nproc-per-node {} (resharding is not \
+                     supported yet)",
+                    ptr.world_size,
+                    self.world_size(),
+                    ptr.world_size
+                ),
+            ));
+        }
+        let folder = rank_folder(&dir.join(&ptr.store), self.rank(), ptr.world_size);
         let layout = self.tiers.layout().clone();
         let io = (self.io_factory)(Some(save_pool_bytes(&self.settings, &layout)))?;
         let mut store = Store::open(io, &folder, false)?;

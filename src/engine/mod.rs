@@ -248,13 +248,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                 }
             )));
         }
-        if matches!(start, Start::Resume(_)) && part.world_size > 1 {
-            return Err(EngineError::Config(format!(
-                "--resume with {} ranks: saves of several ranks are not supported yet; resume \
-                 on one rank",
-                part.world_size
-            )));
-        }
+
         let tensor_starts: Vec<usize> = model
             .groups()
             .iter()

@@ -162,8 +162,11 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
 
     /// Group `gi`'s whole parameters as stored (the run's dtype, little-endian), gathered
     /// from every rank's part through the device (widening to fp32 and back is exact). Every
-    /// rank calls it for the same groups in the same order.
+    /// rank calls it for the same groups in the same order. One rank: the tiers' copy.
     pub fn gathered_group_bytes(&mut self, gi: usize) -> Result<Vec<u8>, EngineError> {
+        if self.world_size() == 1 {
+            return self.param_group_bytes(gi);
+        }
         let len = self.numel(gi);
         let mut buf = self.take_buf(len, "parameters (export)", gi)?;
         let res = self.gather_group(gi, &mut buf);
@@ -176,6 +179,14 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         res?;
         let stored = crate::model::HostParams::from_f32(self.settings.train.dtype, &values);
         Ok(stored.range_bytes(0..len).to_vec())
+    }
+
+    /// Returns once every rank has called it (one rank: at once).
+    pub(super) fn barrier(&mut self) -> Result<(), EngineError> {
+        if self.world_size() > 1 {
+            self.comm().barrier(&self.dev)?;
+        }
+        Ok(())
     }
 
     /// Advances the data stream past `n` micro-batches of other ranks.
