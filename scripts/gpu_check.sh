@@ -27,8 +27,9 @@ log "nvidia-smi"
 nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt"
 
 # The libraries cudarc opens by versioned name: libcuda.so.1 (driver), libcublas.so.13,
-# libcublasLt.so.13, libnvrtc.so.13 (+ its builtins). Found in the loader cache, the driver's
-# folder or the image's Python wheels (nvidia/cu13/lib).
+# libcublasLt.so.13, libnvrtc.so.13 (+ its builtins), libnccl.so.2 (NCCL, the world-of-one
+# test). Found in the loader cache, the driver's folder or the image's Python wheels
+# (nvidia/cu13/lib, nvidia/nccl/lib).
 log "CUDA libraries"
 lib="$out/lib"
 mkdir -p "$lib"
@@ -41,7 +42,7 @@ for d in dirs:
         print(lib)
 PY
 )
-for name in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 'libnvrtc-builtins.so.13*'; do
+for name in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 'libnvrtc-builtins.so.13*' libnccl.so.2; do
   found=""
   for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64 $wheel_dirs; do
     f=$(ls $d/$name 2>/dev/null | head -1)
@@ -67,6 +68,7 @@ run_test() {
 run_test cuda_kernels
 run_test cuda_parity
 run_test cuda_engine
+run_test cuda_nccl
 
 train() {
   local name=$1 cfg=$2

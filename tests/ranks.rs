@@ -53,10 +53,15 @@ fn rank_settings(s: &EngineSettings, rank: usize, world: usize) -> EngineSetting
 /// `world` thread ranks (one rank: no collective), each over its own fake disk, `steps`
 /// steps, validation, and the gathered parameters. Every rank must report the same.
 fn world_run(s: &EngineSettings, world: usize, steps: usize) -> RankRun {
-    let comms: Vec<Option<ThreadComm>> = if world == 1 {
-        vec![None]
-    } else {
+    world_run_with(s, world, steps, world > 1)
+}
+
+/// [`world_run`], with a collective even for one rank when `collective`.
+fn world_run_with(s: &EngineSettings, world: usize, steps: usize, collective: bool) -> RankRun {
+    let comms: Vec<Option<ThreadComm>> = if collective {
         ThreadGroup::new(world).into_iter().map(Some).collect()
+    } else {
+        vec![None]
     };
     let runs: Vec<RankRun> = std::thread::scope(|scope| {
         let handles: Vec<_> = comms
@@ -151,6 +156,21 @@ fn world_2_equals_one_rank_with_twice_the_accumulation_with_clipping_and_fp16() 
     // from one rank's sum in the last bits.
     check_world_2(ParamDtype::Bf16, 1.0);
     check_world_2(ParamDtype::F16, 1.0);
+}
+
+#[test]
+fn one_rank_through_the_collective_path_changes_nothing() {
+    // How the NCCL path is checked on one GPU: a world of 1 with a collective runs every
+    // gather and reduction, and must give the plain engine's numbers.
+    for (p, o) in placements() {
+        let s = engine_settings(
+            train_settings(ParamDtype::Bf16, 0.0, 2),
+            placement(p.clone(), o),
+        );
+        let plain = world_run_with(&s, 1, STEPS, false);
+        let through = world_run_with(&s, 1, STEPS, true);
+        assert_same(&plain, &through, &format!("params {}", p.name()));
+    }
 }
 
 #[test]

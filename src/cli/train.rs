@@ -293,6 +293,9 @@ fn train_rank(
     rank: Rank,
     comm: RankComm,
 ) -> anyhow::Result<Summary> {
+    // With several ranks every log line says whose it is (`rank{r=1}: ...`).
+    let _span = (rank.partition.world_size > 1)
+        .then(|| tracing::info_span!("rank", r = rank.partition.rank).entered());
     let mut loaded = load_config(args, rank)?;
     if args.config.is_none() {
         // The embedded default offloads to a folder under the run's output.

@@ -245,8 +245,8 @@ fn explain_zero_sizes(sizes: &[(&str, u64)], diag: &mut Diagnostics) {
         }
         let meaning = match key {
             "reduce_bucket_size" => {
-                "every gradient is reduced on its own (no bucketing); zinf runs one rank today, \
-                 so nothing is reduced"
+                "every gradient is reduced on its own (no bucketing); zinf reduce-scatters each \
+                 parameter group's gradients as one bucket whatever this says"
             }
             "stage3_prefetch_bucket_size" => {
                 "no read-ahead beyond the next parameter group (zinf always reads that one ahead)"

@@ -15,8 +15,7 @@
 //! - [`rendezvous`]: rank 0 hands every rank a blob (NCCL's unique id) over TCP.
 //! - `nccl` (feature `nccl`): the collectives on GPUs through NCCL, one process per GPU.
 //!
-//! The engine does not use these yet: ZeRO-3 across ranks (partitioned groups, the launch
-//! command) is being built on them.
+//! The engine uses them through `Box<dyn Collective<D>>` (`src/engine/ranks.rs`).
 
 pub mod env;
 pub mod rendezvous;

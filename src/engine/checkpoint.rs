@@ -201,7 +201,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     ) -> Result<crate::model::export::ExportReport, EngineError> {
         let spec = self.settings.train.model.clone();
         let dtype = self.settings.train.dtype;
-        if self.world_size() > 1 {
+        if self.comm.is_some() {
             // Every rank gathers each group in turn; rank 0 writes the folder.
             if self.rank() != 0 {
                 for gi in 0..self.tiers.layout().groups.len() {

@@ -127,7 +127,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             self.evict_kept();
         }
         let mut buf = self.take_buf(len, "parameters", gi)?;
-        if self.world_size() > 1 {
+        if self.comm.is_some() {
             self.gather_group(gi, &mut buf)?;
         } else {
             let dev = &self.dev;
@@ -203,7 +203,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             self.evict(gi);
             return Ok(());
         }
-        if self.world_size() > 1 {
+        if self.comm.is_some() {
             // Every rank updated its part: gather the new group.
             let mut buf = self
                 .model

@@ -237,7 +237,13 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             .collect();
         let part = settings.partition;
         let comm_place = comm.as_ref().map(|c| (c.rank(), c.world_size()));
-        if part.world_size > 1 && comm_place != Some((part.rank, part.world_size)) {
+        // Several ranks need their collective; one rank may have one (a world of 1, which
+        // runs the same gathers and reductions: how the NCCL path is checked on one GPU).
+        let comm_ok = match comm_place {
+            Some(place) => place == (part.rank, part.world_size),
+            None => part.world_size == 1,
+        };
+        if !comm_ok {
             return Err(EngineError::Config(format!(
                 "rank {} of {}: the collective given is {}",
                 part.rank,
@@ -514,7 +520,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
                     .grads_acc
                     .as_deref()
                     .expect("kept whole when not streaming");
-                let d = if world == 1 {
+                let d = if self.comm.is_none() {
                     self.opt.decide(&[Grad::F32(acc)])?
                 } else {
                     // This rank's parts only; the statistics of all ranks decide.

@@ -3,9 +3,9 @@
 //! reduction and its slice of the parameter store. Fetching a group is an all-gather of the
 //! partitions; releasing it drops the gathered copy.
 //!
-//! zinf runs one rank today (`world_size` 1: the partition is the whole group and the gather
-//! is the identity), but the engine only ever asks this type which elements it owns, so a
-//! multi-GPU collective backend can plug in without changing the layout or the tiers.
+//! On one rank (`world_size` 1) the partition is the whole group. The engine and the tiers
+//! only ever ask this type which elements a rank owns (`src/engine/ranks.rs` does the
+//! gathering and reducing).
 
 use std::ops::Range;
 

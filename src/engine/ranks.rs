@@ -49,7 +49,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     fn comm(&self) -> &dyn Collective<D> {
         self.comm
             .as_deref()
-            .expect("a collective is given whenever world_size > 1")
+            .expect("called only when the engine has a collective")
     }
 
     /// Fills `buf` (group `gi`'s length) with the whole group: this rank's part from the
@@ -117,10 +117,10 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     }
 
     /// Every rank's `mine` (the same length on each), rank-major: `out[r * n + i]` is rank
-    /// `r`'s `mine[i]`, exact. One rank: `mine` itself.
+    /// `r`'s `mine[i]`, exact. Without a collective: `mine` itself.
     pub(super) fn gather_values(&mut self, mine: &[f32]) -> Result<Vec<f32>, EngineError> {
         let world = self.world_size();
-        if world == 1 {
+        if self.comm.is_none() {
             return Ok(mine.to_vec());
         }
         let n = mine.len();
@@ -136,9 +136,9 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     }
 
     /// The gradient statistics of all ranks from this rank's (`mine`): sums of squares added
-    /// in rank order, non-finite when any rank's is. One rank: `mine`.
+    /// in rank order, non-finite when any rank's is. Without a collective: `mine`.
     pub(super) fn global_stats(&mut self, mine: GradStats) -> Result<GradStats, EngineError> {
-        if self.world_size() == 1 {
+        if self.comm.is_none() {
             return Ok(mine);
         }
         let mut v = f64_to_exact_f32s(mine.sum_sq).to_vec();
@@ -154,7 +154,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     }
 
     /// Whether any rank says `flag` (a stop asked for on one rank ends every rank after the
-    /// same step). One rank: `flag`.
+    /// same step). Without a collective: `flag`.
     pub fn any_rank(&mut self, flag: bool) -> Result<bool, EngineError> {
         let all = self.gather_values(&[if flag { 1.0 } else { 0.0 }])?;
         Ok(all.iter().any(|&v| v != 0.0))
@@ -162,9 +162,9 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
 
     /// Group `gi`'s whole parameters as stored (the run's dtype, little-endian), gathered
     /// from every rank's part through the device (widening to fp32 and back is exact). Every
-    /// rank calls it for the same groups in the same order. One rank: the tiers' copy.
+    /// rank calls it for the same groups in the same order. Without a collective: the tiers' copy.
     pub fn gathered_group_bytes(&mut self, gi: usize) -> Result<Vec<u8>, EngineError> {
-        if self.world_size() == 1 {
+        if self.comm.is_none() {
             return self.param_group_bytes(gi);
         }
         let len = self.numel(gi);
@@ -183,7 +183,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
 
     /// Returns once every rank has called it (one rank: at once).
     pub(super) fn barrier(&mut self) -> Result<(), EngineError> {
-        if self.world_size() > 1 {
+        if self.comm.is_some() {
             self.comm().barrier(&self.dev)?;
         }
         Ok(())

@@ -70,7 +70,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         streamed: Option<StepScalars>,
     ) -> Result<(), EngineError> {
         let mut buf = self.model.take_grads(gi).expect("grads_in installed it");
-        if self.world_size() > 1 {
+        if self.comm.is_some() {
             buf = self.reduce_scatter_grads(gi, buf)?;
         }
         let host = match self.grad_host.pop() {
