@@ -280,6 +280,14 @@ pub fn estimate(
         "activations, logits and backward scratch (fp32, one micro-batch)",
         activation_bytes(t),
     );
+    if copies_overlap {
+        // A GPU upload lands in staging memory of the stored dtype first (widened into the
+        // group's buffer on the compute stream): at most one group's at once.
+        device.add(
+            "upload staging of one group (stored dtype, on its way in)",
+            mul(&[d, model.largest_group]),
+        );
+    }
     if world > 1 {
         // A gather (or reduce-scatter) holds this rank's padded part and, when the group does
         // not split evenly, the padded whole beside the group's own buffer.

@@ -23,10 +23,15 @@ pub struct CheckArgs {
     /// `zinf train --init-from` does).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// Data-parallel ranks the run will have (as `zinf train --nproc-per-node`):
+    /// `train_batch_size` counts them and the pre-flight is rank 0's.
+    #[arg(long, default_value_t = 1, value_parser = super::count_in(1, 256))]
+    pub nproc_per_node: u64,
 }
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match Config::load_from(Some(&args.file), args.init_from.as_deref()) {
+    let world = args.nproc_per_node;
+    let loaded = match Config::load_for_world(Some(&args.file), args.init_from.as_deref(), world) {
         Ok(l) => l,
         // A missing or unreadable file is bad input too: exit 2, like every config error.
         Err(e) => {
@@ -36,7 +41,14 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     };
     loaded.log();
     let c = &loaded.config;
-    let plan = match Session::draft(c, &Overrides::default()) {
+    let o = Overrides {
+        partition: Some(crate::engine::Partition {
+            rank: 0,
+            world_size: world as usize,
+        }),
+        ..Overrides::default()
+    };
+    let plan = match Session::draft(c, &o) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {}: {e}", args.file.display());

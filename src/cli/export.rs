@@ -8,7 +8,9 @@
 
 use crate::config::Config;
 use crate::data::Dataset;
+use crate::dist::threads::ThreadComm;
 use crate::engine::summary::human_bytes;
+use crate::engine::Partition;
 use crate::model::export::DEFAULT_MAX_SHARD_BYTES;
 use crate::session::{Overrides, Session};
 use std::path::PathBuf;
@@ -34,13 +36,38 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let loaded = Config::load_from(Some(&args.config), args.init_from.as_deref())?;
-    loaded.log();
+    // A save of N ranks holds N partitions: N thread ranks open one each and gather every
+    // group; rank 0 writes the folder.
+    let world = crate::engine::checkpoint::saved_world_size(&args.from)?;
+    if world == 1 {
+        return export_rank(args, Partition::single(), None);
+    }
+    crate::cli::on_thread_ranks(world, |partition, comm| {
+        export_rank(args, partition, Some(comm))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One rank's part of the export: opens its partition of the save and gathers the groups
+/// (rank 0 writes the folder).
+fn export_rank(
+    args: &ExportArgs,
+    partition: Partition,
+    comm: Option<ThreadComm>,
+) -> anyhow::Result<ExitCode> {
+    let world = partition.world_size;
+    let loaded =
+        Config::load_for_world(Some(&args.config), args.init_from.as_deref(), world as u64)?;
+    if partition.rank == 0 {
+        loaded.log();
+    }
     let cfg = &loaded.config;
     let o = Overrides {
         resume: Some(args.from.clone()),
         // The export moves bytes from the tiers to files; no product runs.
         device: Some(crate::config::DeviceChoice::Cpu),
+        threads: (world > 1).then_some(1),
+        partition: Some(partition),
         ..Overrides::default()
     };
     let (plan, _) = Session::plan(cfg, &o)?;
@@ -51,18 +78,26 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         val: vec![0; t + 1].into(),
     };
     let dev = crate::session::open_cpu_device(&plan.settings.train);
-    let mut engine = plan.build(dev, data, None)?;
+    let comm = comm.map(|c| Box::new(c) as Box<dyn crate::dist::Collective<_>>);
+    let mut engine = plan.build(dev, data, comm)?;
     let source = cfg.zinf.model_from.as_ref().map(PathBuf::from);
     let start = std::time::Instant::now();
     let report = engine.export_hf(&args.to, source.as_deref(), args.max_shard_bytes)?;
-    println!(
-        "exported step {} of {}: {} in {} file(s) to {} in {:.1} s",
-        engine.steps(),
-        args.from.display(),
-        human_bytes(report.bytes),
-        report.files.len(),
-        args.to.display(),
-        start.elapsed().as_secs_f64()
-    );
+    if partition.rank == 0 {
+        println!(
+            "exported step {} of {}{}: {} in {} file(s) to {} in {:.1} s",
+            engine.steps(),
+            args.from.display(),
+            if world > 1 {
+                format!(" ({world} ranks' partitions gathered)")
+            } else {
+                String::new()
+            },
+            human_bytes(report.bytes),
+            report.files.len(),
+            args.to.display(),
+            start.elapsed().as_secs_f64()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -215,6 +215,57 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// Runs `f` on `world` thread ranks of one collective group (rank `r` in a thread named
+/// `rank{r}` with its partition and its end of the group) and returns their results in rank
+/// order. When ranks fail, the error reported is the first that is not merely another rank's
+/// absence ("left the group"): the cause, not its echo. A rank that panics is an error.
+pub fn on_thread_ranks<T: Send>(
+    world: usize,
+    f: impl Fn(crate::engine::Partition, crate::dist::threads::ThreadComm) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<T>> {
+    let comms = crate::dist::threads::ThreadGroup::new(world);
+    let results: Vec<anyhow::Result<T>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, comm)| {
+                let partition = crate::engine::Partition {
+                    rank,
+                    world_size: world,
+                };
+                let f = &f;
+                std::thread::Builder::new()
+                    .name(format!("rank{rank}"))
+                    .spawn_scoped(scope, move || f(partition, comm))
+                    .map_err(anyhow::Error::from)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a rank panicked"))),
+                Err(e) => Err(e.context("starting a rank thread")),
+            })
+            .collect()
+    });
+    let mut values = Vec::with_capacity(world);
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => values.push(v),
+            Err(e) => errors.push(e),
+        }
+    }
+    let secondary = |e: &anyhow::Error| e.to_string().contains("left the group");
+    match errors.iter().position(|e| !secondary(e)) {
+        Some(i) => Err(errors.swap_remove(i)),
+        None if !errors.is_empty() => Err(errors.swap_remove(0)),
+        None => Ok(values),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use crate::config::DeviceChoice;
 use crate::config::{Config, Loaded};
 use crate::device::Device;
 use crate::dist::env::DistEnv;
-use crate::dist::threads::{ThreadComm, ThreadGroup};
+use crate::dist::threads::ThreadComm;
 use crate::engine::summary::{human_bytes, median, peak_rss_bytes, wear_bytes_per_1000_steps};
 use crate::engine::Partition;
 use crate::engine::{Engine, EngineCounters, Tier};
@@ -236,54 +236,26 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
         let partition = Partition::single();
         return train_rank(args, stop, Rank { partition }, RankComm::Alone);
     }
-    if resolves_to_gpu(args)? {
-        return launch_gpu_ranks(args, world);
+    // Read once more for the node's choices (not logged: rank 0 logs it).
+    let node = Config::load_for_world(
+        args.config.as_deref(),
+        args.init_from.as_deref(),
+        world as u64,
+    )?;
+    if resolves_to_gpu(args, &node.config)? {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| default_out_dir(&node.config));
+        return launch_gpu_ranks(world, &out, stop);
     }
     // Thread ranks over the CPU device: one collective group, one thread per rank. A rank
     // that fails drops its end of the group, so the others fail at their next collective
     // instead of waiting.
-    let comms = ThreadGroup::new(world);
-    let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = comms
-            .into_iter()
-            .enumerate()
-            .map(|(rank, comm)| {
-                let partition = Partition {
-                    rank,
-                    world_size: world,
-                };
-                std::thread::Builder::new()
-                    .name(format!("rank{rank}"))
-                    .spawn_scoped(scope, move || {
-                        train_rank(args, stop, Rank { partition }, RankComm::Thread(comm))
-                    })
-                    .expect("the OS starts a rank thread")
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a rank panicked")))
-            })
-            .collect()
-    });
-    // The first failure that is not merely another rank's absence says what went wrong.
-    let mut summary = None;
-    let mut errors = Vec::new();
-    for (rank, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(s) if rank == 0 => summary = Some(s),
-            Ok(_) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    let secondary = |e: &anyhow::Error| e.to_string().contains("left the group");
-    match errors.iter().position(|e| !secondary(e)) {
-        Some(i) => Err(errors.swap_remove(i)),
-        None if !errors.is_empty() => Err(errors.swap_remove(0)),
-        None => Ok(summary.expect("rank 0 returned a summary")),
-    }
+    let mut summaries = crate::cli::on_thread_ranks(world, |partition, comm| {
+        train_rank(args, stop, Rank { partition }, RankComm::Thread(comm))
+    })?;
+    Ok(summaries.swap_remove(0))
 }
 
 /// One rank's run: plan, build, train, export (rank 0 reports and writes).
@@ -312,15 +284,19 @@ fn train_rank(
     let cfg = &loaded.config;
     let world = rank.partition.world_size;
     // The node's compute threads are shared among its ranks.
-    let threads = (world > 1).then(|| {
+    let on_this_node = match &comm {
+        RankComm::Launched(env) => env.local_world_size,
+        _ => world,
+    };
+    let threads = (on_this_node > 1).then(|| {
         let all = args
             .threads
             .or(cfg.zinf.threads.map(|t| t as usize))
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        (all / world).max(1)
+        (all / on_this_node).max(1)
     });
     let overrides = Overrides {
-        threads: args.threads.filter(|_| world == 1).or(threads),
+        threads: args.threads.filter(|_| on_this_node == 1).or(threads),
         data: args.data.clone(),
         init_from: args.init_from.clone(),
         resume: args.resume.clone(),
@@ -396,16 +372,8 @@ const RANK_TIMEOUT: std::time::Duration = crate::dist::threads::DEFAULT_TIMEOUT;
 const LAUNCHED_BY_ZINF: &str = "ZINF_LAUNCHED_RANK";
 
 /// Whether this run's device is a GPU (`--device`, else the config's `zinf.device`).
-fn resolves_to_gpu(args: &TrainArgs) -> anyhow::Result<bool> {
-    let choice = match args.device {
-        Some(d) => d,
-        None => {
-            let one = Rank {
-                partition: Partition::single(),
-            };
-            load_config(args, one)?.config.zinf.device
-        }
-    };
+fn resolves_to_gpu(args: &TrainArgs, cfg: &Config) -> anyhow::Result<bool> {
+    let choice = args.device.unwrap_or(cfg.zinf.device);
     Ok(matches!(
         crate::session::pick_device(choice)?,
         crate::session::DeviceKind::Cuda(_)
@@ -414,16 +382,19 @@ fn resolves_to_gpu(args: &TrainArgs) -> anyhow::Result<bool> {
 
 /// `--nproc-per-node N` on GPUs: starts this command again as N processes, rank `r` on GPU
 /// `r` (torchrun's variables set, the rendezvous on a free local port), rank 0's output here
-/// and rank `r`'s in `OUT/rank{r}.log`; waits for them, and when one fails stops the others
-/// (a dead NCCL peer can leave the rest waiting) and reports the failure.
-fn launch_gpu_ranks(args: &TrainArgs, world: usize) -> anyhow::Result<Summary> {
+/// and rank `r`'s in `OUT/rank{r}.log`, and waits for them. The ranks run in their own process
+/// group and die with this process (`PR_SET_PDEATHSIG`); a stop asked of this process (Ctrl-C,
+/// SIGTERM: `stop`) is passed on to each once, so they stop after the same step and exit
+/// 130. A rank that fails otherwise stops the others (a dead NCCL peer can leave the rest
+/// waiting) and its failure is reported.
+fn launch_gpu_ranks(world: usize, out: &Path, stop: &AtomicBool) -> anyhow::Result<Summary> {
+    use std::os::unix::process::CommandExt;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .context("finding a free port for the ranks' rendezvous")?
         .port();
     let exe = std::env::current_exe().context("finding the zinf executable")?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs"));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut children = Vec::new();
     for rank in 0..world {
         let mut cmd = std::process::Command::new(&exe);
@@ -434,7 +405,18 @@ fn launch_gpu_ranks(args: &TrainArgs, world: usize) -> anyhow::Result<Summary> {
             .env("LOCAL_WORLD_SIZE", world.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
-            .env(LAUNCHED_BY_ZINF, "1");
+            .env(LAUNCHED_BY_ZINF, "1")
+            // Ctrl-C reaches this process only; it passes one stop on.
+            .process_group(0);
+        // SAFETY: `prctl` is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if rank > 0 {
             let log = out.join(format!("rank{rank}.log"));
             let f = std::fs::File::create(&log)
@@ -447,12 +429,21 @@ fn launch_gpu_ranks(args: &TrainArgs, world: usize) -> anyhow::Result<Summary> {
         "started {world} rank processes (rank r on cuda:r; ranks 1.. log to {}/rank*.log)",
         out.display()
     );
-    let mut failed = None;
+    let interrupted_code = i32::from(crate::cli::EXIT_INTERRUPTED);
+    let (mut failed, mut interrupted, mut forwarded) = (None, false, false);
     let mut running: Vec<usize> = (0..world).collect();
     while !running.is_empty() {
+        if stop.load(Ordering::SeqCst) && !forwarded {
+            forwarded = true;
+            for &r in &running {
+                // SAFETY: a signal to a child this process started and has not reaped.
+                unsafe { libc::kill(children[r].id() as libc::pid_t, libc::SIGTERM) };
+            }
+        }
         let mut still = Vec::new();
         for r in running {
             match children[r].try_wait()? {
+                Some(status) if status.code() == Some(interrupted_code) => interrupted = true,
                 Some(status) if !status.success() && failed.is_none() => failed = Some((r, status)),
                 Some(_) => {}
                 None => still.push(r),
@@ -478,6 +469,7 @@ fn launch_gpu_ranks(args: &TrainArgs, world: usize) -> anyhow::Result<Summary> {
         // Rank 0 printed the run's summary.
         None => Ok(Summary {
             launched_ranks: world,
+            interrupted,
             ..Summary::default()
         }),
     }

@@ -5,7 +5,8 @@
 //! - Open MPI's `mpirun`: `OMPI_COMM_WORLD_RANK`, `OMPI_COMM_WORLD_SIZE`,
 //!   `OMPI_COMM_WORLD_LOCAL_RANK`, `OMPI_COMM_WORLD_LOCAL_SIZE`;
 //! - Slurm's `srun`: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`,
-//!   `SLURM_NTASKS_PER_NODE`.
+//!   `SLURM_NTASKS_PER_NODE` — inside an `srun` step only (`SLURM_STEP_ID` set): an `sbatch`
+//!   script has the job's task count too, and a plain `zinf train` there is one process.
 //!
 //! The first family present wins, in that order; `MASTER_ADDR` / `MASTER_PORT` are needed by
 //! every family once the world is larger than one (mpirun and srun users export them, as
@@ -84,9 +85,15 @@ impl DistEnv {
                 ],
             ),
         ];
-        let Some((launcher, [rank_k, world_k, local_k, local_world_k])) = families
-            .into_iter()
-            .find(|(_, [rank, world, ..])| get(rank).is_some() || get(world).is_some())
+        // An sbatch script's environment names the job's tasks but is no task of an srun
+        // step (no `SLURM_STEP_ID`, or the batch step's).
+        let srun_step = get("SLURM_STEP_ID")
+            .or_else(|| get("SLURM_STEPID"))
+            .is_some_and(|id| id.trim() != "batch" && id.trim() != "4294967294");
+        let Some((launcher, [rank_k, world_k, local_k, local_world_k])) =
+            families.into_iter().find(|(launcher, [rank, world, ..])| {
+                (get(rank).is_some() || get(world).is_some()) && (*launcher != "srun" || srun_step)
+            })
         else {
             return Ok(Self::single());
         };
@@ -215,6 +222,7 @@ mod tests {
             ("SLURM_NTASKS", "8"),
             ("SLURM_LOCALID", "1"),
             ("SLURM_NTASKS_PER_NODE", "4(x2)"),
+            ("SLURM_STEP_ID", "0"),
             ("MASTER_ADDR", "h"),
         ])
         .unwrap();
@@ -222,6 +230,16 @@ mod tests {
             (e.rank, e.local_rank, e.local_world_size, e.launcher),
             (5, 1, 4, "srun")
         );
+        // An sbatch script (no srun step) is one process, whatever the job's task count.
+        let e = read(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")]).unwrap();
+        assert_eq!((e.world_size, e.launcher), (1, "none"));
+        let e = read(&[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "4"),
+            ("SLURM_STEP_ID", "batch"),
+        ])
+        .unwrap();
+        assert_eq!(e.world_size, 1);
     }
 
     #[test]

@@ -128,6 +128,14 @@ pub fn save_bytes(settings: &EngineSettings, layout: &TierLayout) -> u64 {
     .unwrap_or(u64::MAX)
 }
 
+/// Ranks that wrote the save in `dir` (what `--resume` and `zinf export` must run with).
+///
+/// # Errors
+/// As [`read_pointer`]: no save there, or not one this zinf reads.
+pub fn saved_world_size(dir: &Path) -> Result<usize, EngineError> {
+    Ok(read_pointer(dir)?.world_size)
+}
+
 /// Reads `dir/checkpoint.json` and checks it names a save of this format inside `dir`.
 pub(super) fn read_pointer(dir: &Path) -> Result<Pointer, EngineError> {
     let ptr_path = dir.join(POINTER);

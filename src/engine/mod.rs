@@ -362,17 +362,26 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         let pin_params = pinned(&self.settings.placement.params);
         let pin_opt = pinned(&self.settings.placement.optimizer);
         let mut ok = true;
+        // This rank's parts only: locking a page makes it resident, and the other ranks'
+        // parts of the flat arrays are never touched here.
+        let spans = self.tiers.layout().owned_spans();
         let parts = self.tiers.parts();
         if let (true, Some(hp)) = (pin_params, &parts.params) {
-            ok &= zinf_aio::lock_in_ram(hp.range_bytes(0..hp.len()));
+            for r in &spans {
+                ok &= zinf_aio::lock_in_ram(hp.range_bytes(r.clone()));
+            }
         }
         if let (true, Some(o)) = (pin_opt, &parts.opt) {
             for a in [&o.master, &o.m, &o.v] {
-                ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(a));
+                for r in &spans {
+                    ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(&a[r.clone()]));
+                }
             }
         }
         if let (true, Some(g)) = (pin_opt, &self.grads_acc) {
-            ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(g));
+            for r in &spans {
+                ok &= zinf_aio::lock_in_ram(bytemuck::cast_slice(&g[r.clone()]));
+            }
         }
         if !ok {
             tracing::warn!(
@@ -395,9 +404,12 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             self.settings.placement.params,
             Tier::Cpu { pin_memory: true }
         ) {
+            let spans = self.tiers.layout().owned_spans();
             if let Some(hp) = self.tiers.parts().params {
-                let bytes = hp.range_bytes(0..hp.len());
-                regions.push((bytes.as_ptr(), bytes.len()));
+                for r in spans {
+                    let bytes = hp.range_bytes(r);
+                    regions.push((bytes.as_ptr(), bytes.len()));
+                }
             }
         }
         for (ptr, len) in regions {
@@ -650,17 +662,31 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         Ok(Some((sum / batches.len() as f64) as f32))
     }
 
-    /// The current parameters as one host array (the HF export at the end of a run); `None`
-    /// when they live on NVMe and would take more than `max_bytes` of host memory.
+    /// The current parameters as one host array; `None` when they live on NVMe and would
+    /// take more than `max_bytes` of host memory.
+    ///
+    /// # Errors
+    /// With several ranks (each holds its partition: gather with
+    /// [`Engine::gathered_group_bytes`]), or the store's.
     pub fn export_params(&mut self, max_bytes: u64) -> Result<Option<HostParams>, EngineError> {
+        if self.world_size() > 1 {
+            return Err(EngineError::Config(
+                "export_params: each of several ranks holds only its partition; gather the \
+                 groups with gathered_group_bytes"
+                    .into(),
+            ));
+        }
         Ok(self.tiers.export_params(max_bytes)?)
     }
 
     /// Host bytes the run holds outside the pinned pool: the tiers' host arrays, gradient
     /// accumulators and scratch.
     pub fn host_state_bytes(&self) -> u64 {
-        let grads = self.grads_acc.as_ref().map_or(0, |g| g.len() as u64 * 4)
-            + (self.grad_host_made * self.tiers.layout().max_group_len()) as u64 * 4;
+        let layout = self.tiers.layout();
+        // The accumulators are flat, but only this rank's parts are ever written.
+        let owned: usize = layout.owned.iter().map(|r| r.len()).sum();
+        let grads = self.grads_acc.as_ref().map_or(0, |_| owned as u64 * 4)
+            + (self.grad_host_made * layout.max_group_len()) as u64 * 4;
         self.tiers.host_bytes() + grads
     }
 

@@ -8,8 +8,8 @@
 //! early. With several ranks the gradients are reduce-scattered first and only this rank's
 //! part leaves the device. Across micro-batches the sums are formed on the host in fp32,
 //! `((g_0 + g_1) + g_2) + ...` — the order of the resident trainer (bit-identical results),
-//! and the order in which ranks' contributions are summed, so world 2 equals one rank with
-//! twice the accumulation bit for bit.
+//! and the order in which ranks' contributions are summed, so N ranks of one micro-batch each
+//! equal one rank accumulating N bit for bit.
 //!
 //! The update is Adam on each optimizer unit of the group, in host memory or through pool
 //! buffers of the swap store (read ahead one unit, written behind). Two schedules, one rule:
@@ -52,10 +52,14 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
     }
 
     /// Starts reading the first optimizer unit of the update after backward (the last
-    /// group's first unit).
+    /// group's first unit, or the first this rank owns).
     pub(super) fn prefetch_first_update_unit(&mut self) -> Result<(), EngineError> {
-        let u = self.tiers.layout().group_units[self.n_groups() - 1].start;
-        self.prefetch_unit(u, true)
+        // The last group's first unit; a rank that owns nothing of it starts with the next
+        // group down that it owns some of.
+        match self.tiers.layout().first_update_unit() {
+            Some(u) => self.prefetch_unit(u, true),
+            None => Ok(()),
+        }
     }
 
     /// Starts group `gi`'s gradients on their way to the host (the copy runs while the next

@@ -100,6 +100,19 @@ impl TierLayout {
         self.owned.iter().map(|g| g.len()).max().unwrap_or(0)
     }
 
+    /// This rank's parts of the flat parameter array, adjacent parts merged (one span, the
+    /// whole array, on one rank).
+    pub fn owned_spans(&self) -> Vec<Range<usize>> {
+        let mut spans: Vec<Range<usize>> = Vec::new();
+        for r in self.owned.iter().filter(|r| !r.is_empty()) {
+            match spans.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => spans.push(r.clone()),
+            }
+        }
+        spans
+    }
+
     /// Elements of the largest unit.
     pub fn max_unit_len(&self) -> usize {
         self.units.iter().map(|u| u.range.len()).max().unwrap_or(0)
@@ -112,7 +125,16 @@ impl TierLayout {
         if u + 1 < self.group_units[gi].end {
             return Some(u + 1);
         }
-        (gi > 0).then(|| self.group_units[gi - 1].start)
+        // The next group down this rank owns some of (a rank's part of a small group can be
+        // empty).
+        (0..gi)
+            .rev()
+            .find_map(|g| self.group_units[g].clone().next())
+    }
+
+    /// The first unit in update order (of the last group this rank owns some of).
+    pub fn first_update_unit(&self) -> Option<usize> {
+        self.group_units.iter().rev().find_map(|u| u.clone().next())
     }
 
     /// Bytes per chunk of the store for this layout (see [`chunk_bytes`]).
