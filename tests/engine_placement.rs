@@ -109,9 +109,11 @@ fn fp32_parameters_match_resident() {
     check_all(ParamDtype::F32, 0.5, 1);
 }
 
-/// With a device whose gradient downloads copy only when finished and overlap the next
-/// stage (as a GPU's do), the engine keeps one group in flight and still matches the resident
-/// trainer bit for bit: streaming and accumulated, in every placement.
+/// With a device whose copies hold a GPU's rules — gradient downloads copy only when finished
+/// and overlap the next stage, an upload's source must stay unchanged until its event is
+/// waited (asserted) — the engine keeps one group in flight and still matches the resident
+/// trainer bit for bit: streaming and accumulated, in every placement (NVMe ones upload from
+/// pool buffers, held writes and the staging buffer).
 #[test]
 fn late_gradient_copies_change_nothing() {
     for (clip, gas) in [(0.0, 1), (0.0, 2), (1.0, 2)] {
@@ -132,4 +134,20 @@ fn late_gradient_copies_change_nothing() {
             );
         }
     }
+}
+
+/// The late-copies device catches an upload whose source is reused before its event is
+/// waited (what a GPU would read by DMA after the host moved on).
+#[test]
+#[should_panic(expected = "an upload's source changed before its event was waited")]
+fn an_upload_source_reused_before_its_event_is_caught() {
+    use zinf::device::{Device, HostSlice};
+    let dev = zinf::device::CpuDevice::new(1, 1 << 20).with_late_copies();
+    let mut buf = dev.alloc("test", 4).unwrap();
+    let mut src = vec![1.0f32, 2.0, 3.0, 4.0];
+    let ev = dev.upload(&mut buf, 0, HostSlice::F32(&src)).unwrap();
+    let ok = dev.upload(&mut buf, 0, HostSlice::F32(&src)).unwrap();
+    dev.wait(ok).unwrap();
+    src[2] = 9.0; // reused too early
+    let _ = dev.wait(ev);
 }

@@ -71,7 +71,12 @@ fn world_run_with(s: &EngineSettings, world: usize, steps: usize, collective: bo
                 let s = rank_settings(s, rank, world);
                 scope.spawn(move || {
                     let disk = FakeDisk::new(1);
-                    let dev = CpuDevice::new(1, s.train.device_memory_budget);
+                    // Ranks run on the device with a GPU's copy rules (late downloads kept in
+                    // flight, upload sources checked): results must not change.
+                    let mut dev = CpuDevice::new(1, s.train.device_memory_budget);
+                    if comm.is_some() {
+                        dev = dev.with_late_copies();
+                    }
                     let comm = comm.map(|c| Box::new(c) as Box<dyn Collective<CpuDevice>>);
                     let mut e = Engine::new(
                         s,

@@ -48,9 +48,24 @@ impl DeviceBuffer for CpuBuffer {
     }
 }
 
-/// A completed unit of CPU work (the CPU runs everything synchronously).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuEvent;
+/// A completed unit of CPU work (the CPU runs everything synchronously). On a device
+/// [`CpuDevice::with_late_copies`] made, an upload's event also carries a copy of its source,
+/// and waiting it checks the source is unchanged: the rule a GPU's asynchronous DMA needs.
+#[derive(Debug, Default)]
+pub struct CpuEvent {
+    source: Option<SourceCheck>,
+}
+
+/// An upload's source as it was when the upload was made, and where it lives.
+#[derive(Debug)]
+struct SourceCheck {
+    ptr: *const u8,
+    bytes: Vec<u8>,
+}
+
+// SAFETY: the pointer is only read in `CpuDevice::wait`, under the upload contract (the
+// source stays, unchanged, until the event is waited), from whichever thread waits it.
+unsafe impl Send for SourceCheck {}
 
 /// The CPU device: a compute pool (shared with the optimizer in a training run) and a memory
 /// budget.
@@ -87,11 +102,14 @@ impl CpuDevice {
         }
     }
 
-    /// The same device with downloads that behave as a GPU's: each copies only when it is
-    /// finished, and the device says its copies overlap compute, so the engine keeps one in
-    /// flight while the next stage computes. Results must not change (the engine tests run
-    /// it): an engine that read a transfer's host buffer early, or wrote its device buffer
-    /// before finishing it, would see other numbers.
+    /// The same device with copies that hold a GPU's rules: each download copies only when
+    /// it is finished, and the device says its copies overlap compute, so the engine keeps one
+    /// in flight while the next stage computes; each upload's event remembers its source, and
+    /// waiting the event asserts the source did not change meanwhile (a GPU reads it by DMA
+    /// until then). Results must not change (the engine tests run it): an engine that read a
+    /// transfer's host buffer early, wrote its device buffer before finishing it, or reused an
+    /// upload's source (a pool buffer, the staging buffer) before its event fired would see
+    /// other numbers or this assertion.
     pub fn with_late_copies(mut self) -> Self {
         self.late_copies = true;
         self
@@ -156,7 +174,14 @@ impl Device for CpuDevice {
             HostSlice::F16(s) => d.iter_mut().zip(s).for_each(|(d, s)| *d = s.to_f32()),
             HostSlice::Bf16(s) => d.iter_mut().zip(s).for_each(|(d, s)| *d = s.to_f32()),
         }
-        Ok(CpuEvent)
+        let source = self.late_copies.then(|| {
+            let bytes = src.as_bytes();
+            SourceCheck {
+                ptr: bytes.as_ptr(),
+                bytes: bytes.to_vec(),
+            }
+        });
+        Ok(CpuEvent { source })
     }
 
     fn download(
@@ -167,10 +192,20 @@ impl Device for CpuDevice {
     ) -> Result<CpuEvent, DeviceError> {
         check_range("download", offset, dst.len(), src.len())?;
         dst.copy_from_slice(&src.data[offset..offset + dst.len()]);
-        Ok(CpuEvent)
+        Ok(CpuEvent::default())
     }
 
-    fn wait(&self, _event: CpuEvent) -> Result<(), DeviceError> {
+    fn wait(&self, event: CpuEvent) -> Result<(), DeviceError> {
+        if let Some(c) = event.source {
+            // SAFETY: the upload contract keeps the source mapped and unchanged until this
+            // wait; this checks the second half of it.
+            let now = unsafe { std::slice::from_raw_parts(c.ptr, c.bytes.len()) };
+            assert!(
+                now == c.bytes.as_slice(),
+                "an upload's source changed before its event was waited (a GPU would have \
+                 copied the new bytes)"
+            );
+        }
         Ok(())
     }
 
@@ -190,7 +225,7 @@ impl Device for CpuDevice {
         Ok(Download {
             dst,
             src,
-            event: CpuEvent,
+            event: CpuEvent::default(),
         })
     }
 
