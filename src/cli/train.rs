@@ -969,6 +969,13 @@ fn print_summary(s: &Summary) {
             100.0 * s.prefetch_hit_rate
         );
     }
+    if s.counters.collective_bytes > 0 {
+        println!(
+            "collectives    rank 0 received {} (all-gathers of parameters, reduce-scatters of \
+             gradients)",
+            human_bytes(s.counters.collective_bytes)
+        );
+    }
     println!(
         "time           compute {:.2} s, optimizer {:.2} s",
         s.compute_s, s.optimizer_s
