@@ -283,9 +283,10 @@ pub fn estimate(
     if copies_overlap {
         // A GPU upload lands in staging memory of the stored dtype first (widened into the
         // group's buffer on the compute stream): at most one group's at once.
+        // With several ranks, one rank's part of a group.
         device.add(
             "upload staging of one group (stored dtype, on its way in)",
-            mul(&[d, model.largest_group]),
+            mul(&[d, model.largest_group.div_ceil(world)]),
         );
     }
     if world > 1 {
@@ -478,6 +479,7 @@ fn nvme_tier(
     free_bytes: &dyn Fn(&Path) -> Option<u64>,
 ) -> Vec<NvmeSpace> {
     let (store, specs) = crate::engine::swap_store(&s.settings, &s.layout);
+    let world = s.settings.partition.world_size.max(1) as u64;
     let slots = if store.double_buffered { 2 } else { 1 };
     let versions = if slots == 2 { ", two versions" } else { "" };
     let mut by_kind = [0u64; 2];
@@ -501,8 +503,12 @@ fn nvme_tier(
     per_path
         .into_iter()
         .map(|(folder, needed_bytes)| {
-            // The store lives in `nvme_path/zinf_swap`; report the configured folder.
-            let path = folder.parent().unwrap_or(&folder).to_path_buf();
+            // The store lives in `nvme_path/zinf_swap` (`nvme_path/rank{r}/zinf_swap` with
+            // several ranks); report the configured folder.
+            let mut path = folder.parent().unwrap_or(&folder).to_path_buf();
+            if world > 1 {
+                path = path.parent().unwrap_or(&path).to_path_buf();
+            }
             let names = |o: &Option<String>| o.as_deref().map(Path::new) == Some(path.as_path());
             let mut keys = Vec::new();
             if s.settings.placement.params.is_nvme() && names(&z.offload_param.nvme_path) {
@@ -514,7 +520,9 @@ fn nvme_tier(
             NvmeSpace {
                 key: keys.join(" and "),
                 path: path.display().to_string(),
-                needed_bytes,
+                // Every rank on the node keeps its store under the same folder (rank 0's, the
+                // largest, for each).
+                needed_bytes: needed_bytes.saturating_mul(world),
                 available_bytes: free_bytes(&path),
             }
         })

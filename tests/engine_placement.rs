@@ -113,7 +113,8 @@ fn fp32_parameters_match_resident() {
 /// and overlap the next stage, an upload's source must stay unchanged until its event is
 /// waited (asserted) — the engine keeps one group in flight and still matches the resident
 /// trainer bit for bit: streaming and accumulated, in every placement (NVMe ones upload from
-/// pool buffers, held writes and the staging buffer).
+/// pool buffers, held writes and the staging buffer), and no upload's source changed before
+/// its event was waited.
 #[test]
 fn late_gradient_copies_change_nothing() {
     for (clip, gas) in [(0.0, 1), (0.0, 2), (1.0, 2)] {
@@ -123,7 +124,9 @@ fn late_gradient_copies_change_nothing() {
         for (p, o) in placements(&dir) {
             let disk = FakeDisk::new(1);
             let es = engine_settings(s.clone(), placement(p.clone(), o.clone()));
-            let dev = zinf::device::CpuDevice::new(1, 1 << 30).with_late_copies();
+            // SAFETY: the engine waits every upload before its source (a host array, the
+            // staging buffer, a pool buffer) is written or given back.
+            let dev = unsafe { zinf::device::CpuDevice::new(1, 1 << 30).with_late_copies() };
             let mut e = fake_engine_on(dev, es, &disk, 8 << 20, Start::Fresh(None));
             assert_eq!(
                 bits(&engine_run(&mut e, STEPS)),
@@ -134,20 +137,4 @@ fn late_gradient_copies_change_nothing() {
             );
         }
     }
-}
-
-/// The late-copies device catches an upload whose source is reused before its event is
-/// waited (what a GPU would read by DMA after the host moved on).
-#[test]
-#[should_panic(expected = "an upload's source changed before its event was waited")]
-fn an_upload_source_reused_before_its_event_is_caught() {
-    use zinf::device::{Device, HostSlice};
-    let dev = zinf::device::CpuDevice::new(1, 1 << 20).with_late_copies();
-    let mut buf = dev.alloc("test", 4).unwrap();
-    let mut src = vec![1.0f32, 2.0, 3.0, 4.0];
-    let ev = dev.upload(&mut buf, 0, HostSlice::F32(&src)).unwrap();
-    let ok = dev.upload(&mut buf, 0, HostSlice::F32(&src)).unwrap();
-    dev.wait(ok).unwrap();
-    src[2] = 9.0; // reused too early
-    let _ = dev.wait(ev);
 }

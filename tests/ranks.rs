@@ -75,7 +75,9 @@ fn world_run_with(s: &EngineSettings, world: usize, steps: usize, collective: bo
                     // flight, upload sources checked): results must not change.
                     let mut dev = CpuDevice::new(1, s.train.device_memory_budget);
                     if comm.is_some() {
-                        dev = dev.with_late_copies();
+                        // SAFETY: the engine waits every upload before its source is written
+                        // or given back.
+                        dev = unsafe { dev.with_late_copies() };
                     }
                     let comm = comm.map(|c| Box::new(c) as Box<dyn Collective<CpuDevice>>);
                     let mut e = Engine::new(

@@ -25,7 +25,7 @@ pub struct CheckArgs {
     pub init_from: Option<PathBuf>,
     /// Data-parallel ranks the run will have (as `zinf train --nproc-per-node`):
     /// `train_batch_size` counts them and the pre-flight is rank 0's.
-    #[arg(long, default_value_t = 1, value_parser = super::count_in(1, 256))]
+    #[arg(long, default_value_t = 1, value_parser = super::count_in(1, crate::cli::MAX_RANKS as u64))]
     pub nproc_per_node: u64,
 }
 

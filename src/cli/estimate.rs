@@ -23,7 +23,7 @@ pub struct EstimateArgs {
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Data-parallel ranks of the run (as `zinf train --nproc-per-node`): figures per rank.
-    #[arg(long, default_value_t = 1, value_parser = super::count_in(1, 256))]
+    #[arg(long, default_value_t = 1, value_parser = super::count_in(1, crate::cli::MAX_RANKS as u64))]
     pub nproc_per_node: u64,
 }
 

@@ -215,6 +215,9 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// The most data-parallel ranks `--nproc-per-node` (and a save) may name.
+pub const MAX_RANKS: usize = 256;
+
 /// Runs `f` on `world` thread ranks of one collective group (rank `r` in a thread named
 /// `rank{r}` with its partition and its end of the group) and returns their results in rank
 /// order. When ranks fail, the error reported is the first that is not merely another rank's

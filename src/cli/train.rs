@@ -78,7 +78,7 @@ pub struct TrainArgs {
     /// Data-parallel ranks to start on this node (ZeRO-3: each keeps 1/N of the parameters,
     /// gradients and optimizer state and reads 1/N of every global batch); with --device
     /// cpu they are threads of this process. train_batch_size = micro × accumulation × N.
-    #[arg(long, default_value_t = 1, value_parser = crate::cli::count_in(1, 256))]
+    #[arg(long, default_value_t = 1, value_parser = crate::cli::count_in(1, crate::cli::MAX_RANKS as u64))]
     pub nproc_per_node: u64,
 }
 
@@ -141,9 +141,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let flag = stop.clone();
     // Ctrl-C, SIGTERM (Slurm, Kubernetes, systemd, `timeout`) and SIGHUP: the first lets the
     // current step finish, then the run saves (with --save), exports and exits 130; a second
-    // signal exits at once.
+    // signal exits at once — except in a rank process `--nproc-per-node` started, which can
+    // get a scheduler's signal and its launcher's: it always finishes the step (and dies with
+    // its launcher if that aborts).
+    let launched = std::env::var_os(LAUNCHED_BY_ZINF).is_some();
     let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
+        if flag.swap(true, Ordering::SeqCst) && !launched {
             std::process::exit(i32::from(crate::cli::EXIT_INTERRUPTED));
         }
         eprintln!(
@@ -382,13 +385,10 @@ fn resolves_to_gpu(args: &TrainArgs, cfg: &Config) -> anyhow::Result<bool> {
 
 /// `--nproc-per-node N` on GPUs: starts this command again as N processes, rank `r` on GPU
 /// `r` (torchrun's variables set, the rendezvous on a free local port), rank 0's output here
-/// and rank `r`'s in `OUT/rank{r}.log`, and waits for them. The ranks run in their own process
-/// group and die with this process (`PR_SET_PDEATHSIG`); a stop asked of this process (Ctrl-C,
-/// SIGTERM: `stop`) is passed on to each once, so they stop after the same step and exit
-/// 130. A rank that fails otherwise stops the others (a dead NCCL peer can leave the rest
-/// waiting) and its failure is reported.
+/// and rank `r`'s in `OUT/rank{r}.log`, and waits for them ([`wait_ranks`]). The ranks run in
+/// their own process group (a terminal's Ctrl-C reaches this process only) and die with it
+/// (`PR_SET_PDEATHSIG`).
 fn launch_gpu_ranks(world: usize, out: &Path, stop: &AtomicBool) -> anyhow::Result<Summary> {
-    use std::os::unix::process::CommandExt;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .context("finding a free port for the ranks' rendezvous")?
@@ -396,8 +396,34 @@ fn launch_gpu_ranks(world: usize, out: &Path, stop: &AtomicBool) -> anyhow::Resu
     let exe = std::env::current_exe().context("finding the zinf executable")?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut children = Vec::new();
+    if let Err(e) = start_ranks(&exe, world, port, out, &mut children) {
+        // Ranks already started are stopped when a later one cannot be.
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        return Err(e);
+    }
+    tracing::info!(
+        "started {world} rank processes (rank r on cuda:r; ranks 1.. log to {}/rank*.log)",
+        out.display()
+    );
+    wait_ranks(&mut children, out, stop)
+}
+
+/// Starts rank processes `0..world` into `children` (see [`launch_gpu_ranks`]).
+fn start_ranks(
+    exe: &Path,
+    world: usize,
+    port: u16,
+    out: &Path,
+    children: &mut Vec<std::process::Child>,
+) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     for rank in 0..world {
-        let mut cmd = std::process::Command::new(&exe);
+        let mut cmd = std::process::Command::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
@@ -406,13 +432,16 @@ fn launch_gpu_ranks(world: usize, out: &Path, stop: &AtomicBool) -> anyhow::Resu
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
             .env(LAUNCHED_BY_ZINF, "1")
-            // Ctrl-C reaches this process only; it passes one stop on.
             .process_group(0);
-        // SAFETY: `prctl` is async-signal-safe and touches no memory of the parent.
+        // SAFETY: `prctl` and `getppid` are async-signal-safe and touch no memory of the
+        // parent; a parent that died before `prctl` ran is caught by `getppid`.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the launcher exited"));
                 }
                 Ok(())
             });
@@ -425,15 +454,25 @@ fn launch_gpu_ranks(world: usize, out: &Path, stop: &AtomicBool) -> anyhow::Resu
         }
         children.push(cmd.spawn().context("starting a rank process")?);
     }
-    tracing::info!(
-        "started {world} rank processes (rank r on cuda:r; ranks 1.. log to {}/rank*.log)",
-        out.display()
-    );
+    Ok(())
+}
+
+/// Waits for the rank processes of [`launch_gpu_ranks`]. A stop asked of this process
+/// (Ctrl-C, SIGTERM: `stop`) or taken by one rank on its own (exit 130) is passed on to every
+/// rank once, so all stop after the same step and exit 130; a rank that fails otherwise stops
+/// the rest (a dead NCCL peer can leave them waiting) and its failure is returned.
+fn wait_ranks(
+    children: &mut [std::process::Child],
+    out: &Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<Summary> {
+    use std::os::unix::process::ExitStatusExt;
+    let world = children.len();
     let interrupted_code = i32::from(crate::cli::EXIT_INTERRUPTED);
     let (mut failed, mut interrupted, mut forwarded) = (None, false, false);
     let mut running: Vec<usize> = (0..world).collect();
     while !running.is_empty() {
-        if stop.load(Ordering::SeqCst) && !forwarded {
+        if (stop.load(Ordering::SeqCst) || interrupted) && !forwarded {
             forwarded = true;
             for &r in &running {
                 // SAFETY: a signal to a child this process started and has not reaped.
@@ -442,11 +481,18 @@ fn launch_gpu_ranks(world: usize, out: &Path, stop: &AtomicBool) -> anyhow::Resu
         }
         let mut still = Vec::new();
         for r in running {
-            match children[r].try_wait()? {
-                Some(status) if status.code() == Some(interrupted_code) => interrupted = true,
-                Some(status) if !status.success() && failed.is_none() => failed = Some((r, status)),
-                Some(_) => {}
-                None => still.push(r),
+            match children[r].try_wait() {
+                Ok(Some(s)) if s.code() == Some(interrupted_code) => interrupted = true,
+                // The stop reached it before its handler was installed.
+                Ok(Some(s)) if forwarded && s.signal() == Some(libc::SIGTERM) => interrupted = true,
+                Ok(Some(s)) if !s.success() => {
+                    failed.get_or_insert((r, s.to_string()));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => still.push(r),
+                Err(e) => {
+                    failed.get_or_insert((r, format!("cannot be waited for: {e}")));
+                }
             }
         }
         running = still;

@@ -87,9 +87,10 @@ impl DistEnv {
         ];
         // An sbatch script's environment names the job's tasks but is no task of an srun
         // step (no `SLURM_STEP_ID`, or the batch step's).
+        // Slurm's special steps (batch, extern, interactive) have ids from 0xfffffff0 up.
         let srun_step = get("SLURM_STEP_ID")
             .or_else(|| get("SLURM_STEPID"))
-            .is_some_and(|id| id.trim() != "batch" && id.trim() != "4294967294");
+            .is_some_and(|id| id.trim().parse::<u64>().is_ok_and(|n| n < 0xffff_fff0));
         let Some((launcher, [rank_k, world_k, local_k, local_world_k])) =
             families.into_iter().find(|(launcher, [rank, world, ..])| {
                 (get(rank).is_some() || get(world).is_some()) && (*launcher != "srun" || srun_step)
@@ -233,13 +234,15 @@ mod tests {
         // An sbatch script (no srun step) is one process, whatever the job's task count.
         let e = read(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")]).unwrap();
         assert_eq!((e.world_size, e.launcher), (1, "none"));
-        let e = read(&[
-            ("SLURM_PROCID", "0"),
-            ("SLURM_NTASKS", "4"),
-            ("SLURM_STEP_ID", "batch"),
-        ])
-        .unwrap();
-        assert_eq!(e.world_size, 1);
+        for batch in ["4294967291", "4294967294"] {
+            let e = read(&[
+                ("SLURM_PROCID", "0"),
+                ("SLURM_NTASKS", "4"),
+                ("SLURM_STEP_ID", batch),
+            ])
+            .unwrap();
+            assert_eq!(e.world_size, 1, "step {batch}");
+        }
     }
 
     #[test]

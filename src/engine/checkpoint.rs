@@ -157,6 +157,16 @@ pub(super) fn read_pointer(dir: &Path) -> Result<Pointer, EngineError> {
             ),
         ));
     }
+    if !(1..=crate::cli::MAX_RANKS).contains(&ptr.world_size) {
+        return Err(ckpt_err(
+            &ptr_path,
+            format!(
+                "names a save of {} ranks; zinf runs 1 to {}",
+                ptr.world_size,
+                crate::cli::MAX_RANKS
+            ),
+        ));
+    }
     let name = ptr.store.to_str().unwrap_or("");
     if !name.starts_with(STEP_PREFIX) || name.contains('/') || name.contains("..") {
         return Err(ckpt_err(

@@ -406,10 +406,24 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         ) {
             let spans = self.tiers.layout().owned_spans();
             if let Some(hp) = self.tiers.parts().params {
+                // Parts that share a page are registered as one region (the driver refuses
+                // a page registered twice).
+                let page = zinf_aio::PAGE_BYTES;
+                let mut merged: Vec<(*const u8, usize)> = Vec::new();
                 for r in spans {
                     let bytes = hp.range_bytes(r);
-                    regions.push((bytes.as_ptr(), bytes.len()));
+                    let (start, end) = (
+                        bytes.as_ptr() as usize,
+                        bytes.as_ptr() as usize + bytes.len(),
+                    );
+                    match merged.last_mut() {
+                        Some((p, len)) if (*p as usize + *len - 1) / page >= start / page => {
+                            *len = end - *p as usize;
+                        }
+                        _ => merged.push((bytes.as_ptr(), bytes.len())),
+                    }
                 }
+                regions.extend(merged);
             }
         }
         for (ptr, len) in regions {

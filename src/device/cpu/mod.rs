@@ -110,7 +110,13 @@ impl CpuDevice {
     /// transfer's host buffer early, wrote its device buffer before finishing it, or reused an
     /// upload's source (a pool buffer, the staging buffer) before its event fired would see
     /// other numbers or this assertion.
-    pub fn with_late_copies(mut self) -> Self {
+    ///
+    /// # Safety
+    /// For tests of the stream rules. Every upload's source must stay allocated, and be
+    /// written by nothing, until its event is waited: `wait` reads it again through the
+    /// pointer the upload saw (a source changed in between is caught on a best-effort basis
+    /// and is undefined behaviour in Rust's memory model, which is why this is `unsafe`).
+    pub unsafe fn with_late_copies(mut self) -> Self {
         self.late_copies = true;
         self
     }
@@ -197,8 +203,8 @@ impl Device for CpuDevice {
 
     fn wait(&self, event: CpuEvent) -> Result<(), DeviceError> {
         if let Some(c) = event.source {
-            // SAFETY: the upload contract keeps the source mapped and unchanged until this
-            // wait; this checks the second half of it.
+            // SAFETY: whoever made this device with `with_late_copies` keeps every upload's
+            // source allocated and unwritten until its event is waited.
             let now = unsafe { std::slice::from_raw_parts(c.ptr, c.bytes.len()) };
             assert!(
                 now == c.bytes.as_slice(),
