@@ -361,7 +361,8 @@ pub fn estimate(
             mul(&[4, owned]),
         );
     }
-    let transfer = mul(&[4, grads_in_flight, model.largest_group]);
+    // With several ranks only this rank's part of a group leaves the device.
+    let transfer = mul(&[4, grads_in_flight, model.largest_group.div_ceil(world)]);
     if copies_overlap {
         pinned.add(
             "fp32 gradients of two groups on their way from the GPU (page-locked)",

@@ -700,7 +700,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         // The accumulators are flat, but only this rank's parts are ever written.
         let owned: usize = layout.owned.iter().map(|r| r.len()).sum();
         let grads = self.grads_acc.as_ref().map_or(0, |_| owned as u64 * 4)
-            + (self.grad_host_made * layout.max_group_len()) as u64 * 4;
+            + (self.grad_host_made * self.grad_host_len()) as u64 * 4;
         self.tiers.host_bytes() + grads
     }
 

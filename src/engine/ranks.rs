@@ -46,6 +46,21 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         self.settings.partition.rank
     }
 
+    /// Elements of a host buffer for gradients on their way out: the largest group, or with
+    /// a collective the largest part of one (only that part leaves the device).
+    pub(super) fn grad_host_len(&self) -> usize {
+        let layout = self.tiers.layout();
+        match self.comm {
+            Some(_) => layout
+                .groups
+                .iter()
+                .map(|g| part_len(g.len(), self.world_size()))
+                .max()
+                .unwrap_or(0),
+            None => layout.max_group_len(),
+        }
+    }
+
     fn comm(&self) -> &dyn Collective<D> {
         self.comm
             .as_deref()

@@ -81,7 +81,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
             Some(h) => h,
             None => {
                 self.grad_host_made += 1;
-                let len = self.tiers.layout().max_group_len();
+                let len = self.grad_host_len();
                 self.dev
                     .alloc_host("gradients on their way to the host", len)?
             }
