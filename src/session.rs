@@ -335,17 +335,29 @@ impl Session {
                 ));
             }
         }
+        let part = self.settings.partition;
         for s in &est.nvme_space {
-            if let Some(pid) = SwapLock::holder(Path::new(&s.path)) {
+            // The swap folders under this `nvme_path`: its own, or one per rank.
+            let folders: Vec<PathBuf> = if part.world_size > 1 {
+                (0..part.world_size)
+                    .map(|r| Path::new(&s.path).join(format!("rank{r}")))
+                    .collect()
+            } else {
+                vec![PathBuf::from(&s.path)]
+            };
+            // This rank's folder only: another rank of this run may hold its own already.
+            let mine = &folders[part.rank.min(folders.len() - 1)];
+            if let Some(pid) = SwapLock::holder(mine) {
                 out.push(format!(
                     "{}: {} is in use by another zinf run (pid {pid}); give this run another \
                      nvme_path, or stop that run first",
-                    s.key, s.path
+                    s.key,
+                    mine.display()
                 ));
                 continue;
             }
             if let Some(free) = s.available_bytes {
-                let reclaimed = stale_store_bytes(Path::new(&s.path));
+                let reclaimed: u64 = folders.iter().map(|f| stale_store_bytes(f)).sum();
                 if s.needed_bytes > free.saturating_add(reclaimed) {
                     out.push(format!(
                         "{}: the swap store needs {} under {} but its drive has {} free; free \
