@@ -231,7 +231,8 @@ struct DiesAt {
 }
 
 impl DiesAt {
-    fn comm(&self) -> Result<std::sync::MutexGuard<'_, Option<ThreadComm>>, DistError> {
+    /// Runs `f` on the live comm, or dies (drops it) when the countdown reaches zero.
+    fn call<T>(&self, f: impl FnOnce(&ThreadComm) -> Result<T, DistError>) -> Result<T, DistError> {
         let mut g = self.inner.lock().unwrap();
         if self.left.fetch_sub(1, Ordering::SeqCst) <= 1 || g.is_none() {
             g.take();
@@ -240,7 +241,7 @@ impl DiesAt {
                 why: "killed".into(),
             });
         }
-        Ok(g)
+        f(g.as_ref().expect("alive"))
     }
 }
 
@@ -260,10 +261,7 @@ impl Collective<CpuDevice> for DiesAt {
         recv: &mut CpuBuffer,
         recv_off: usize,
     ) -> Result<(), DistError> {
-        let g = self.comm()?;
-        g.as_ref()
-            .unwrap()
-            .all_gather(dev, send, send_off, n, recv, recv_off)
+        self.call(|c| c.all_gather(dev, send, send_off, n, recv, recv_off))
     }
     fn reduce_scatter(
         &self,
@@ -274,10 +272,7 @@ impl Collective<CpuDevice> for DiesAt {
         recv: &mut CpuBuffer,
         recv_off: usize,
     ) -> Result<(), DistError> {
-        let g = self.comm()?;
-        g.as_ref()
-            .unwrap()
-            .reduce_scatter(dev, send, send_off, n, recv, recv_off)
+        self.call(|c| c.reduce_scatter(dev, send, send_off, n, recv, recv_off))
     }
     fn all_reduce(
         &self,
@@ -286,8 +281,7 @@ impl Collective<CpuDevice> for DiesAt {
         off: usize,
         n: usize,
     ) -> Result<(), DistError> {
-        let g = self.comm()?;
-        g.as_ref().unwrap().all_reduce(dev, buf, off, n)
+        self.call(|c| c.all_reduce(dev, buf, off, n))
     }
     fn broadcast(
         &self,
@@ -297,12 +291,10 @@ impl Collective<CpuDevice> for DiesAt {
         n: usize,
         root: usize,
     ) -> Result<(), DistError> {
-        let g = self.comm()?;
-        g.as_ref().unwrap().broadcast(dev, buf, off, n, root)
+        self.call(|c| c.broadcast(dev, buf, off, n, root))
     }
     fn barrier(&self, dev: &CpuDevice) -> Result<(), DistError> {
-        let g = self.comm()?;
-        g.as_ref().unwrap().barrier(dev)
+        self.call(|c| c.barrier(dev))
     }
 }
 

@@ -58,7 +58,7 @@ fn export_rank(
     let world = partition.world_size;
     let loaded =
         Config::load_for_world(Some(&args.config), args.init_from.as_deref(), world as u64)?;
-    if partition.rank == 0 {
+    if partition.reports() {
         loaded.log();
     }
     let cfg = &loaded.config;
@@ -83,7 +83,7 @@ fn export_rank(
     let source = cfg.zinf.model_from.as_ref().map(PathBuf::from);
     let start = std::time::Instant::now();
     let report = engine.export_hf(&args.to, source.as_deref(), args.max_shard_bytes)?;
-    if partition.rank == 0 {
+    if partition.reports() {
         println!(
             "exported step {} of {}{}: {} in {} file(s) to {} in {:.1} s",
             engine.steps(),

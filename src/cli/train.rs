@@ -165,35 +165,22 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn load_config(args: &TrainArgs, rank: Rank) -> anyhow::Result<Loaded> {
-    if args.config.is_none() && rank.is_first() {
+fn load_config(args: &TrainArgs, rank: Partition) -> anyhow::Result<Loaded> {
+    if args.config.is_none() && rank.reports() {
         tracing::info!("no --config: running the embedded configs/first_run.json");
     }
     // `--init-from DIR` is `zinf.model.from`: the folder's shape resolves the config.
     let loaded = Config::load_for_world(
         args.config.as_deref(),
         args.init_from.as_deref(),
-        rank.partition.world_size as u64,
+        rank.world_size as u64,
     )?;
     // `--steps` overrides zinf.train_steps, and "auto" schedule lengths follow it.
     let loaded = loaded.with_train_steps(args.steps);
-    if rank.is_first() {
+    if rank.reports() {
         loaded.log();
     }
     Ok(loaded)
-}
-
-/// This process's or thread's place among the data-parallel ranks of a run.
-#[derive(Clone, Copy, Debug)]
-struct Rank {
-    partition: Partition,
-}
-
-impl Rank {
-    /// Rank 0 prints progress, writes the CSV, the summary, the trace and the export.
-    fn is_first(&self) -> bool {
-        self.partition.rank == 0
-    }
 }
 
 /// How a rank reaches the others.
@@ -233,11 +220,11 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
             rank: env.rank,
             world_size: env.world_size,
         };
-        return train_rank(args, stop, Rank { partition }, RankComm::Launched(env));
+        return train_rank(args, stop, partition, RankComm::Launched(env));
     }
     if world == 1 {
         let partition = Partition::single();
-        return train_rank(args, stop, Rank { partition }, RankComm::Alone);
+        return train_rank(args, stop, partition, RankComm::Alone);
     }
     // Read once more for the node's choices (not logged: rank 0 logs it).
     let node = Config::load_for_world(
@@ -256,7 +243,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
     // that fails drops its end of the group, so the others fail at their next collective
     // instead of waiting.
     let mut summaries = crate::cli::on_thread_ranks(world, |partition, comm| {
-        train_rank(args, stop, Rank { partition }, RankComm::Thread(comm))
+        train_rank(args, stop, partition, RankComm::Thread(comm))
     })?;
     Ok(summaries.swap_remove(0))
 }
@@ -265,12 +252,11 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> anyhow::Result<Summary> {
 fn train_rank(
     args: &TrainArgs,
     stop: &AtomicBool,
-    rank: Rank,
+    rank: Partition,
     comm: RankComm,
 ) -> anyhow::Result<Summary> {
     // With several ranks every log line says whose it is (`rank{r=1}: ...`).
-    let _span = (rank.partition.world_size > 1)
-        .then(|| tracing::info_span!("rank", r = rank.partition.rank).entered());
+    let _span = (rank.world_size > 1).then(|| tracing::info_span!("rank", r = rank.rank).entered());
     let mut loaded = load_config(args, rank)?;
     if args.config.is_none() {
         // The embedded default offloads to a folder under the run's output.
@@ -285,7 +271,7 @@ fn train_rank(
         z.offload_optimizer.nvme_path = Some(swap);
     }
     let cfg = &loaded.config;
-    let world = rank.partition.world_size;
+    let world = rank.world_size;
     // The node's compute threads are shared among its ranks.
     let on_this_node = match &comm {
         RankComm::Launched(env) => env.local_world_size,
@@ -310,7 +296,7 @@ fn train_rank(
             RankComm::Launched(env) => Some(DeviceChoice::Cuda(env.local_rank)),
             _ => args.device,
         },
-        partition: Some(rank.partition),
+        partition: Some(rank),
     };
     let (plan, est) = Session::plan(cfg, &overrides)?;
     let data = load_data(cfg, args.data.clone(), plan.settings.train.seq_len)?;
@@ -320,7 +306,7 @@ fn train_rank(
         .clone()
         .or(cfg.zinf.trace.as_ref().map(PathBuf::from));
     let steps = args.steps.unwrap_or(cfg.zinf.train_steps);
-    if rank.is_first() {
+    if rank.reports() {
         check_outputs(args, &out_dir, trace_path.as_deref(), &plan)?;
     }
     let run = Run {
@@ -530,7 +516,7 @@ struct Run<'a> {
     trace_path: Option<PathBuf>,
     steps: u64,
     stop: &'a AtomicBool,
-    rank: Rank,
+    rank: Partition,
 }
 
 impl Run<'_> {
@@ -546,7 +532,7 @@ impl Run<'_> {
             stop,
             rank,
         } = self;
-        let first = rank.is_first();
+        let first = rank.reports();
         let start_step = engine.steps();
         if args.resume.is_some() && start_step >= steps {
             return Err(BadInput(format!(

@@ -221,7 +221,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         let dtype = self.settings.train.dtype;
         if self.comm.is_some() {
             // Every rank gathers each group in turn; rank 0 writes the folder.
-            if self.rank() != 0 {
+            if !self.settings.partition.reports() {
                 for gi in 0..self.tiers.layout().groups.len() {
                     self.gathered_group_bytes(gi)?;
                 }

@@ -130,15 +130,28 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         if self.comm.is_some() {
             self.gather_group(gi, &mut buf)?;
         } else {
-            let dev = &self.dev;
-            self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
-                let ev = dev.upload(&mut buf, at, chunk)?;
-                dev.wait(ev)?;
-                Ok(())
-            })?;
-            self.counters.device_bytes_in += (len * self.settings.train.dtype.bytes()) as u64;
+            self.upload_own_part(gi, &mut buf)?;
         }
         self.model.install_params(gi, buf);
+        Ok(())
+    }
+
+    /// Uploads this rank's part of group `gi` (the whole group on one rank) from the tiers'
+    /// freshest copy into `buf` from element 0, each chunk waited before the tiers reuse its
+    /// source.
+    pub(super) fn upload_own_part(
+        &mut self,
+        gi: usize,
+        buf: &mut D::Buffer,
+    ) -> Result<(), EngineError> {
+        let dev = &self.dev;
+        self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
+            let ev = dev.upload(buf, at, chunk)?;
+            dev.wait(ev)?;
+            Ok(())
+        })?;
+        let owned = self.tiers.layout().owned[gi].len();
+        self.counters.device_bytes_in += (owned * self.settings.train.dtype.bytes()) as u64;
         Ok(())
     }
 

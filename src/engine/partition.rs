@@ -25,6 +25,12 @@ impl Partition {
         }
     }
 
+    /// Whether this is rank 0, the one that prints progress and writes the run's outputs
+    /// (CSV, summary, trace, export).
+    pub fn reports(&self) -> bool {
+        self.rank == 0
+    }
+
     /// The elements of `group` this rank owns: partitions of `ceil(len / world_size)`
     /// elements (DeepSpeed pads the last one; here the last one is just shorter).
     pub fn owned(&self, group: Range<usize>) -> Range<usize> {

@@ -82,13 +82,7 @@ impl<D: Device, B: BlockIo, M: Model<D>> Engine<D, B, M> {
         if owned < per {
             self.dev.zero(&mut part)?;
         }
-        let dev = &self.dev;
-        self.tiers.upload_params::<EngineError>(gi, |at, chunk| {
-            let ev = dev.upload(&mut part, at, chunk)?;
-            dev.wait(ev)?;
-            Ok(())
-        })?;
-        self.counters.device_bytes_in += (owned * self.settings.train.dtype.bytes()) as u64;
+        self.upload_own_part(gi, &mut part)?;
         if per * world == len {
             self.comm().all_gather(&self.dev, &part, 0, per, buf, 0)?;
         } else {
